@@ -1,0 +1,181 @@
+"""TransferModel: a backbone adapter plus a pluggable head, the same for images and text."""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbones import NORM_TYPES, Backbone, LayerGroup, TextBackbone, TimmBackbone, create_backbone
+from .errors import HFTransferError
+from .heads import HEADS, classification_loss, create_head
+
+CONFIG_NAME = "hftransfer_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class TransferOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class TransferModel(nn.Module):
+    """``backbone`` (pooled features) -> ``head`` (logits), with the loss and label names attached.
+
+    The contract follows timm: ``forward_features`` / ``forward_head`` / ``reset_classifier``, and
+    ``layer_groups()`` lists backbone groups input->output with the head last. Frozen BatchNorm
+    layers (all of their affine parameters frozen) stay in eval mode under ``train()`` so their
+    running statistics do not drift while the rest trains.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, id2label: dict[int, str], multi_label: bool = False,
+                 label_smoothing: float = 0.0, head_config: dict | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.id2label = {int(k): v for k, v in id2label.items()}
+        self.multi_label = multi_label
+        self.label_smoothing = label_smoothing
+        self.head_config = head_config or {"type": "custom", "class": f"{type(head).__module__}.{type(head).__qualname__}"}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {v: k for k, v in self.id2label.items()}
+
+    def forward_features(self, **inputs) -> torch.Tensor:
+        return self.backbone(**{k: v for k, v in inputs.items() if k in self.backbone.input_names})
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, labels: torch.Tensor | None = None, **inputs) -> TransferOutput:
+        logits = self.forward_head(self.forward_features(**inputs))
+        loss = None
+        if labels is not None:
+            loss = classification_loss(logits, labels, self.multi_label, self.label_smoothing)
+        return TransferOutput(logits=logits, loss=loss)
+
+    def reset_classifier(self, id2label: dict[int, str], head: str | nn.Module = "linear", **head_kwargs) -> None:
+        """Replace the head for a new label set (e.g. to reuse a fine-tuned backbone)."""
+        self.id2label = {int(k): v for k, v in id2label.items()}
+        self.head = create_head(head, self.backbone.feature_dim, self.num_labels, **head_kwargs)
+        self.head_config = _head_config(head, head_kwargs, self.head)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """Backbone groups (input -> output), then the head; names are relative to this model."""
+        groups = [LayerGroup(f"backbone.{g.name}", [f"backbone.{p}" for p in g.params])
+                  for g in self.backbone.layer_groups()]
+        return groups + [LayerGroup("head", [f"head.{n}" for n, _ in self.head.named_parameters()])]
+
+    def train(self, mode: bool = True) -> "TransferModel":
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and _is_frozen(module):
+                    module.eval()
+        return self
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {
+            "hftransfer_version": _version(),
+            "modality": self.modality,
+            "backbone": self.backbone.config(),
+            "head": self.head_config,
+            "feature_dim": self.backbone.feature_dim,
+            "id2label": {str(k): v for k, v in self.id2label.items()},
+            "multi_label": self.multi_label,
+            "label_smoothing": self.label_smoothing,
+        }
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write ``hftransfer_config.json``, ``model.safetensors`` and the preprocessing files."""
+        from safetensors.torch import save_file
+
+        save_dir = Path(save_directory)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, save_dir / WEIGHTS_NAME, metadata={"format": "pt"})
+        self.backbone.save_preprocessing(save_dir)
+        (save_dir / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
+        return save_dir
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, head: nn.Module | None = None) -> "TransferModel":
+        """Load a model written by ``save_pretrained``; no network access needed for local folders.
+
+        A model with a user-defined head needs that head's class importable, or an instance
+        passed as ``head`` (its weights are then loaded from the checkpoint).
+        """
+        from safetensors.torch import load_file
+
+        save_dir = Path(path)
+        if not (save_dir / CONFIG_NAME).is_file():
+            raise HFTransferError(f"'{path}' has no {CONFIG_NAME}: pass a folder written by save_pretrained")
+        config = json.loads((save_dir / CONFIG_NAME).read_text())
+        backbone_cls = {"timm": TimmBackbone, "text": TextBackbone}[config["backbone"]["type"]]
+        backbone = backbone_cls.from_config(config["backbone"], save_dir)
+        id2label = {int(k): v for k, v in config["id2label"].items()}
+        head_cfg = config["head"]
+        if head is None:
+            if head_cfg["type"] == "custom":
+                module, _, name = head_cfg["class"].rpartition(".")
+                head = getattr(importlib.import_module(module), name)(backbone.feature_dim, len(id2label))
+            else:
+                kwargs = {k: v for k, v in head_cfg.items() if k != "type"}
+                head = create_head(head_cfg["type"], backbone.feature_dim, len(id2label), **kwargs)
+        model = cls(backbone, head, id2label, config["multi_label"], config.get("label_smoothing", 0.0), head_cfg)
+        model.load_state_dict(load_file(save_dir / WEIGHTS_NAME), strict=True)
+        return model.eval()
+
+
+def _is_frozen(module: nn.Module) -> bool:
+    params = list(module.parameters(recurse=False))
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def _head_config(head, head_kwargs: dict, module: nn.Module) -> dict:
+    if isinstance(head, str):
+        return {"type": head, **head_kwargs}
+    return {"type": "custom", "class": f"{type(module).__module__}.{type(module).__qualname__}"}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict[int, str], head: str | nn.Module = "linear",
+                          weights: str = "pretrained", multi_label: bool = False, label_smoothing: float = 0.0,
+                          head_hidden_sizes: tuple[int, ...] = (512,), head_dropout: float = 0.0,
+                          pooling: str = "mean") -> TransferModel:
+    """Build a TransferModel: backbone by name/path (``weights`` = pretrained | random | file) plus a head."""
+    if not id2label:
+        raise HFTransferError("no labels: the training data must contain at least one class")
+    backbone_kwargs = {"pooling": pooling} if modality == "text" else {}
+    backbone = create_backbone(modality, model_name_or_path, weights=weights, **backbone_kwargs)
+    head_kwargs = {"dropout": head_dropout}
+    if head == "mlp":
+        head_kwargs["hidden_sizes"] = list(head_hidden_sizes)
+    head_module = create_head(head, backbone.feature_dim, len(id2label), **head_kwargs)
+    return TransferModel(backbone, head_module, id2label, multi_label, label_smoothing,
+                         _head_config(head, head_kwargs, head_module))
+
+
+__all__ = ["TransferModel", "TransferOutput", "create_transfer_model", "HEADS", "NORM_TYPES"]

@@ -1,0 +1,342 @@
+"""The training loop: data -> model -> strategy -> accelerate loop -> export.
+
+An explicit loop in the style of accelerate's examples. Every epoch: apply the strategy's frozen set
+(re-wrapping DDP when it changes), train with gradient accumulation and the phase-aware schedule,
+evaluate with ``gather_for_metrics`` (each sample counted once however many processes), keep the
+best model, and ``save_state`` a checkpoint that ``--resume_from_checkpoint`` continues exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, save_config
+from .data import (INDEX_COLUMN, DataBundle, check_images, collate_images, default_num_workers, image_transforms,
+                   load_raw_splits, prepare_splits, tokenize, with_image_transform)
+from .errors import HFTransferError
+from .metrics import ClassificationMetrics
+from .model import TransferModel, create_transfer_model
+from .strategies import Strategy, TransferScheduler, apply_trainable, param_groups
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best_model"
+
+
+@dataclass
+class RunState:
+    """Progress that a checkpoint must restore besides model/optimizer/scheduler/RNG."""
+
+    epoch: int = 0
+    batches_done: int = 0  # within ``epoch``
+    global_step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def create_accelerator(cfg: TrainConfig) -> Accelerator:
+    kwargs = {}
+    if cfg.mixed_precision:
+        kwargs["mixed_precision"] = cfg.mixed_precision
+    return Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # seedable sampler + set_epoch: a resumed run sees the same shuffle order as an uninterrupted one
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
+        **kwargs,
+    )
+
+
+def configure_threads(cfg: TrainConfig, accelerator: Accelerator) -> int:
+    """On CPU use all cores: ``accelerate launch`` sets OMP_NUM_THREADS=1, halving speed on 2 cores."""
+    if accelerator.device.type != "cpu":
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    threads = cfg.num_threads or max(1, cores // max(1, local_procs))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def prepare_output_dir(cfg: TrainConfig) -> Path:
+    out = Path(cfg.output_dir)
+    earlier = out.is_dir() and any(out.iterdir())
+    if earlier and not cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
+        raise HFTransferError(
+            f"output_dir '{out}' already holds a run: pass --resume_from_checkpoint latest to continue it, "
+            "--overwrite_output_dir to replace it, or another --output_dir"
+        )
+    return out
+
+
+def load_data(cfg: TrainConfig, modality: str) -> DataBundle:
+    input_column = cfg.image_column_name if modality == "image" else cfg.text_column_name
+    raw = load_raw_splits(modality, cfg.dataset_name, cfg.dataset_config_name, cfg.train_dir, cfg.validation_dir,
+                          cfg.train_file, cfg.validation_file)
+    bundle = prepare_splits(raw, input_column, cfg.label_column_name, cfg.validation_fraction, cfg.seed,
+                            cfg.max_train_samples, cfg.max_eval_samples, cfg.label_names)
+    if modality == "image":
+        check_images(bundle.train, input_column)
+        check_images(bundle.eval, input_column)
+    return bundle
+
+
+def create_dataloaders(cfg: TrainConfig, bundle: DataBundle, model: TransferModel) -> tuple[DataLoader, DataLoader]:
+    workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
+    if model.modality == "image":
+        data_config = model.backbone.data_config
+        train_tf = image_transforms(data_config, True, cfg.crop_scale, color_jitter=cfg.color_jitter or None)
+        eval_tf = image_transforms(data_config, False)
+        train_ds = with_image_transform(bundle.train, bundle.input_column, train_tf)
+        eval_ds = with_image_transform(bundle.eval, bundle.input_column, eval_tf)
+        collate = collate_images
+    else:
+        from transformers import DataCollatorWithPadding
+
+        tokenizer = model.backbone.tokenizer
+        train_ds = tokenize(bundle.train, bundle.input_column, tokenizer, cfg.max_seq_length)
+        eval_ds = tokenize(bundle.eval, bundle.input_column, tokenizer, cfg.max_seq_length)
+        collate = DataCollatorWithPadding(tokenizer)
+    common = {"collate_fn": collate, "num_workers": workers, "persistent_workers": workers > 0}
+    train_dl = DataLoader(train_ds, batch_size=cfg.per_device_train_batch_size, shuffle=True, drop_last=False, **common)
+    eval_dl = DataLoader(eval_ds, batch_size=cfg.per_device_eval_batch_size, shuffle=False, **common)
+    return train_dl, eval_dl
+
+
+def rewrap_ddp(accelerator: Accelerator, model):
+    """Rebuild the DDP wrapper after the trainable set changed.
+
+    DDP registers gradient hooks only for parameters that required grad when it was built: a group
+    unfrozen later would train on each rank's own gradient, silently unsynchronized, and a group
+    frozen later makes DDP wait for gradients that never come. Accelerate has no public re-wrap, so
+    the new wrapper replaces the old one in the list ``save_state`` iterates over.
+    """
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model
+    module = model.module
+    device_ids = [accelerator.device.index] if accelerator.device.type == "cuda" else None
+    wrapped = torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    accelerator._models[accelerator._models.index(model)] = wrapped
+    return wrapped
+
+
+def evaluate_model(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_label: bool,
+                   channels_last: bool) -> tuple[dict, list[dict]]:
+    """Loss, accuracy, macro-F1 over every eval sample exactly once, plus per-sample predictions."""
+    model.eval()
+    metric = ClassificationMetrics(num_labels, multi_label, per_class=True)
+    total_loss, count, records = 0.0, 0, []
+    for batch in eval_dl:
+        index = batch.pop(INDEX_COLUMN)
+        if channels_last:
+            batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out = model(**batch)
+        preds = (out.logits > 0).long() if multi_label else out.logits.argmax(dim=-1)
+        losses = out.loss.detach().float().repeat(len(index))
+        preds, refs, index, losses = accelerator.gather_for_metrics((preds, batch["labels"], index, losses))
+        refs = refs.long()
+        metric.add_batch(predictions=preds.cpu().numpy(), references=refs.cpu().numpy())
+        total_loss += losses.sum().item()
+        count += len(index)
+        records += [{"index": int(i), "label": r.tolist(), "prediction": p.tolist()} for i, r, p in zip(index, refs, preds)]
+    result = metric.compute()
+    result["loss"] = total_loss / max(1, count)
+    result["samples"] = count
+    return result, records
+
+
+def find_latest_checkpoint(output_dir: Path) -> Path | None:
+    root = output_dir / CHECKPOINT_DIR
+    found = [(int(m.group(1)), p) for p in root.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: RunState, keep: int) -> None:
+    root = output_dir / CHECKPOINT_DIR
+    accelerator.save_state(str(root / f"step_{state.global_step}"))
+    if accelerator.is_main_process and keep > 0:
+        done = sorted((int(p.name.split("_")[1]), p) for p in root.glob("step_*"))
+        for _, old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a crash never leaves a half-written results file
+
+
+def train(cfg: TrainConfig, modality: str) -> dict:
+    """Run a fine-tune described by ``cfg`` and export the best model to ``cfg.output_dir``."""
+    accelerator = create_accelerator(cfg)
+    threads = configure_threads(cfg, accelerator)
+    output_dir = prepare_output_dir(cfg)
+    if cfg.checkpointing_steps not in ("epoch", "no") and not str(cfg.checkpointing_steps).isdigit():
+        raise HFTransferError(f"--checkpointing_steps '{cfg.checkpointing_steps}': use epoch, no or a number of steps")
+    set_seed(cfg.seed)
+
+    # data
+    with accelerator.main_process_first():
+        bundle = load_data(cfg, modality)
+    accelerator.print(f"data: {len(bundle.train)} train / {len(bundle.eval)} eval examples, "
+                      f"{len(bundle.id2label)} labels ({', '.join(list(bundle.id2label.values())[:10])})")
+
+    # model
+    model = create_transfer_model(modality, cfg.model_name_or_path, bundle.id2label, head=cfg.head, weights=cfg.weights,
+                                  multi_label=bundle.multi_label, label_smoothing=cfg.label_smoothing,
+                                  head_hidden_sizes=tuple(cfg.head_hidden_sizes), head_dropout=cfg.head_dropout,
+                                  pooling=cfg.pooling)
+    channels_last = modality == "image"  # CNN convolutions are faster in NHWC, on CPU and GPU alike
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    with accelerator.main_process_first():
+        train_dl, eval_dl = create_dataloaders(cfg, bundle, model)
+
+    # strategy
+    group_names = [g.name for g in model.layer_groups()[:-1]]
+    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
+    apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay,
+                                               cfg.layer_decay))
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
+    scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, cfg.num_train_epochs, cfg.learning_rate,
+                                  cfg.warmup_ratio, schedule=cfg.lr_scheduler_type)
+    state = RunState()
+    accelerator.register_for_checkpointing(scheduler, state)
+
+    if cfg.resume_from_checkpoint:
+        ckpt = find_latest_checkpoint(output_dir) if cfg.resume_from_checkpoint == "latest" else Path(cfg.resume_from_checkpoint)
+        if ckpt is None or not ckpt.is_dir():
+            raise HFTransferError(f"no checkpoint at '{cfg.resume_from_checkpoint}': pass a checkpoint folder or 'latest' with the run's --output_dir")
+        accelerator.load_state(str(ckpt))
+        accelerator.print(f"resumed from {ckpt} at epoch {state.epoch}, step {state.global_step}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+
+    unwrapped = accelerator.unwrap_model(model)
+    total = unwrapped.num_parameters()
+    accelerator.print(f"model: {cfg.model_name_or_path} ({total / 1e6:.1f}M parameters, {len(group_names)} layer groups), "
+                      f"strategy {cfg.strategy}, {cfg.num_train_epochs} epochs x {steps_per_epoch} steps, "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} thread(s)")
+    every = int(cfg.checkpointing_steps) if str(cfg.checkpointing_steps).isdigit() else 0
+    start_time, train_loss_sum, train_batches = time.time(), 0.0, 0
+    for epoch in range(state.epoch, cfg.num_train_epochs):
+        if apply_trainable(unwrapped, strategy.trainable_groups(epoch), cfg.train_norm):
+            model = rewrap_ddp(accelerator, model)
+        trainable = unwrapped.num_parameters(trainable_only=True)
+        accelerator.print(f"epoch {epoch + 1}/{cfg.num_train_epochs}: {strategy.trainable_groups(epoch)}/{len(group_names)} "
+                          f"backbone groups trainable ({trainable / total:.1%} of parameters), "
+                          f"lr head {scheduler.get_last_lr()[-1]:.2e}")
+        model.train()
+        train_dl.set_epoch(epoch)
+        skip = state.batches_done
+        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        bar = tqdm(loader, total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}", unit="batch",
+                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        for batch in bar:
+            batch.pop(INDEX_COLUMN, None)
+            if channels_last:
+                batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_done += 1
+            train_loss_sum += loss.item()
+            train_batches += 1
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if accelerator.sync_gradients:
+                scheduler.step()
+                state.global_step += 1
+                if every and state.global_step % every == 0:
+                    save_checkpoint(accelerator, output_dir, state, cfg.save_total_limit)
+        bar.close()
+
+        metrics, records = evaluate_model(accelerator, model, eval_dl, unwrapped.num_labels, unwrapped.multi_label,
+                                          channels_last)
+        state.epoch, state.batches_done = epoch + 1, 0
+        epoch_train_loss = train_loss_sum / max(1, train_batches)
+        train_loss_sum, train_batches = 0.0, 0
+        state.history.append({"epoch": epoch + 1, "train_loss": epoch_train_loss, "eval_loss": metrics["loss"],
+                              "eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"]})
+        accelerator.print(f"epoch {epoch + 1}: train_loss {epoch_train_loss:.4f}  eval_loss {metrics['loss']:.4f}  "
+                          f"eval_accuracy {metrics['accuracy']:.4f}  eval_f1 {metrics['f1']:.4f}  ({metrics['samples']} samples)")
+        score = metrics[cfg.metric_for_best_model]
+        if score > state.best_metric:
+            state.best_metric, state.best_epoch = score, epoch + 1
+            if accelerator.is_main_process:
+                unwrapped.save_pretrained(output_dir / BEST_DIR)
+                _write_json(output_dir / BEST_DIR / "eval_results.json", {f"eval_{k}": v for k, v in metrics.items()})
+                _write_predictions(output_dir / BEST_DIR / "eval_predictions.jsonl", records)
+        accelerator.wait_for_everyone()
+        if cfg.checkpointing_steps != "no":
+            save_checkpoint(accelerator, output_dir, state, cfg.save_total_limit)
+
+    runtime = time.time() - start_time
+    accelerator.wait_for_everyone()
+    results = {}
+    if accelerator.is_main_process:
+        results = export(output_dir, state, cfg, bundle, runtime, accelerator.num_processes)
+        accelerator.print(f"done in {runtime:.0f}s: best epoch {state.best_epoch}, eval_accuracy "
+                          f"{results['eval_accuracy']:.4f}, eval_f1 {results['eval_f1']:.4f} -> {output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return results
+
+
+def _write_predictions(path: Path, records: list[dict]) -> None:
+    with open(path.with_suffix(".tmp"), "w") as f:
+        for r in sorted(records, key=lambda r: r["index"]):
+            f.write(json.dumps(r) + "\n")
+    path.with_suffix(".tmp").replace(path)
+
+
+def export(output_dir: Path, state: RunState, cfg: TrainConfig, bundle: DataBundle, runtime: float,
+           world_size: int) -> dict:
+    """Copy the best epoch's model to ``output_dir`` and write ``all_results.json``."""
+    best = output_dir / BEST_DIR
+    if not best.is_dir():
+        raise HFTransferError("no epoch finished, so there is no model to export: train for at least one epoch")
+    for item in best.iterdir():
+        if item.is_file():
+            shutil.copy2(item, output_dir / item.name)
+    eval_results = json.loads((best / "eval_results.json").read_text())
+    results = {
+        **{k: v for k, v in eval_results.items() if k != "eval_per_class"},
+        "eval_per_class": {bundle.id2label[i]: m for i, m in enumerate(eval_results.get("eval_per_class", []))},
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "train_samples": len(bundle.train),
+        "train_runtime": runtime,
+        "train_loss": state.history[-1]["train_loss"] if state.history else None,
+        "world_size": world_size,
+        "strategy": cfg.strategy,
+        "history": state.history,
+    }
+    _write_json(output_dir / "all_results.json", results)
+    return results
