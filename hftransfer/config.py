@@ -1,8 +1,9 @@
 """Run configuration: one dataclass, filled from defaults < YAML ``--config`` < command-line flags.
 
 Flag names follow transformers' example scripts where the concept is the same
-(``--model_name_or_path``, ``--train_dir``, ``--per_device_train_batch_size``, ...). Relative paths
-inside a YAML file are resolved against that file's folder, so a config travels with its data.
+(``--model_name_or_path``, ``--train_dir``, ``--per_device_train_batch_size``, ...). Relative data
+paths inside a YAML file are resolved against that file's folder, so a config travels with its
+data; ``output_dir`` stays relative to the working directory.
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import yaml
 from .errors import HFTransferError
 
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
-DATA_FIELDS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_file", "validation_file",
+JOB_FIELDS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_file", "validation_file",
                "image_column_name", "text_column_name", "label_column_name", "label_names", "max_train_samples",
-               "max_eval_samples")
-PATH_FIELDS = ("train_dir", "validation_dir", "train_file", "validation_file", "output_dir", "resume_from_checkpoint")
+               "max_eval_samples", "output_dir", "overwrite_output_dir")
+PATH_FIELDS = ("train_dir", "validation_dir", "train_file", "validation_file")
 
 
 def _f(default, help: str, **kw):
@@ -63,6 +64,7 @@ class TrainConfig:
     unfreeze_every: int = _f(1, "gradual: epochs between unfreezing one more group")
     lp_epochs: int = _f(1, "lp_ft: epochs of linear probing before fine-tuning everything")
     train_norm: bool = _f(False, "keep normalization layers trainable inside frozen groups")
+    bn_stats: str = _f("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or none")
     # optimization
     learning_rate: float = _f(1e-4, "backbone learning rate (peak)")
     head_learning_rate: typing.Optional[float] = _f(None, "head learning rate (default: 10x learning_rate)")
@@ -87,6 +89,12 @@ class TrainConfig:
     dataloader_num_workers: typing.Optional[int] = _f(None, "loader worker processes (default: by core count)")
     num_threads: typing.Optional[int] = _f(None, "torch threads per process on CPU (default: cores / local processes)")
     ddp_timeout: int = _f(1800, "seconds a process waits for the others before failing")
+    # publishing (the token comes from HF_TOKEN or `hf auth login`, never from a flag or a file we write)
+    push_to_hub: bool = _f(False, "push the exported model and its card to the Hub at the end")
+    hub_model_id: typing.Optional[str] = _f(None, "repo id to push to (default: output_dir's name under your user)")
+    hub_private: bool = _f(False, "create the Hub repo as private")
+    hub_revision: typing.Optional[str] = _f(None, "branch to push to (created if missing)")
+    hub_create_pr: bool = _f(False, "open a pull request instead of committing to the branch")
     config: typing.Optional[str] = _f(None, "YAML file with any of these options; flags override it")
 
     @property
@@ -160,8 +168,8 @@ def load_config(argv: list[str] | None, defaults: dict | None = None, descriptio
     cli = vars(parser.parse_args(argv))
     user = {**_read_yaml(cli.get("config")), **cli}
     defaults = dict(defaults or {})
-    if any(k in user for k in DATA_SOURCE_FIELDS):  # the user's own data: none of the default job's data settings apply
-        defaults = {k: v for k, v in defaults.items() if k not in DATA_FIELDS}
+    if any(k in user for k in DATA_SOURCE_FIELDS):  # the user's own data: none of the default job's data/output settings apply
+        defaults = {k: v for k, v in defaults.items() if k not in JOB_FIELDS}
     values = {**defaults, **user}
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - known)

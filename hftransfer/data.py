@@ -133,12 +133,13 @@ def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, valid
     if max_eval_samples is not None:
         eval_ds = eval_ds.shuffle(seed=seed).select(range(min(max_eval_samples, len(eval_ds))))
 
-    multi_label = isinstance(train[0][label_column], list)
+    multi_label = isinstance(train.select_columns(label_column)[0][label_column], list)
     id2label, encode = _label_encoding(train, eval_ds, label_column, label_feature, multi_label, label_names)
     if label_column != "labels" and "labels" in train.column_names:
         train, eval_ds = train.remove_columns("labels"), eval_ds.remove_columns("labels")
-    train = train.map(lambda b: {"labels": encode(b[label_column])}, batched=True, desc="encoding labels")
-    eval_ds = eval_ds.map(lambda b: {"labels": encode(b[label_column])}, batched=True, desc="encoding labels")
+    # input_columns: only the label column is read, images are not decoded here
+    train = train.map(lambda v: {"labels": encode(v)}, input_columns=label_column, batched=True, desc="encoding labels")
+    eval_ds = eval_ds.map(lambda v: {"labels": encode(v)}, input_columns=label_column, batched=True, desc="encoding labels")
     eval_ds = eval_ds.add_column(INDEX_COLUMN, list(range(len(eval_ds))))
     keep = {input_column, "labels", INDEX_COLUMN}
     train = train.remove_columns([c for c in train.column_names if c not in keep])

@@ -27,10 +27,16 @@ class TransferModel(nn.Module):
     """``backbone`` (pooled features) -> ``head`` (logits), with the loss and label names attached.
 
     The contract follows timm: ``forward_features`` / ``forward_head`` / ``reset_classifier``, and
-    ``layer_groups()`` lists backbone groups input->output with the head last. Frozen BatchNorm
-    layers (all of their affine parameters frozen) stay in eval mode under ``train()`` so their
-    running statistics do not drift while the rest trains.
+    ``layer_groups()`` lists backbone groups input->output with the head last.
+
+    ``bn_stats`` decides which BatchNorm layers stay in eval mode under ``train()`` (normalizing
+    with, and not updating, their pretrained running statistics): ``"frozen"`` (default) those whose
+    affine parameters are all frozen, so frozen groups do not drift; ``"all"`` every one, the usual
+    advice when fine-tuning on small data, where batch statistics are noisy and shifted by
+    augmentation; ``"none"`` no layer (plain ``nn.Module`` behaviour).
     """
+
+    BN_STATS = ("frozen", "all", "none")
 
     def __init__(self, backbone: Backbone, head: nn.Module, id2label: dict[int, str], multi_label: bool = False,
                  label_smoothing: float = 0.0, head_config: dict | None = None):
@@ -41,6 +47,7 @@ class TransferModel(nn.Module):
         self.multi_label = multi_label
         self.label_smoothing = label_smoothing
         self.head_config = head_config or {"type": "custom", "class": f"{type(head).__module__}.{type(head).__qualname__}"}
+        self.bn_stats = "frozen"
 
     @property
     def num_labels(self) -> int:
@@ -81,9 +88,9 @@ class TransferModel(nn.Module):
 
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
-        if mode:
+        if mode and self.bn_stats != "none":
             for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and _is_frozen(module):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and (self.bn_stats == "all" or _is_frozen(module)):
                     module.eval()
         return self
 
@@ -104,29 +111,44 @@ class TransferModel(nn.Module):
         }
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
-        """Write ``hftransfer_config.json``, ``model.safetensors`` and the preprocessing files."""
-        from safetensors.torch import save_file
+        """Write ONE copy of the weights plus ``hftransfer_config.json`` and the preprocessing files.
+
+        When the model has an exact native equivalent (timm backbone + linear head; BERT/ALBERT/RoBERTa
+        encoder with ``pooling="pooler"`` + linear head) ``model.safetensors`` holds that library's
+        keys next to its ``config.json``, so timm / transformers / ``pipeline`` load the folder without
+        hftransfer; otherwise it holds hftransfer's keys. ``hftransfer_config.json`` records which
+        (``weights_format``) and why no native layout exists (``native_unavailable``); see ``export``.
+        """
+        from .export import save_weights
 
         save_dir = Path(save_directory)
         save_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, save_dir / WEIGHTS_NAME, metadata={"format": "pt"})
+        record = save_weights(self, save_dir)
         self.backbone.save_preprocessing(save_dir)
-        (save_dir / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2) + "\n")
+        (save_dir / CONFIG_NAME).write_text(json.dumps({**self.config(), **record}, indent=2) + "\n")
         return save_dir
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, head: nn.Module | None = None) -> "TransferModel":
-        """Load a model written by ``save_pretrained``; no network access needed for local folders.
+    def from_pretrained(cls, path: str | Path, head: nn.Module | None = None, *, revision: str | None = None,
+                        token: str | None = None) -> "TransferModel":
+        """Load a model written by ``save_pretrained`` from a folder or a Hub repo id (``user/name``).
 
-        A model with a user-defined head needs that head's class importable, or an instance
-        passed as ``head`` (its weights are then loaded from the checkpoint).
+        Local folders need no network. A repo id is fetched with ``snapshot_download`` (``revision``:
+        branch, tag, ``refs/pr/N`` or commit; ``token`` defaults to HF_TOKEN / the stored login).
+        Weights are mapped back from the native layout if they were saved in one and loaded strictly.
+        A model with a user-defined head needs that head's class importable, or an instance passed as
+        ``head`` (its weights are then loaded from the checkpoint).
         """
-        from safetensors.torch import load_file
+        from .export import load_weights
 
         save_dir = Path(path)
+        if not save_dir.is_dir():
+            from .hub import download_model
+
+            save_dir = download_model(str(path), revision=revision, token=token)
         if not (save_dir / CONFIG_NAME).is_file():
-            raise HFTransferError(f"'{path}' has no {CONFIG_NAME}: pass a folder written by save_pretrained")
+            raise HFTransferError(f"'{path}' has no {CONFIG_NAME}: pass a folder or repo written by hftransfer's "
+                                  "save_pretrained / push_to_hub (plain timm or transformers models load with those)")
         config = json.loads((save_dir / CONFIG_NAME).read_text())
         backbone_cls = {"timm": TimmBackbone, "text": TextBackbone}[config["backbone"]["type"]]
         backbone = backbone_cls.from_config(config["backbone"], save_dir)
@@ -140,8 +162,26 @@ class TransferModel(nn.Module):
                 kwargs = {k: v for k, v in head_cfg.items() if k != "type"}
                 head = create_head(head_cfg["type"], backbone.feature_dim, len(id2label), **kwargs)
         model = cls(backbone, head, id2label, config["multi_label"], config.get("label_smoothing", 0.0), head_cfg)
-        model.load_state_dict(load_file(save_dir / WEIGHTS_NAME), strict=True)
+        try:
+            model.load_state_dict(load_weights(save_dir, config), strict=True)
+        except RuntimeError as e:
+            raise HFTransferError(f"the weights in '{path}' do not match its {CONFIG_NAME} "
+                                  f"({str(e).splitlines()[0][:200]}): save or download the model again") from None
         return model.eval()
+
+    def push_to_hub(self, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,
+                    commit_message: str = "Upload model with hftransfer", token: str | None = None) -> str:
+        """Save this model (native layout where one exists) with a model card and upload it; returns the URL.
+
+        ``revision`` is a branch (created from main if missing); ``create_pr`` opens a pull request
+        against main instead of committing. The token comes from ``token``, HF_TOKEN or the stored
+        login and is never printed. Failures raise ``HFTransferError`` with one line naming the fix.
+        Only the main process of a distributed run uploads; the others return ``""``.
+        """
+        from .hub import push_model
+
+        return push_model(self, repo_id, private=private, revision=revision, create_pr=create_pr,
+                          commit_message=commit_message, token=token)
 
 
 def _is_frozen(module: nn.Module) -> bool:

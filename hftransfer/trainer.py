@@ -171,6 +171,23 @@ def find_latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def adopt_best_model(ckpt: Path, output_dir: Path, state: RunState, accelerator: Accelerator) -> None:
+    """A run resumed into another output_dir brings the best model so far along with it.
+
+    Without it the restored best score would block every later epoch from being exported; if the
+    original run's best model is gone, the score is reset so the next epoch becomes the best.
+    """
+    source, target = ckpt.resolve().parent.parent / BEST_DIR, output_dir / BEST_DIR
+    if target.is_dir():
+        return
+    if source.is_dir():
+        if accelerator.is_main_process:
+            shutil.copytree(source, target)
+    else:
+        state.best_metric, state.best_epoch = -math.inf, -1
+    accelerator.wait_for_everyone()
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, state: RunState, keep: int) -> None:
     root = output_dir / CHECKPOINT_DIR
     accelerator.save_state(str(root / f"step_{state.global_step}"))
@@ -206,6 +223,9 @@ def train(cfg: TrainConfig, modality: str) -> dict:
                                   multi_label=bundle.multi_label, label_smoothing=cfg.label_smoothing,
                                   head_hidden_sizes=tuple(cfg.head_hidden_sizes), head_dropout=cfg.head_dropout,
                                   pooling=cfg.pooling)
+    if cfg.bn_stats not in TransferModel.BN_STATS:
+        raise HFTransferError(f"unknown bn_stats '{cfg.bn_stats}': use one of {', '.join(TransferModel.BN_STATS)}")
+    model.bn_stats = cfg.bn_stats
     channels_last = modality == "image"  # CNN convolutions are faster in NHWC, on CPU and GPU alike
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -230,6 +250,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         if ckpt is None or not ckpt.is_dir():
             raise HFTransferError(f"no checkpoint at '{cfg.resume_from_checkpoint}': pass a checkpoint folder or 'latest' with the run's --output_dir")
         accelerator.load_state(str(ckpt))
+        adopt_best_model(ckpt, output_dir, state, accelerator)
         accelerator.print(f"resumed from {ckpt} at epoch {state.epoch}, step {state.global_step}")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +261,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     accelerator.print(f"model: {cfg.model_name_or_path} ({total / 1e6:.1f}M parameters, {len(group_names)} layer groups), "
                       f"strategy {cfg.strategy}, {cfg.num_train_epochs} epochs x {steps_per_epoch} steps, "
                       f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} thread(s)")
+    run_info = describe_run(cfg, modality, bundle, unwrapped, strategy, group_names)
     every = int(cfg.checkpointing_steps) if str(cfg.checkpointing_steps).isdigit() else 0
     start_time, train_loss_sum, train_batches = time.time(), 0.0, 0
     for epoch in range(state.epoch, cfg.num_train_epochs):
@@ -301,7 +323,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     accelerator.wait_for_everyone()
     results = {}
     if accelerator.is_main_process:
-        results = export(output_dir, state, cfg, bundle, runtime, accelerator.num_processes)
+        results = export(output_dir, state, bundle, runtime, accelerator.num_processes, run_info)
         accelerator.print(f"done in {runtime:.0f}s: best epoch {state.best_epoch}, eval_accuracy "
                           f"{results['eval_accuracy']:.4f}, eval_f1 {results['eval_f1']:.4f} -> {output_dir}")
     accelerator.wait_for_everyone()
@@ -316,8 +338,56 @@ def _write_predictions(path: Path, records: list[dict]) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
-def export(output_dir: Path, state: RunState, cfg: TrainConfig, bundle: DataBundle, runtime: float,
-           world_size: int) -> dict:
+def describe_run(cfg: TrainConfig, modality: str, bundle: DataBundle, model: TransferModel, strategy: Strategy,
+                 group_names: list[str]) -> dict:
+    """What a model card needs to record the transfer recipe: phases, frozen groups, LRs, sizes, versions."""
+    import accelerate
+    import datasets
+    import timm
+    import transformers
+
+    from . import __version__
+
+    sizes = {}
+    for g in model.layer_groups():
+        sizes[g.name] = sum(p.numel() for n, p in model.named_parameters() if n in set(g.params))
+    total = sum(sizes.values())
+    phases = strategy.describe(cfg.num_train_epochs, group_names)
+    for phase in phases:
+        trainable = sizes["head"] + sum(sizes[n] for n in phase["trainable_backbone_groups"])
+        if cfg.train_norm and phase["frozen_backbone_groups"]:
+            phase["note"] = "normalization layers train inside frozen groups"
+        phase["trainable_fraction"] = trainable / total
+        phase["head_learning_rate"] = cfg.learning_rate if strategy.uses_backbone_lr_for_head(phase["epochs"][0]) else cfg.effective_head_lr
+    source = cfg.dataset_name or cfg.train_dir or cfg.train_file
+    return {
+        "modality": modality,
+        "base_model": cfg.model_name_or_path,
+        "weights": cfg.weights,
+        "strategy": cfg.strategy,
+        "phases": phases,
+        "learning_rate": cfg.learning_rate,
+        "head_learning_rate": cfg.effective_head_lr,
+        "layer_decay": cfg.layer_decay,
+        "weight_decay": cfg.weight_decay,
+        "lr_scheduler": f"{cfg.lr_scheduler_type}, warmup {cfg.warmup_ratio:.0%} of each phase",
+        "regularizer": None,
+        "epochs": cfg.num_train_epochs,
+        "batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+        "dataset": str(source),
+        "train_samples": len(bundle.train),
+        "eval_samples": len(bundle.eval),
+        "label_names": list(bundle.id2label.values()),
+        "multi_label": bundle.multi_label,
+        "parameters": total,
+        "framework_versions": {"hftransfer": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                               "transformers": transformers.__version__, "datasets": datasets.__version__,
+                               "accelerate": accelerate.__version__},
+    }
+
+
+def export(output_dir: Path, state: RunState, bundle: DataBundle, runtime: float, world_size: int,
+           run_info: dict) -> dict:
     """Copy the best epoch's model to ``output_dir`` and write ``all_results.json``."""
     best = output_dir / BEST_DIR
     if not best.is_dir():
@@ -335,8 +405,8 @@ def export(output_dir: Path, state: RunState, cfg: TrainConfig, bundle: DataBund
         "train_runtime": runtime,
         "train_loss": state.history[-1]["train_loss"] if state.history else None,
         "world_size": world_size,
-        "strategy": cfg.strategy,
         "history": state.history,
+        "transfer": run_info,
     }
     _write_json(output_dir / "all_results.json", results)
     return results

@@ -1,0 +1,228 @@
+"""Publishing to the Hugging Face Hub: push a finished run folder or a model, download one back.
+
+Every huggingface_hub / network error becomes an ``HFTransferError`` whose one-line message names
+the problem and the fix (the recipes print it and exit with status 2); the local output folder is
+never modified by a failed push. The token is read by huggingface_hub itself (``token`` argument,
+``HF_TOKEN``, or ``hf auth login``): it is never printed, written to a card or a config, and a push
+refuses to upload a text file that contains it.
+
+Retry a failed push of a finished run without retraining::
+
+    python -m hftransfer.hub OUTPUT_DIR --hub_model_id user/name [--hub_private] [--hub_revision BRANCH] [--hub_create_pr]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import HFTransferError
+
+# Training state that is not part of the published model.
+PUSH_IGNORE_PATTERNS = ["checkpoints/*", "best_model/*", "*.tmp", "*.lock"]
+# Remote files that would mislead loaders if they outlived a re-push in another layout.
+STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", "config.json", "encoder_config.json", "hftransfer_config.json"]
+TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".csv")
+MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]
+
+
+def is_main_process() -> bool:
+    """False on every rank but 0 of a distributed launch (torchrun / accelerate set RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def push_output_dir(output_dir: Path, repo_id: str | None, private: bool, revision: str | None, create_pr: bool,
+                    commit_message: str = "Upload fine-tuned model with hftransfer") -> str:
+    """Write the model card of a finished run, then upload the run folder; returns the commit or PR URL.
+
+    Uploads everything in ``output_dir`` except ``checkpoints/`` and ``best_model/`` (the model,
+    its native config and tokenizer, ``README.md``, ``all_results.json``, ``config.yaml``, eval
+    predictions). ``repo_id`` ``None`` means ``<your user>/<output_dir name>``; the repo is created
+    if missing (``private`` applies only then); ``revision`` names a branch, created from main if
+    missing; ``create_pr`` opens a pull request against main. Re-pushing an unchanged folder makes
+    no commit. Only the main process uploads: other ranks return ``""``.
+    """
+    from .card import write_model_card
+
+    output_dir = Path(output_dir)
+    if not is_main_process():
+        return ""
+    if not (output_dir / "hftransfer_config.json").is_file():
+        raise HFTransferError(f"'{output_dir}' holds no exported model: push the output_dir of a finished run")
+    api, token = _api()
+    repo_id = repo_id or _default_repo_id(api, token, output_dir.name, output_dir)
+    write_model_card(output_dir, repo_id=repo_id)
+    return _upload(api, token, output_dir, repo_id, private, revision, create_pr, commit_message, output_dir)
+
+
+def push_model(model, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,
+               commit_message: str = "Upload model with hftransfer", token: str | None = None) -> str:
+    """``TransferModel.push_to_hub``: ``save_pretrained`` + a card into a temporary folder, then upload it."""
+    from .card import write_model_card
+
+    if not is_main_process():
+        return ""
+    api, token = _api(token)
+    with tempfile.TemporaryDirectory(prefix="hftransfer-push-") as tmp:
+        folder = Path(tmp)
+        model.save_pretrained(folder)
+        write_model_card(folder, repo_id=repo_id)
+        return _upload(api, token, folder, repo_id, private, revision, create_pr, commit_message, None)
+
+
+def download_model(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
+    """``snapshot_download`` of the model files of ``repo_id`` (``hf-hub:`` prefix accepted) -> local folder."""
+    from huggingface_hub import snapshot_download
+
+    repo_id = repo_id.removeprefix("hf-hub:")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=MODEL_FILE_PATTERNS))
+    except Exception as e:  # noqa: BLE001 - every failure becomes one actionable line
+        raise hub_error(e, repo_id, revision, action="download", token=token) from None
+
+
+# ---------------------------------------------------------------------------------------------
+def _api(token: str | None = None):
+    from huggingface_hub import HfApi, get_token
+
+    token = token or get_token()
+    if not token:
+        raise HFTransferError("no Hugging Face token: set HF_TOKEN to a token with write access or run `hf auth login`")
+    return HfApi(token=token), token
+
+
+def _default_repo_id(api, token: str, name: str, output_dir: Path | None) -> str:
+    try:
+        user = api.whoami()["name"]
+    except Exception as e:  # noqa: BLE001
+        raise hub_error(e, f"<you>/{name}", None, action="look up your user name", token=token,
+                        output_dir=output_dir) from None
+    return f"{user}/{name}"
+
+
+def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool,
+            commit_message: str, output_dir: Path | None) -> str:
+    from huggingface_hub.utils import validate_repo_id
+
+    branch = revision if revision not in (None, "", "main") else None
+    if create_pr and branch:
+        raise HFTransferError(f"--hub_create_pr opens a pull request against main, so it cannot target branch "
+                              f"'{revision}': drop --hub_revision, or drop --hub_create_pr to commit to the branch")
+    try:
+        validate_repo_id(repo_id)
+    except Exception:  # noqa: BLE001
+        raise HFTransferError(f"'{repo_id}' is not a valid Hub repo id: use namespace/name with letters, digits, "
+                              "'-', '_' and '.' (e.g. --hub_model_id your-user/my-model)") from None
+    _check_no_token_inside(folder, token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if branch:
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        head = api.repo_info(repo_id, revision=branch or "main").sha
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=branch, create_pr=create_pr,
+                                 commit_message=commit_message, ignore_patterns=PUSH_IGNORE_PATTERNS,
+                                 delete_patterns=STALE_MODEL_PATTERNS)
+    except HFTransferError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise hub_error(e, repo_id, branch, action="push", token=token, output_dir=output_dir) from None
+    url = info.pr_url or info.commit_url
+    where = f"{repo_id}@{branch}" if branch else repo_id
+    if info.oid == head and not info.pr_url:
+        print(f"hub: nothing changed, {where} already holds this model ({url})")
+    else:
+        print(f"hub: pushed to {where}: {url}")
+    return url
+
+
+def _check_no_token_inside(folder: Path, token: str) -> None:
+    """Refuse to publish a text file that contains the token (a config or log that captured it)."""
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if not path.is_file() or not path.name.endswith(TEXT_SUFFIXES) or rel.split("/")[0] in ("checkpoints", "best_model"):
+            continue
+        if token in path.read_text(errors="ignore"):
+            raise HFTransferError(f"'{rel}' contains your Hugging Face token: remove it from that file and "
+                                  "revoke the token before pushing")
+
+
+def hub_error(e: Exception, repo_id: str, revision: str | None, action: str, token: str | None = None,
+              output_dir: Path | None = None) -> HFTransferError:
+    """One line naming what failed and how to fix it, for any huggingface_hub / HTTP / network error."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
+                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+
+    endpoint = constants.ENDPOINT
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    rev = f" revision '{revision}'" if revision else ""
+    if isinstance(e, HFValidationError):
+        problem = f"'{repo_id}' is not a valid Hub repo id: use namespace/name"
+    elif isinstance(e, OfflineModeIsEnabled):
+        problem = "HF_HUB_OFFLINE is set: unset it to reach the Hub"
+    elif isinstance(e, GatedRepoError):
+        problem = f"'{repo_id}' is gated: request access on its Hub page, then use a token of that account"
+    elif status == 401:
+        problem = (f"the Hub at {endpoint} rejected the token (401 Unauthorized) while trying to {action} '{repo_id}': "
+                   "set HF_TOKEN to a valid token (write access to push) or run `hf auth login`")
+    elif status == 403:
+        problem = (f"the token may not {action} '{repo_id}' (403 Forbidden): use a token with write access to "
+                   "that namespace, or another --hub_model_id")
+    elif isinstance(e, RevisionNotFoundError):
+        problem = f"'{repo_id}' has no{rev or ' such revision'} (404): check the branch, tag or PR name"
+    elif isinstance(e, RepositoryNotFoundError) or status == 404:
+        problem = (f"repo '{repo_id}' not found at {endpoint} (404) while trying to {action}: check the id "
+                   "(namespace/name), that it exists or your token may create it, and the token's access")
+    elif isinstance(e, HfHubHTTPError) and status is not None:
+        problem = f"the Hub at {endpoint} answered {status} while trying to {action} '{repo_id}': {_first_line(e)}"
+    elif isinstance(e, LocalEntryNotFoundError) or _is_connection_error(e):
+        problem = (f"cannot reach the Hub at {endpoint} to {action} '{repo_id}' ({type(e).__name__}): check the "
+                   "network, a proxy or HF_ENDPOINT")
+    else:
+        problem = f"could not {action} '{repo_id}'{rev} ({type(e).__name__}: {_first_line(e)})"
+    if output_dir is not None:
+        problem += (f"; the run in '{output_dir}' is complete, retry with: python -m hftransfer.hub {output_dir} "
+                    f"--hub_model_id {repo_id}")
+    if token:
+        problem = problem.replace(token, "***")
+    return HFTransferError(problem)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    """Transport failures of whichever HTTP library huggingface_hub uses (httpx or requests)."""
+    seen = 0
+    while e is not None and seen < 5:
+        name = type(e).__module__.split(".")[0]
+        if isinstance(e, (ConnectionError, TimeoutError)) or (name.startswith(("httpx", "httpcore", "requests", "urllib3"))
+                                                              and "Error" in type(e).__name__
+                                                              and "Status" not in type(e).__name__):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hftransfer.hub OUTPUT_DIR --hub_model_id ...``: (re)push a finished run."""
+    parser = argparse.ArgumentParser(description="Push a finished hftransfer run folder to the Hugging Face Hub.")
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--hub_model_id", default=None, help="namespace/name (default: <your user>/<folder name>)")
+    parser.add_argument("--hub_private", action="store_true", help="create the repo as private")
+    parser.add_argument("--hub_revision", default=None, help="branch to push to (created if missing)")
+    parser.add_argument("--hub_create_pr", action="store_true", help="open a pull request against main")
+    args = parser.parse_args(argv)
+    try:
+        push_output_dir(args.output_dir, args.hub_model_id, args.hub_private, args.hub_revision, args.hub_create_pr)
+    except HFTransferError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Data loading: splits, labels and every user-fixable problem as a one-line error."""
+import json
+
+import pytest
+from conftest import make_image_folder, make_text_file
+
+from hftransfer import HFTransferError
+from hftransfer.data import INDEX_COLUMN, check_images, load_raw_splits, prepare_splits
+
+
+def text_bundle(train, val=None, **kw):
+    raw = load_raw_splits("text", train_file=str(train), validation_file=str(val) if val else None)
+    return prepare_splits(raw, kw.pop("input_column", "text"), kw.pop("label_column", "label"), **kw)
+
+
+def test_image_folder_labels_from_subfolders(image_data):
+    raw = load_raw_splits("image", train_dir=str(image_data["train"]), validation_dir=str(image_data["val"]))
+    bundle = prepare_splits(raw, "image", "label")
+    assert bundle.id2label == {0: "cats", 1: "dogs"} and not bundle.multi_label
+    assert len(bundle.train) == 12 and len(bundle.eval) == 10
+    assert sorted(bundle.eval[INDEX_COLUMN]) == list(range(10))
+    assert set(bundle.train.column_names) == {"image", "labels"}
+
+
+def test_string_labels_and_held_out_validation(text_data):
+    bundle = text_bundle(text_data["train"], validation_fraction=0.25, seed=3)
+    assert bundle.id2label == {0: "neg", 1: "pos"}
+    assert len(bundle.train) == 18 and len(bundle.eval) == 6
+    again = text_bundle(text_data["train"], validation_fraction=0.25, seed=3)
+    assert again.eval["text"] == bundle.eval["text"]  # the held-out split is reproducible
+
+
+def test_label_names_override_and_max_samples(text_data):
+    bundle = text_bundle(text_data["train"], text_data["val"], label_names=["negative", "positive"],
+                         max_train_samples=5, max_eval_samples=4)
+    assert bundle.id2label == {0: "negative", 1: "positive"}
+    assert len(bundle.train) == 5 and len(bundle.eval) == 4
+
+
+def test_multi_label_rows_become_multi_hot(tmp_path):
+    rows = [{"text": "a b", "label": ["x", "y"]}, {"text": "c", "label": ["y"]}, {"text": "d", "label": []}]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 3))
+    bundle = text_bundle(tmp_path / "t.jsonl", validation_fraction=0.34)
+    assert bundle.multi_label and bundle.id2label == {0: "x", 1: "y"}
+    assert all(len(v) == 2 and set(v) <= {0.0, 1.0} for v in bundle.train["labels"])
+
+
+def test_missing_column_names_the_columns(text_data):
+    with pytest.raises(HFTransferError, match=r"column 'sentence' not found.*columns: text, label.*--image_column_name/--text_column_name"):
+        text_bundle(text_data["train"], input_column="sentence")
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "e.csv").write_text("text,label\n")
+    with pytest.raises(HFTransferError, match="empty"):
+        text_bundle(tmp_path / "e.csv")
+
+
+def test_validation_label_unseen_in_training(tmp_path, text_data):
+    make_text_file(tmp_path / "v.csv", n=6, labels=("neg", "pos", "meh"))
+    with pytest.raises(HFTransferError, match="validation label.*meh.*never occur in the training data"):
+        text_bundle(text_data["train"], tmp_path / "v.csv")
+
+
+def test_validation_class_folder_unseen_in_training(tmp_path):
+    make_image_folder(tmp_path / "train", classes=("a", "b"), per_class=2)
+    make_image_folder(tmp_path / "val", classes=("a", "b", "c"), per_class=2)
+    raw = load_raw_splits("image", train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    with pytest.raises(HFTransferError, match="validation label.*c never occur"):
+        prepare_splits(raw, "image", "label")
+
+
+@pytest.mark.parametrize("content", [b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20])
+def test_corrupt_or_non_image_file_is_named(tmp_path, content):
+    make_image_folder(tmp_path / "train", per_class=2)
+    (tmp_path / "train" / "cats" / "broken.png").write_bytes(content)
+    raw = load_raw_splits("image", train_dir=str(tmp_path / "train"))
+    bundle = prepare_splits(raw, "image", "label", validation_fraction=0.2)
+    with pytest.raises(HFTransferError, match=r"cannot read image '.*broken.png'.*remove or replace"):
+        check_images(bundle.train, "image")
+        check_images(bundle.eval, "image")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"train_dir": "/nonexistent"}, "is not a directory"),
+    ({}, "no training data"),
+])
+def test_bad_image_paths(kwargs, match):
+    with pytest.raises(HFTransferError, match=match):
+        load_raw_splits("image", **kwargs)
+
+
+def test_unsupported_text_file(tmp_path):
+    (tmp_path / "t.parquetx").write_text("x")
+    with pytest.raises(HFTransferError, match="unsupported text file type"):
+        load_raw_splits("text", train_file=str(tmp_path / "t.parquetx"))

@@ -1,0 +1,293 @@
+"""save_pretrained / from_pretrained round trips, and the native timm / transformers layouts.
+
+Every model hftransfer trains (any head, pooling) must reload strictly with equal logits; models
+with a native equivalent must also load in plain timm, transformers (TimmWrapper /
+AutoModelForSequenceClassification) and ``pipeline`` with the same logits and label names. All
+models are tiny and randomly initialised; nothing is downloaded. The helpers here are shared with
+test_card.py and test_push.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hftransfer import HFTransferError, TransferModel, create_transfer_model
+from hftransfer.data import image_transforms
+
+LABELS = {0: "ants", 1: "bees", 2: "wasps"}
+TEXT_LABELS = {0: "negative", 1: "positive"}
+TEXTS = ["the movie was good", "a bad plot", "not very great actor"]
+WORDS = "the a good bad movie film great awful plot actor was is not very".split()
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=99)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def make_images(root: Path, classes=("ants", "bees"), per_class: int = 6, size: int = 32, seed: int = 0) -> Path:
+    """An image folder: one subfolder per class of random-noise PNGs."""
+    rng = np.random.RandomState(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray((rng.rand(size, size, 3) * 255).astype("uint8")).save(root / name / f"{i}.png")
+    return root
+
+
+def noise_image(seed: int = 0, size: int = 48) -> Image.Image:
+    return Image.fromarray((np.random.RandomState(seed).rand(size, size, 3) * 255).astype("uint8"))
+
+
+def make_encoder_folder(folder: Path, model_type: str = "bert", seed: int = 0, **overrides) -> Path:
+    """A transformers encoder folder (random weights) with a BERT word-piece tokenizer built locally."""
+    from transformers import AutoConfig, AutoModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab + [f"w{i}" for i in range(TINY["vocab_size"] - len(vocab))]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **{**TINY, **overrides})
+    AutoModel.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def randomize_head(model: TransferModel, seed: int = 1) -> TransferModel:
+    """Non-trivial head weights, so a swapped or dropped classifier cannot go unnoticed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model.eval()
+
+
+def image_model(name: str = "test_efficientnet", head: str = "linear", labels=LABELS, **kwargs) -> TransferModel:
+    torch.manual_seed(0)
+    return randomize_head(create_transfer_model("image", name, labels, head=head, weights="random", **kwargs))
+
+
+def text_model(folder: Path, pooling: str = "pooler", head: str = "linear", labels=TEXT_LABELS, **kwargs) -> TransferModel:
+    torch.manual_seed(0)
+    return randomize_head(create_transfer_model("text", str(folder), labels, head=head, pooling=pooling, **kwargs))
+
+
+def image_inputs(model: TransferModel, seeds=(0, 1)) -> torch.Tensor:
+    """The eval preprocessing hftransfer trains with (timm's resize + center crop + normalize)."""
+    transform = image_transforms(model.backbone.data_config, False)
+    return torch.stack([transform(noise_image(s)) for s in seeds])
+
+
+def text_inputs(model: TransferModel) -> dict:
+    return dict(model.backbone.tokenizer(TEXTS, return_tensors="pt", padding=True))
+
+
+def logits_of(model: TransferModel, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        if isinstance(inputs, dict):
+            return model(**inputs).logits
+        return model(pixel_values=inputs).logits
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    return make_encoder_folder(tmp_path_factory.mktemp("enc") / "tiny-bert")
+
+
+# ---------------------------------------------------------------------------------------------- timm
+@pytest.mark.parametrize("arch, classifier", [("test_efficientnet", "classifier"), ("test_vit", "head")])
+def test_timm_linear_head_saves_timm_layout_that_timm_transformers_and_pipeline_load(tmp_path, arch, classifier):
+    import timm
+    from safetensors import safe_open
+    from transformers import AutoModelForImageClassification, pipeline
+
+    model = image_model(arch)
+    pixels = image_inputs(model)
+    expected = logits_of(model, pixels)
+    out = model.save_pretrained(tmp_path / "m")
+
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "hftransfer_config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == arch and config["num_classes"] == 3 and config["label_names"] == list(LABELS.values())
+    assert config["num_features"] == model.backbone.feature_dim and "pretrained_cfg" in config
+    assert "num_classes" not in config.get("model_args", {})  # TimmWrapper passes num_classes itself
+    record = json.loads((out / "hftransfer_config.json").read_text())
+    assert record["weights_format"] == "timm" and record["native"]["library"] == "timm"
+    with safe_open(str(out / "model.safetensors"), "pt") as f:  # one copy, timm's own key names
+        keys = set(f.keys())
+    assert f"{classifier}.weight" in keys and not any(k.startswith(("backbone.", "head.fc")) for k in keys)
+
+    reloaded = TransferModel.from_pretrained(out)
+    assert torch.equal(logits_of(reloaded, pixels), expected)
+    assert reloaded.id2label == LABELS and reloaded.config()["head"] == model.config()["head"]
+
+    native = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(native(pixels), expected, atol=1e-5)
+    assert native.pretrained_cfg["label_names"] == list(LABELS.values())
+
+    wrapper = AutoModelForImageClassification.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        assert torch.allclose(wrapper(pixel_values=pixels).logits, expected, atol=1e-5)
+    assert wrapper.config.id2label == LABELS
+
+    classifier_pipe = pipeline("image-classification", model=str(out))
+    scores = {r["label"]: r["score"] for r in classifier_pipe(noise_image(0), top_k=None)}
+    probs = expected[0].softmax(-1)
+    assert set(scores) == set(LABELS.values())
+    for i, label in LABELS.items():
+        assert scores[label] == pytest.approx(probs[i].item(), abs=1e-4)
+
+
+def test_timm_config_with_num_classes_in_model_args_breaks_timm_wrapper(tmp_path):
+    """The known pitfall the exporter avoids: timm's own save_for_hf records model_args.num_classes."""
+    from transformers import AutoModelForImageClassification
+
+    out = image_model().save_pretrained(tmp_path / "m")
+    config = json.loads((out / "config.json").read_text())
+    config.setdefault("model_args", {})["num_classes"] = 3
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TypeError, match="multiple values for keyword argument 'num_classes'"):
+        AutoModelForImageClassification.from_pretrained(str(out))
+
+
+def test_multi_label_image_export_makes_pipeline_use_sigmoid(tmp_path):
+    from transformers import pipeline
+
+    model = image_model()
+    model.multi_label = True
+    out = model.save_pretrained(tmp_path / "m")
+    assert json.loads((out / "config.json").read_text())["problem_type"] == "multi_label_classification"
+    expected = logits_of(model, image_inputs(model, seeds=(0,)))[0].sigmoid()
+    scores = {r["label"]: r["score"] for r in pipeline("image-classification", model=str(out))(noise_image(0), top_k=None)}
+    for i, label in LABELS.items():
+        assert scores[label] == pytest.approx(expected[i].item(), abs=1e-4)
+    assert TransferModel.from_pretrained(out).multi_label
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+def test_bert_pooler_linear_saves_transformers_layout_that_auto_model_and_pipeline_load(tmp_path, bert_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    model = text_model(bert_dir, head_dropout=0.1)
+    inputs = text_inputs(model)
+    expected = logits_of(model, inputs)
+    out = model.save_pretrained(tmp_path / "m")
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["id2label"] == {"0": "negative", "1": "positive"} and config["label2id"] == {"negative": 0, "positive": 1}
+    assert config["problem_type"] == "single_label_classification" and config["classifier_dropout"] == 0.1
+    assert json.loads((out / "hftransfer_config.json").read_text())["weights_format"] == "transformers"
+    assert len(list(out.glob("*.safetensors"))) == 1 and (out / "tokenizer_config.json").is_file()
+
+    reloaded = TransferModel.from_pretrained(out)
+    assert torch.equal(logits_of(reloaded, inputs), expected)
+
+    native = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    with torch.no_grad():
+        assert torch.allclose(native(**tokenizer(TEXTS, return_tensors="pt", padding=True)).logits, expected, atol=1e-5)
+    assert native.config.id2label == TEXT_LABELS
+
+    results = pipeline("text-classification", model=str(out))(TEXTS, top_k=None)
+    for row, probs in zip(results, expected.softmax(-1)):
+        scores = {r["label"]: r["score"] for r in row}
+        for i, label in TEXT_LABELS.items():
+            assert scores[label] == pytest.approx(probs[i].item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("model_type, extra", [
+    ("roberta", {}),  # classifier.dense/out_proj = the pooler's dense + tanh, then the linear head
+    ("xlm-roberta", {}),
+    ("camembert", {}),
+    ("mpnet", {}),
+    ("ernie", {}),
+    ("albert", {"embedding_size": 16}),
+])
+def test_other_encoders_with_an_exact_sequence_classifier_export_natively(tmp_path, model_type, extra):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = make_encoder_folder(tmp_path / model_type, model_type, **extra)
+    model = text_model(folder)
+    inputs = text_inputs(model)
+    expected = logits_of(model, inputs)
+    out = model.save_pretrained(tmp_path / "m")
+    assert json.loads((out / "hftransfer_config.json").read_text())["weights_format"] == "transformers"
+    native = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        native_logits = native(**{k: v for k, v in inputs.items() if k in model.backbone.input_names}).logits
+    assert torch.allclose(native_logits, expected, atol=1e-5)
+    assert torch.equal(logits_of(TransferModel.from_pretrained(out), inputs), expected)
+
+
+# ---------------------------------------------------------------------------------------------- hftransfer layout
+class ScaledHead(torch.nn.Module):
+    """A user-defined head: importable by its qualified name, so from_pretrained rebuilds it."""
+
+    def __init__(self, in_features: int, num_labels: int):
+        super().__init__()
+        self.proj = torch.nn.Linear(in_features, num_labels)
+        self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.proj(x) * self.scale
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("image-mlp", "mlp head has no equivalent in timm"),
+    ("image-custom", "custom head has no equivalent"),
+    ("text-mean", "mean pooling has no transformers equivalent"),
+    ("text-cls-mlp", "mlp head has no equivalent in transformers"),
+    ("distilbert-cls", "cls pooling has no transformers equivalent"),
+])
+def test_models_without_native_equivalent_keep_hftransfer_layout_and_round_trip(tmp_path, bert_dir, case, reason):
+    if case == "image-mlp":
+        model = image_model(head="mlp", head_hidden_sizes=(16,))
+    elif case == "image-custom":
+        model = image_model(head=ScaledHead(256, 3))
+    elif case == "text-mean":
+        model = text_model(bert_dir, pooling="mean")
+    elif case == "text-cls-mlp":
+        model = text_model(bert_dir, pooling="cls", head="mlp", head_hidden_sizes=(8,))
+    elif case == "distilbert-cls":
+        folder = make_encoder_folder(tmp_path / "db", "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=37)
+        model = text_model(folder, pooling="cls")
+    inputs = image_inputs(model) if model.modality == "image" else text_inputs(model)
+    expected = logits_of(model, inputs)
+    out = model.save_pretrained(tmp_path / "m")
+
+    record = json.loads((out / "hftransfer_config.json").read_text())
+    assert record["weights_format"] == "hftransfer" and reason in record["native_unavailable"]
+    assert not (out / "config.json").exists() and len(list(out.glob("*.safetensors"))) == 1
+    reloaded = TransferModel.from_pretrained(out)
+    assert torch.equal(logits_of(reloaded, inputs), expected)
+    assert type(reloaded.head) is type(model.head)
+
+
+def test_saving_another_layout_into_the_same_folder_removes_the_stale_native_config(tmp_path):
+    out = image_model().save_pretrained(tmp_path / "m")
+    assert (out / "config.json").is_file()
+    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(out)
+    assert not (out / "config.json").exists()
+    assert type(TransferModel.from_pretrained(out).head).__name__ == "MLPHead"
+
+
+def test_mismatched_weights_fail_with_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = image_model().save_pretrained(tmp_path / "m")
+    state = load_file(out / "model.safetensors")
+    state.pop("classifier.bias")
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(HFTransferError, match="do not match") as err:
+        TransferModel.from_pretrained(out)
+    assert "\n" not in str(err.value)
+    with pytest.raises(HFTransferError, match="no hftransfer_config.json"):
+        TransferModel.from_pretrained(tmp_path)

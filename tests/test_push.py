@@ -1,0 +1,327 @@
+"""Push to the Hub against the loopback server (tests/hub_server.py) with the unmodified client.
+
+A pushed model is loaded back in a fresh Python process in which hftransfer cannot be imported,
+with plain timm, AutoModelFor... and pipeline, and compared logit for logit with hftransfer. Also:
+branches (revision), pull requests, a no-op re-push, the failure cases (401, 404, server down, no
+token) and the recipes' --push_to_hub flags end to end.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest
+import torch
+from huggingface_hub import HfApi, metadata_load
+
+from hftransfer import HFTransferError, TransferModel
+from hftransfer.data import image_transforms
+from hftransfer.hub import push_output_dir
+from hub_fixtures import hub  # noqa: F401  (pytest fixture)
+from hub_server import HubError
+from test_card import make_run_dir
+from test_export import (LABELS, TEXT_LABELS, TEXTS, image_model, logits_of, make_encoder_folder, make_images,
+                         noise_image, text_inputs, text_model)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+LOADER = r'''
+"""Load pushed models with timm / transformers only; hftransfer is made unimportable first."""
+import json
+import sys
+
+
+class BlockHFTransfer:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hftransfer" or name.startswith("hftransfer."):
+            raise ImportError("hftransfer is blocked in this process")
+        return None
+
+
+sys.meta_path.insert(0, BlockHFTransfer())
+
+import timm
+import torch
+from PIL import Image
+from transformers import (AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer,
+                          pipeline)
+
+jobs = json.load(open(sys.argv[1]))
+out = {}
+if "image" in jobs:
+    job = jobs["image"]
+    image = Image.open(job["image"]).convert("RGB")
+    model = timm.create_model("hf-hub:" + job["repo"], pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    pixels = transform(image).unsqueeze(0)
+    wrapper = AutoModelForImageClassification.from_pretrained(job["repo"]).eval()
+    with torch.no_grad():
+        out["image"] = {
+            "timm": model(pixels).tolist(),
+            "timm_labels": list(model.pretrained_cfg["label_names"]),
+            "transformers": wrapper(pixel_values=pixels).logits.tolist(),
+            "transformers_labels": {str(k): v for k, v in wrapper.config.id2label.items()},
+            "pipeline": pipeline("image-classification", model=job["repo"])(image, top_k=None),
+        }
+if "text" in jobs:
+    job = jobs["text"]
+    tokenizer = AutoTokenizer.from_pretrained(job["repo"])
+    model = AutoModelForSequenceClassification.from_pretrained(job["repo"]).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(job["texts"], return_tensors="pt", padding=True)).logits
+    out["text"] = {
+        "transformers": logits.tolist(),
+        "transformers_labels": {str(k): v for k, v in model.config.id2label.items()},
+        "pipeline": pipeline("text-classification", model=job["repo"])(job["texts"], top_k=None),
+    }
+assert not any(name.startswith("hftransfer") for name in sys.modules)
+print(json.dumps(out))
+'''
+
+
+def _env(hub) -> dict:
+    env = {**os.environ, **hub.env}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _repo_files(hub, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+    return {p: f.content for p, f in hub.server.repo(repo_id).resolve(revision).files.items()}
+
+
+def _assert_no_token(hub, *texts: str, files: dict[str, bytes] | None = None, folder: Path | None = None):
+    token = hub.token.encode()
+    assert all(hub.token not in t for t in texts)
+    assert all(token not in content for content in (files or {}).values())
+    if folder is not None:
+        assert all(token not in p.read_bytes() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def image_run(tmp_path) -> tuple[Path, TransferModel]:
+    model = image_model()
+    return make_run_dir(tmp_path / "img-run", model, "image"), model
+
+
+# ---------------------------------------------------------------------------------------------- round trip
+def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline(hub, tmp_path, image_run):
+    image_dir, image_net = image_run
+    text_net = text_model(make_encoder_folder(tmp_path / "enc"), pooling="pooler")
+    text_dir = make_run_dir(tmp_path / "txt-run", text_net, "text", model_name_or_path=str(tmp_path / "enc"),
+                            weights="pretrained", pooling="pooler", strategy="full", layer_decay=1.0)
+
+    url = push_output_dir(image_dir, "user/img", private=False, revision=None, create_pr=False)
+    assert url.startswith(f"{hub.url}/user/img/commit/")
+    push_output_dir(text_dir, "user/txt", private=True, revision=None, create_pr=False)
+    assert hub.server.repo("user/txt").private
+
+    pushed = _repo_files(hub, "user/img")
+    assert {"README.md", "model.safetensors", "config.json", "hftransfer_config.json", "all_results.json",
+            "config.yaml", "eval_predictions.jsonl"} <= set(pushed)
+    assert not any(p.startswith(("checkpoints/", "best_model/")) for p in pushed)
+    assert hub.server.repo("user/img").resolve("main").files["model.safetensors"].lfs
+    card = metadata_load(image_dir / "README.md")
+    assert card["library_name"] == "timm" and pushed["README.md"] == (image_dir / "README.md").read_bytes()
+    assert 'hf-hub:user/img"' in pushed["README.md"].decode()  # the card names the repo it was pushed to
+    _assert_no_token(hub, files=pushed)
+    _assert_no_token(hub, files=_repo_files(hub, "user/txt"))
+
+    image_path = tmp_path / "probe.png"
+    noise_image(3).save(image_path)
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"image": {"repo": "user/img", "image": str(image_path)},
+                                "text": {"repo": "user/txt", "texts": TEXTS}}))
+    script = tmp_path / "load_without_hftransfer.py"
+    script.write_text(LOADER)
+    proc = subprocess.run([sys.executable, str(script), str(jobs)], cwd=tmp_path, env=_env(hub),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    from PIL import Image
+
+    pixels = image_transforms(image_net.backbone.data_config, False)(Image.open(image_path).convert("RGB"))[None]
+    expected = logits_of(image_net, pixels)
+    got = loaded["image"]
+    assert torch.allclose(torch.tensor(got["timm"]), expected, atol=1e-5)
+    assert torch.allclose(torch.tensor(got["transformers"]), expected, atol=1e-5)
+    assert got["timm_labels"] == list(LABELS.values())
+    assert got["transformers_labels"] == {str(k): v for k, v in LABELS.items()}
+    probs = expected[0].softmax(-1)
+    assert {r["label"]: pytest.approx(r["score"], abs=1e-4) for r in got["pipeline"]} == \
+        {label: probs[i].item() for i, label in LABELS.items()}
+
+    expected = logits_of(text_net, text_inputs(text_net))
+    got = loaded["text"]
+    assert torch.allclose(torch.tensor(got["transformers"]), expected, atol=1e-5)
+    assert got["transformers_labels"] == {str(k): v for k, v in TEXT_LABELS.items()}
+    for row, probs in zip(got["pipeline"], expected.softmax(-1)):
+        assert {r["label"]: pytest.approx(r["score"], abs=1e-4) for r in row} == \
+            {label: probs[i].item() for i, label in TEXT_LABELS.items()}
+
+    # and back into hftransfer straight from the Hub (snapshot_download), strictly, with equal logits
+    from_hub = TransferModel.from_pretrained("user/img")
+    assert torch.equal(logits_of(from_hub, pixels), logits_of(image_net, pixels))
+    assert hub.server.errors == [] and hub.server.unrouted == []
+
+
+def test_model_push_to_hub_round_trips_and_reports_the_url(hub):
+    model = image_model(head="mlp", head_hidden_sizes=(8,))  # hftransfer layout
+    url = model.push_to_hub("user/mlp")
+    assert url.startswith(f"{hub.url}/user/mlp/commit/")
+    files = _repo_files(hub, "user/mlp")
+    assert {"README.md", "model.safetensors", "hftransfer_config.json"} <= set(files) and "config.json" not in files
+    assert b"No native timm equivalent" in files["README.md"]
+    reloaded = TransferModel.from_pretrained("user/mlp")
+    pixels = torch.randn(1, 3, 64, 64)
+    assert torch.equal(logits_of(reloaded, pixels), logits_of(model, pixels))
+
+
+# ---------------------------------------------------------------------------------------------- revisions
+def test_revision_create_pr_and_unchanged_repush(hub, image_run, capsys):
+    run_dir, _ = image_run
+    first = push_output_dir(run_dir, "user/revs", False, None, False)
+    main_sha = hub.server.repo("user/revs").refs["main"]
+    hub.server.requests.clear()
+
+    again = push_output_dir(run_dir, "user/revs", False, None, False)
+    assert again == first and "nothing changed" in capsys.readouterr().out
+    assert hub.server.requests_to("POST", "/commit/") == [] and hub.server.requests_to("PUT", "/lfs-upload/") == []
+    assert hub.server.repo("user/revs").refs["main"] == main_sha
+
+    push_output_dir(run_dir, "user/revs", False, "experiment", False)  # a missing branch is created from main
+    assert "experiment" in hub.server.repo("user/revs").branches
+    assert (run_dir / "model.safetensors").read_bytes() == hub.server.file_bytes("user/revs", "model.safetensors", "experiment")
+    assert TransferModel.from_pretrained("user/revs", revision="experiment").id2label == LABELS
+
+    results = json.loads((run_dir / "all_results.json").read_text())
+    results["eval_accuracy"] = 0.99
+    (run_dir / "all_results.json").write_text(json.dumps(results))
+    pr_url = push_output_dir(run_dir, "user/revs", False, None, True)
+    assert pr_url.endswith("/discussions/1")
+    assert b"0.99" in hub.server.file_bytes("user/revs", "all_results.json", "refs/pr/1")
+    assert hub.server.repo("user/revs").refs["main"] == main_sha  # a PR leaves main alone
+
+    with pytest.raises(HFTransferError, match="pull request against main"):
+        push_output_dir(run_dir, "user/revs", False, "experiment", True)
+
+
+def test_repush_in_another_layout_deletes_the_stale_native_config(hub, tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", image_model(), "image")
+    push_output_dir(run_dir, "user/relayout", False, None, False)
+    assert "config.json" in _repo_files(hub, "user/relayout")
+    (run_dir / "config.json").unlink()
+    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(run_dir)
+    push_output_dir(run_dir, "user/relayout", False, None, False)
+    assert "config.json" not in _repo_files(hub, "user/relayout")  # timm must not load a mismatched config
+    assert type(TransferModel.from_pretrained("user/relayout").head).__name__ == "MLPHead"
+
+
+# ---------------------------------------------------------------------------------------------- failures
+def _assert_one_line(err: pytest.ExceptionInfo, hub, *needles: str) -> str:
+    message = str(err.value)
+    assert "\n" not in message and hub.token not in message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def test_push_failures_give_one_clear_line_and_leave_the_run_intact(hub, image_run, monkeypatch):
+    run_dir, _ = image_run
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    hub.server.require_token = "hf_some_other_token"
+    with pytest.raises(HFTransferError) as err:
+        push_output_dir(run_dir, "user/denied", False, None, False)
+    _assert_one_line(err, hub, "401", "HF_TOKEN", "python -m hftransfer.hub")
+    hub.server.require_token = None
+
+    def not_found(payload):
+        raise HubError(404, "Repository Not Found", "RepoNotFound")
+
+    with monkeypatch.context() as patch, pytest.raises(HFTransferError) as err:
+        patch.setattr(hub.server, "_create_repo", not_found)
+        push_output_dir(run_dir, "someone-else/model", False, None, False)
+    _assert_one_line(err, hub, "404", "someone-else/model", "--hub_model_id someone-else/model")
+
+    with pytest.raises(HFTransferError) as err:
+        TransferModel.from_pretrained("user/never-pushed")
+    _assert_one_line(err, hub, "not found", "user/never-pushed")
+
+    with pytest.raises(HFTransferError, match="not a valid Hub repo id"):
+        push_output_dir(run_dir, "not a repo id", False, None, False)
+
+    hub.server.stop()
+    with pytest.raises(HFTransferError) as err:
+        push_output_dir(run_dir, "user/down", False, None, False)
+    _assert_one_line(err, hub, "cannot reach the Hub", hub.url)
+
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HFTransferError, match="no Hugging Face token"):
+        push_output_dir(run_dir, "user/x", False, None, False)
+
+    after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert {k: v for k, v in after.items() if k.name != "README.md"} == before  # only the card was (re)written
+    assert (run_dir / "README.md").is_file()
+
+
+def test_push_refuses_a_folder_that_contains_the_token(hub, image_run):
+    run_dir, _ = image_run
+    (run_dir / "notes.txt").write_text(f"my token is {hub.token}\n")
+    with pytest.raises(HFTransferError, match="notes.txt' contains your Hugging Face token") as err:
+        push_output_dir(run_dir, "user/leak", False, None, False)
+    assert hub.token not in str(err.value) and ("model", "user/leak") not in hub.server.repos
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+def _recipe(name: str, args: list[str], hub) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / name), *args], cwd=REPO_ROOT, env=_env(hub),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_image_recipe_pushes_the_run_with_its_card(hub, tmp_path):
+    data = tmp_path / "data"
+    make_images(data / "train")
+    make_images(data / "val", seed=1)
+    out = tmp_path / "run"
+    proc = _recipe("image_cls.py", ["--model_name_or_path", "test_efficientnet", "--weights", "random",
+                                    "--train_dir", str(data / "train"), "--validation_dir", str(data / "val"),
+                                    "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
+                                    "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/x"], hub)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = _repo_files(hub, "user/x")
+    assert {"README.md", "model.safetensors", "config.json", "hftransfer_config.json", "all_results.json",
+            "config.yaml"} <= set(files)
+    assert not any(p.startswith(("checkpoints/", "best_model/")) for p in files)
+    meta = metadata_load(out / "README.md")
+    assert meta["library_name"] == "timm" and meta["model-index"][0]["name"] == "x"
+    assert "`full`" in files["README.md"].decode()
+    _assert_no_token(hub, proc.stdout, proc.stderr, files=files, folder=out)
+
+
+def test_text_recipe_push_failure_exits_nonzero_with_one_line_and_a_complete_output_dir(hub, tmp_path):
+    encoder = make_encoder_folder(tmp_path / "tiny-bert")
+    rows = [("the movie was good", "positive"), ("a bad plot", "negative"), ("great actor", "positive"),
+            ("awful film", "negative")] * 2
+    for name in ("train.csv", "val.csv"):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([("text", "label"), *rows])
+    out = tmp_path / "run"
+    hub.server.require_token = "hf_a_token_this_user_does_not_have"
+    proc = _recipe("text_cls.py", ["--model_name_or_path", str(encoder), "--weights", "pretrained", "--pooling", "pooler",
+                                   "--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "val.csv"),
+                                   "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--max_seq_length", "16",
+                                   "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/txt"], hub)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "401" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert {"model.safetensors", "config.json", "hftransfer_config.json", "tokenizer.json", "all_results.json",
+            "config.yaml", "README.md"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "hftransfer_config.json").read_text())["weights_format"] == "transformers"
+    _assert_no_token(hub, proc.stdout, proc.stderr, folder=out)

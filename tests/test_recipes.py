@@ -1,0 +1,130 @@
+"""Both recipes end to end in fresh interpreters: outputs, resume, and one-line errors."""
+import json
+
+import pytest
+import torch
+from conftest import read_results, run_recipe
+from safetensors.torch import load_file
+
+from hftransfer import TransferModel
+
+IMAGE_TINY = ["--model_name_or_path", "test_efficientnet", "--weights", "random", "--per_device_train_batch_size", "4",
+              "--per_device_eval_batch_size", "4", "--head_learning_rate", "0.01"]
+
+
+def image_args(image_data, out, *extra):
+    return [*IMAGE_TINY, "--train_dir", image_data["train"], "--validation_dir", image_data["val"], "--output_dir", out, *extra]
+
+
+def test_image_recipe_end_to_end(tmp_path, image_data):
+    out = tmp_path / "run"
+    proc = run_recipe("image_cls", *image_args(image_data, out, "--num_train_epochs", "2", "--strategy", "partial"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(out)
+    assert results["eval_samples"] == 10 and 0 <= results["eval_accuracy"] <= 1 and "eval_f1" in results
+    assert results["epochs"] == 2 and len(results["history"]) == 2
+    assert results["transfer"]["phases"][0]["frozen_backbone_groups"]  # partial: the bottom stays frozen
+    assert (out / "config.yaml").is_file() and (out / "hftransfer_config.json").is_file()
+    model = TransferModel.from_pretrained(out)
+    assert model.id2label == {0: "cats", 1: "dogs"}
+    assert "eval_accuracy" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_text_recipe_end_to_end(tmp_path, text_data, tiny_bert):
+    out = tmp_path / "run"
+    proc = run_recipe("text_cls", "--model_name_or_path", tiny_bert, "--train_file", text_data["train"],
+                      "--validation_file", text_data["val"], "--output_dir", out, "--num_train_epochs", "2",
+                      "--per_device_train_batch_size", "4", "--strategy", "gradual", "--learning_rate", "1e-3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(out)
+    assert results["eval_samples"] == 13
+    phases = results["transfer"]["phases"]
+    assert [len(p["trainable_backbone_groups"]) for p in phases] == [0, 1]  # gradual: one more group in epoch 2
+    model = TransferModel.from_pretrained(out)
+    assert set(model.id2label.values()) == {"neg", "pos"}
+
+
+def test_lp_ft_hand_off_and_exact_resume(tmp_path, image_data):
+    """Probe epoch leaves the backbone (weights and BN statistics) untouched; fine-tuning then moves it;
+    resuming from the probe checkpoint reproduces the uninterrupted run."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    init = timm.create_model("test_efficientnet", num_classes=0).state_dict()
+    save_file(init, tmp_path / "init.safetensors")
+    common = ["--strategy", "lp_ft", "--lp_epochs", "1", "--save_total_limit", "0", "--num_train_epochs", "2",
+              "--weights", tmp_path / "init.safetensors"]
+    full = tmp_path / "full"
+    proc = run_recipe("image_cls", *image_args(image_data, full, *common))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpts = sorted((full / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    assert len(ckpts) == 2
+    after_probe, final = load_file(ckpts[0] / "model.safetensors"), load_file(ckpts[1] / "model.safetensors")
+    for k, v in init.items():
+        assert torch.equal(after_probe[f"backbone.model.{k}"], v), f"{k} changed during the probe phase"
+    assert any(not torch.equal(final[f"backbone.model.{k}"], v) for k, v in init.items())
+    assert not torch.equal(after_probe["head.fc.weight"], final["head.fc.weight"])
+
+    resumed = tmp_path / "resumed"
+    proc = run_recipe("image_cls", *image_args(image_data, resumed, *common, "--resume_from_checkpoint", ckpts[0]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    final_resumed = load_file(resumed / "checkpoints" / ckpts[1].name / "model.safetensors")
+    for k, v in final.items():
+        assert torch.allclose(v.float(), final_resumed[k].float(), atol=1e-6), k
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--model_name_or_path", "resnet5O"], "unknown timm model 'resnet5O'"),
+    (["--strategy", "best"], "unknown strategy 'best'"),
+    (["--label_column_name", "category"], "column 'category' not found"),
+])
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, image_data, args, match):
+    out = tmp_path / "run"
+    proc = run_recipe("image_cls", *image_args(image_data, out), *args)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and match in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (out / "all_results.json").exists()
+
+
+def test_corrupt_image_in_the_data(tmp_path, image_data):
+    import shutil
+
+    shutil.copytree(image_data["train"], tmp_path / "train")
+    (tmp_path / "train" / "dogs" / "x.jpg").write_text("not really a jpeg")
+    proc = run_recipe("image_cls", *IMAGE_TINY, "--train_dir", tmp_path / "train", "--output_dir", tmp_path / "run")
+    assert proc.returncode == 2 and "cannot read image" in proc.stderr and "x.jpg" in proc.stderr
+    assert not (tmp_path / "run" / "all_results.json").exists()
+
+
+def test_existing_output_dir_needs_resume_or_overwrite(tmp_path, image_data):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "something").write_text("x")
+    proc = run_recipe("image_cls", *image_args(image_data, out))
+    assert proc.returncode == 2 and "--resume_from_checkpoint latest" in proc.stderr
+
+
+def test_default_image_job_runs_on_bundled_data_with_real_weights(tmp_path):
+    """The embedded default (real pretrained weights, bundled photos), shortened: a linear probe on 64 images."""
+    out = tmp_path / "run"
+    proc = run_recipe("image_cls", "--max_train_samples", "64", "--max_eval_samples", "48", "--num_train_epochs", "2",
+                      "--strategy", "linear_probe", "--per_device_train_batch_size", "16", "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(out)
+    assert results["transfer"]["base_model"] == "tf_efficientnet_lite0" and results["eval_samples"] == 48
+    assert results["eval_accuracy"] >= 0.8  # pretrained features separate ants from bees after a few steps
+
+
+def test_default_text_job_runs_on_bundled_data_with_real_weights(tmp_path):
+    out = tmp_path / "run"
+    proc = run_recipe("text_cls", "--max_train_samples", "256", "--max_eval_samples", "200", "--output_dir", out,
+                      "--strategy", "linear_probe", "--head_learning_rate", "0.01", "--num_train_epochs", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(out)
+    assert results["transfer"]["label_names"] == ["negative", "positive"]
+    assert results["eval_accuracy"] >= 0.6
+    json.dumps(results)
