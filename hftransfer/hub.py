@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -52,9 +53,11 @@ def push_output_dir(output_dir: Path, repo_id: str | None, private: bool, revisi
     if not (output_dir / "hftransfer_config.json").is_file():
         raise HFTransferError(f"'{output_dir}' holds no exported model: push the output_dir of a finished run")
     api, token = _api()
-    repo_id = repo_id or _default_repo_id(api, token, output_dir.name, output_dir)
+    repo_id = repo_id or _default_repo_id(api, token, output_dir.name, _retry_command(output_dir, None, private,
+                                                                                     revision, create_pr))
     write_model_card(output_dir, repo_id=repo_id)
-    return _upload(api, token, output_dir, repo_id, private, revision, create_pr, commit_message, output_dir)
+    retry = _retry_command(output_dir, repo_id, private, revision, create_pr)
+    return _upload(api, token, output_dir, repo_id, private, revision, create_pr, commit_message, retry)
 
 
 def push_model(model, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,
@@ -69,7 +72,7 @@ def push_model(model, repo_id: str, private: bool = False, revision: str | None 
         folder = Path(tmp)
         model.save_pretrained(folder)
         write_model_card(folder, repo_id=repo_id)
-        return _upload(api, token, folder, repo_id, private, revision, create_pr, commit_message, None)
+        return _upload(api, token, folder, repo_id, private, revision, create_pr, commit_message, retry=None)
 
 
 def download_model(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
@@ -93,17 +96,22 @@ def _api(token: str | None = None):
     return HfApi(token=token), token
 
 
-def _default_repo_id(api, token: str, name: str, output_dir: Path | None) -> str:
+def _retry_command(output_dir: Path, repo_id: str | None, private: bool, revision: str | None, create_pr: bool) -> str:
+    args = [str(output_dir)] + (["--hub_model_id", repo_id] if repo_id else []) + (["--hub_private"] if private else [])
+    args += (["--hub_revision", revision] if revision else []) + (["--hub_create_pr"] if create_pr else [])
+    return "python -m hftransfer.hub " + shlex.join(args)
+
+
+def _default_repo_id(api, token: str, name: str, retry: str) -> str:
     try:
         user = api.whoami()["name"]
     except Exception as e:  # noqa: BLE001
-        raise hub_error(e, f"<you>/{name}", None, action="look up your user name", token=token,
-                        output_dir=output_dir) from None
+        raise hub_error(e, f"<you>/{name}", None, action="look up your user name", token=token, retry=retry) from None
     return f"{user}/{name}"
 
 
 def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool,
-            commit_message: str, output_dir: Path | None) -> str:
+            commit_message: str, retry: str | None) -> str:
     from huggingface_hub.utils import validate_repo_id
 
     branch = revision if revision not in (None, "", "main") else None
@@ -127,7 +135,7 @@ def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision
     except HFTransferError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise hub_error(e, repo_id, branch, action="push", token=token, output_dir=output_dir) from None
+        raise hub_error(e, repo_id, branch, action="push", token=token, retry=retry) from None
     url = info.pr_url or info.commit_url
     where = f"{repo_id}@{branch}" if branch else repo_id
     if info.oid == head and not info.pr_url:
@@ -149,7 +157,7 @@ def _check_no_token_inside(folder: Path, token: str) -> None:
 
 
 def hub_error(e: Exception, repo_id: str, revision: str | None, action: str, token: str | None = None,
-              output_dir: Path | None = None) -> HFTransferError:
+              retry: str | None = None) -> HFTransferError:
     """One line naming what failed and how to fix it, for any huggingface_hub / HTTP / network error."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
@@ -182,9 +190,8 @@ def hub_error(e: Exception, repo_id: str, revision: str | None, action: str, tok
                    "network, a proxy or HF_ENDPOINT")
     else:
         problem = f"could not {action} '{repo_id}'{rev} ({type(e).__name__}: {_first_line(e)})"
-    if output_dir is not None:
-        problem += (f"; the run in '{output_dir}' is complete, retry with: python -m hftransfer.hub {output_dir} "
-                    f"--hub_model_id {repo_id}")
+    if retry is not None:
+        problem += f"; the local output is complete, push it again with: {retry}"
     if token:
         problem = problem.replace(token, "***")
     return HFTransferError(problem)

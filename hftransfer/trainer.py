@@ -127,16 +127,26 @@ def rewrap_ddp(accelerator: Accelerator, model):
 
     DDP registers gradient hooks only for parameters that required grad when it was built: a group
     unfrozen later would train on each rank's own gradient, silently unsynchronized, and a group
-    frozen later makes DDP wait for gradients that never come. Accelerate has no public re-wrap, so
-    the new wrapper replaces the old one in the list ``save_state`` iterates over.
+    frozen later makes DDP wait for gradients that never come. Accelerate has no public re-wrap; its
+    checkpoint list may hold the wrapper or the bare module, so a wrapper there is swapped too.
     """
     if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model
     module = model.module
     device_ids = [accelerator.device.index] if accelerator.device.type == "cuda" else None
     wrapped = torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
-    accelerator._models[accelerator._models.index(model)] = wrapped
+    accelerator._models = [wrapped if m is model else m for m in accelerator._models]
     return wrapped
+
+
+def check_ranks_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> None:
+    """Fail loudly if processes hold different weights (e.g. a group trained without gradient sync)."""
+    if accelerator.num_processes == 1:
+        return
+    sums = torch.stack([p.detach().double().sum() for p in module.parameters()]).to(accelerator.device)
+    gathered = accelerator.gather(sums[None])
+    if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-6):
+        raise RuntimeError("model weights differ between processes: gradient synchronization is broken")
 
 
 def evaluate_model(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_label: bool,
@@ -299,6 +309,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
                     save_checkpoint(accelerator, output_dir, state, cfg.save_total_limit)
         bar.close()
 
+        check_ranks_in_sync(accelerator, unwrapped)
         metrics, records = evaluate_model(accelerator, model, eval_dl, unwrapped.num_labels, unwrapped.multi_label,
                                           channels_last)
         state.epoch, state.batches_done = epoch + 1, 0

@@ -22,7 +22,7 @@ from huggingface_hub import HfApi, metadata_load
 
 from hftransfer import HFTransferError, TransferModel
 from hftransfer.data import image_transforms
-from hftransfer.hub import push_output_dir
+from hftransfer.hub import main, push_output_dir
 from hub_fixtures import hub  # noqa: F401  (pytest fixture)
 from hub_server import HubError
 from test_card import make_run_dir
@@ -195,7 +195,7 @@ def test_revision_create_pr_and_unchanged_repush(hub, image_run, capsys):
     assert hub.server.requests_to("POST", "/commit/") == [] and hub.server.requests_to("PUT", "/lfs-upload/") == []
     assert hub.server.repo("user/revs").refs["main"] == main_sha
 
-    push_output_dir(run_dir, "user/revs", False, "experiment", False)  # a missing branch is created from main
+    main(["--hub_revision", "experiment", str(run_dir), "--hub_model_id", "user/revs"])  # the retry command line
     assert "experiment" in hub.server.repo("user/revs").branches
     assert (run_dir / "model.safetensors").read_bytes() == hub.server.file_bytes("user/revs", "model.safetensors", "experiment")
     assert TransferModel.from_pretrained("user/revs", revision="experiment").id2label == LABELS
@@ -210,6 +210,8 @@ def test_revision_create_pr_and_unchanged_repush(hub, image_run, capsys):
 
     with pytest.raises(HFTransferError, match="pull request against main"):
         push_output_dir(run_dir, "user/revs", False, "experiment", True)
+
+    assert push_output_dir(run_dir, None, False, None, False).startswith(f"{hub.url}/user/img-run/")  # <user>/<folder>
 
 
 def test_repush_in_another_layout_deletes_the_stale_native_config(hub, tmp_path):

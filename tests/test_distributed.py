@@ -1,0 +1,42 @@
+"""Two gloo processes on CPU through ``accelerate launch``: every eval sample counted exactly once,
+and gradual unfreezing (the trainable set changes mid-run) keeps the ranks in sync."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT, read_results
+import torch
+from safetensors.torch import load_file
+
+from hftransfer import TransferModel
+
+
+def test_two_process_run_counts_each_eval_sample_once(tmp_path, image_data):
+    out = tmp_path / "run"
+    # 10 eval samples, 2 processes x batch 4 = 8 per step: the last step is padded and must be de-duplicated
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "recipes" / "image_cls.py"),
+           "--model_name_or_path", "test_efficientnet", "--weights", "random", "--train_dir", str(image_data["train"]),
+           "--validation_dir", str(image_data["val"]), "--output_dir", str(out), "--num_train_epochs", "2",
+           "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "4", "--strategy", "gradual",
+           "--head_learning_rate", "0.01", "--learning_rate", "0.01", "--ddp_timeout", "120", "--save_total_limit", "0"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = read_results(out)
+    assert results["world_size"] == 2, "accelerate started a single process"
+    assert results["eval_samples"] == 10
+    records = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == list(range(10))
+    assert sum(results["eval_per_class"][c]["support"] for c in ("cats", "dogs")) == 10
+
+    # gradual: epoch 1 trains the head only, epoch 2 also the top backbone group, on both ranks alike
+    ckpts = sorted((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    first, second = load_file(ckpts[0] / "model.safetensors"), load_file(ckpts[1] / "model.safetensors")
+    groups = TransferModel.from_pretrained(out).layer_groups()
+    top, bottom = groups[-2].params, groups[0].params  # [-1] is the head
+    assert [len(p["trainable_backbone_groups"]) for p in results["transfer"]["phases"]] == [0, 1]
+    assert any(not torch.equal(first[k], second[k]) for k in top), "the unfrozen group never trained"
+    assert all(torch.equal(first[k], second[k]) for k in bottom), "a frozen group changed"
