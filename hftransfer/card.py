@@ -438,9 +438,11 @@ def _transfer_gain(value) -> dict | None:
 
 def _files(output_dir: Path, fmt: str) -> list[tuple[str, str]]:
     layout = {"timm": "timm key names", "transformers": "transformers key names"}.get(fmt, "hftransfer key names")
-    out = []
+    from .export import stale_native_files
+
+    out, stale = [], set(stale_native_files(output_dir))
     for path in sorted(output_dir.iterdir()):
-        if path.is_file() and path.name != CARD_NAME and not path.name.endswith((".tmp", ".lock")):
+        if path.is_file() and path.name not in stale | {CARD_NAME} and not path.name.endswith((".tmp", ".lock")):
             out.append((path.name, FILE_DESCRIPTIONS.get(path.name, "").format(layout=layout) or "run artifact"))
     return out
 

@@ -223,6 +223,19 @@ def load_weights(save_dir: Path, config: dict) -> dict[str, torch.Tensor]:
     return map_keys(state, key_map, reverse=True)
 
 
+def stale_native_files(save_dir: Path) -> list[str]:
+    """Native config files in ``save_dir`` that its weights do not use (left by an earlier run in the folder).
+
+    A timm / transformers loader would pair such a ``config.json`` with weights of another layout, so
+    cards do not list them and pushes do not upload them.
+    """
+    from .model import CONFIG_NAME
+
+    path = save_dir / CONFIG_NAME
+    fmt = json.loads(path.read_text()).get("weights_format", HFTRANSFER_FORMAT) if path.is_file() else None
+    return [NATIVE_CONFIG_NAME] if fmt == HFTRANSFER_FORMAT and (save_dir / NATIVE_CONFIG_NAME).is_file() else []
+
+
 def describe_format(config: dict) -> str:
     """One line for logs and cards: which libraries load a folder with this ``hftransfer_config.json``."""
     fmt = config.get("weights_format", HFTRANSFER_FORMAT)

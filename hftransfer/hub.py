@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import HFTransferError
+from .export import stale_native_files
 
 # Training state that is not part of the published model.
 PUSH_IGNORE_PATTERNS = ["checkpoints/*", "best_model/*", "*.tmp", "*.lock"]
@@ -55,6 +56,7 @@ def push_output_dir(output_dir: Path, repo_id: str | None, private: bool, revisi
     api, token = _api()
     repo_id = repo_id or _default_repo_id(api, token, output_dir.name, _retry_command(output_dir, None, private,
                                                                                      revision, create_pr))
+    _branch(repo_id, revision, create_pr)
     write_model_card(output_dir, repo_id=repo_id)
     retry = _retry_command(output_dir, repo_id, private, revision, create_pr)
     return _upload(api, token, output_dir, repo_id, private, revision, create_pr, commit_message, retry)
@@ -67,6 +69,7 @@ def push_model(model, repo_id: str, private: bool = False, revision: str | None 
 
     if not is_main_process():
         return ""
+    _branch(repo_id, revision, create_pr)
     api, token = _api(token)
     with tempfile.TemporaryDirectory(prefix="hftransfer-push-") as tmp:
         folder = Path(tmp)
@@ -78,10 +81,14 @@ def push_model(model, repo_id: str, private: bool = False, revision: str | None 
 def download_model(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
     """``snapshot_download`` of the model files of ``repo_id`` (``hf-hub:`` prefix accepted) -> local folder."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
 
     repo_id = repo_id.removeprefix("hf-hub:")
     try:
         return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=MODEL_FILE_PATTERNS))
+    except HFValidationError:
+        raise HFTransferError(f"'{repo_id}' is neither an existing folder nor a Hub repo id (namespace/name): "
+                              "check the path") from None
     except Exception as e:  # noqa: BLE001 - every failure becomes one actionable line
         raise hub_error(e, repo_id, revision, action="download", token=token) from None
 
@@ -110,8 +117,8 @@ def _default_repo_id(api, token: str, name: str, retry: str) -> str:
     return f"{user}/{name}"
 
 
-def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool,
-            commit_message: str, retry: str | None) -> str:
+def _branch(repo_id: str, revision: str | None, create_pr: bool) -> str | None:
+    """Validate the push target before anything is written or sent; the branch to commit to (None: main)."""
     from huggingface_hub.utils import validate_repo_id
 
     branch = revision if revision not in (None, "", "main") else None
@@ -123,6 +130,12 @@ def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision
     except Exception:  # noqa: BLE001
         raise HFTransferError(f"'{repo_id}' is not a valid Hub repo id: use namespace/name with letters, digits, "
                               "'-', '_' and '.' (e.g. --hub_model_id your-user/my-model)") from None
+    return branch
+
+
+def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision: str | None, create_pr: bool,
+            commit_message: str, retry: str | None) -> str:
+    branch = _branch(repo_id, revision, create_pr)
     _check_no_token_inside(folder, token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -130,10 +143,9 @@ def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         head = api.repo_info(repo_id, revision=branch or "main").sha
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=branch, create_pr=create_pr,
-                                 commit_message=commit_message, ignore_patterns=PUSH_IGNORE_PATTERNS,
+                                 commit_message=commit_message,
+                                 ignore_patterns=PUSH_IGNORE_PATTERNS + stale_native_files(folder),
                                  delete_patterns=STALE_MODEL_PATTERNS)
-    except HFTransferError:
-        raise
     except Exception as e:  # noqa: BLE001
         raise hub_error(e, repo_id, branch, action="push", token=token, retry=retry) from None
     url = info.pr_url or info.commit_url
@@ -180,9 +192,12 @@ def hub_error(e: Exception, repo_id: str, revision: str | None, action: str, tok
                    "that namespace, or another --hub_model_id")
     elif isinstance(e, RevisionNotFoundError):
         problem = f"'{repo_id}' has no{rev or ' such revision'} (404): check the branch, tag or PR name"
+    elif (isinstance(e, RepositoryNotFoundError) or status == 404) and action == "download":
+        problem = (f"model '{repo_id}' not found at {endpoint} (404): check the repo id (namespace/name) or the "
+                   "local folder path, and for a private repo that your token can read it")
     elif isinstance(e, RepositoryNotFoundError) or status == 404:
-        problem = (f"repo '{repo_id}' not found at {endpoint} (404) while trying to {action}: check the id "
-                   "(namespace/name), that it exists or your token may create it, and the token's access")
+        problem = (f"repo '{repo_id}' not found at {endpoint} (404) while trying to {action}: check --hub_model_id "
+                   "(namespace/name) and that your token may create or write to that repo")
     elif isinstance(e, HfHubHTTPError) and status is not None:
         problem = f"the Hub at {endpoint} answered {status} while trying to {action} '{repo_id}': {_first_line(e)}"
     elif isinstance(e, LocalEntryNotFoundError) or _is_connection_error(e):
@@ -204,14 +219,16 @@ def _first_line(e: Exception) -> str:
 
 def _is_connection_error(e: BaseException) -> bool:
     """Transport failures of whichever HTTP library huggingface_hub uses (httpx or requests)."""
-    seen = 0
-    while e is not None and seen < 5:
-        name = type(e).__module__.split(".")[0]
-        if isinstance(e, (ConnectionError, TimeoutError)) or (name.startswith(("httpx", "httpcore", "requests", "urllib3"))
-                                                              and "Error" in type(e).__name__
-                                                              and "Status" not in type(e).__name__):
+    for _ in range(5):  # the transport error may sit a few causes deep
+        if e is None:
+            return False
+        library = type(e).__module__.split(".")[0]
+        name = type(e).__name__
+        if isinstance(e, (ConnectionError, TimeoutError)):
             return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
+        if library.startswith(("httpx", "httpcore", "requests", "urllib3")) and "Error" in name and "Status" not in name:
+            return True
+        e = e.__cause__ or e.__context__
     return False
 
 

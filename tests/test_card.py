@@ -7,12 +7,8 @@ test in test_push.py checks the card of a real run. ``make_run_dir`` is shared w
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest
 from huggingface_hub import ModelCard, metadata_load
@@ -22,7 +18,7 @@ from hftransfer.card import build_model_card, card_context, write_model_card
 from hftransfer.config import TrainConfig, save_config
 from hftransfer.strategies import Strategy
 from hftransfer.trainer import describe_run
-from test_export import TEXT_LABELS, image_model, make_encoder_folder, text_model
+from test_export import TEXT_LABELS, image_model, text_model
 
 
 def make_run_dir(out: Path, model, modality: str, extra_results: dict | None = None, **cfg_kwargs) -> Path:
@@ -97,9 +93,8 @@ def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):
     assert write_model_card(out).read_text() == text  # deterministic: an unchanged run re-pushes as a no-op
 
 
-def test_text_card_without_native_layout_says_so_and_names_hub_base_model_and_dataset(tmp_path):
-    folder = make_encoder_folder(tmp_path / "enc")
-    model = text_model(folder, pooling="mean")
+def test_text_card_without_native_layout_says_so_and_names_hub_base_model_and_dataset(tmp_path, tiny_bert):
+    model = text_model(tiny_bert, pooling="mean")
     out = make_run_dir(tmp_path / "run", model, "text", model_name_or_path="sentence-transformers/all-MiniLM-L6-v2",
                        weights="pretrained", pooling="mean", strategy="gradual", unfreeze_every=2, layer_decay=1.0,
                        dataset_name="rotten_tomatoes", label_smoothing=0.1)
@@ -134,8 +129,8 @@ def test_transfer_gain_block_renders_only_when_results_have_it(tmp_path):
     assert "| from scratch | 0.6000 |" in section and "| gain | 0.3000 |" in section
 
 
-def test_card_of_a_bare_saved_model_has_metadata_but_no_results(tmp_path):
-    model = text_model(make_encoder_folder(tmp_path / "enc"), pooling="pooler")
+def test_card_of_a_bare_saved_model_has_metadata_but_no_results(tmp_path, tiny_bert):
+    model = text_model(tiny_bert, pooling="pooler")
     out = model.save_pretrained(tmp_path / "m")
     card = ModelCard.load(write_model_card(out, repo_id="user/bert-clf"))
     assert card.data.library_name == "transformers" and card.data.eval_results is None

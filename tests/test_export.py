@@ -4,16 +4,12 @@ Every model hftransfer trains (any head, pooling) must reload strictly with equa
 with a native equivalent must also load in plain timm, transformers (TimmWrapper /
 AutoModelForSequenceClassification) and ``pipeline`` with the same logits and label names. All
 models are tiny and randomly initialised; nothing is downloaded. The helpers here are shared with
-test_card.py and test_push.py.
+test_card.py and test_push.py; ``tiny_bert`` comes from conftest.py.
 """
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np
 import pytest
@@ -31,22 +27,12 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def make_images(root: Path, classes=("ants", "bees"), per_class: int = 6, size: int = 32, seed: int = 0) -> Path:
-    """An image folder: one subfolder per class of random-noise PNGs."""
-    rng = np.random.RandomState(seed)
-    for name in classes:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray((rng.rand(size, size, 3) * 255).astype("uint8")).save(root / name / f"{i}.png")
-    return root
-
-
 def noise_image(seed: int = 0, size: int = 48) -> Image.Image:
     return Image.fromarray((np.random.RandomState(seed).rand(size, size, 3) * 255).astype("uint8"))
 
 
 def make_encoder_folder(folder: Path, model_type: str = "bert", seed: int = 0, **overrides) -> Path:
-    """A transformers encoder folder (random weights) with a BERT word-piece tokenizer built locally."""
+    """A transformers encoder of any family (random weights) with a BERT word-piece tokenizer built locally."""
     from transformers import AutoConfig, AutoModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,11 +79,6 @@ def logits_of(model: TransferModel, inputs) -> torch.Tensor:
         if isinstance(inputs, dict):
             return model(**inputs).logits
         return model(pixel_values=inputs).logits
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory) -> Path:
-    return make_encoder_folder(tmp_path_factory.mktemp("enc") / "tiny-bert")
 
 
 # ---------------------------------------------------------------------------------------------- timm
@@ -172,10 +153,10 @@ def test_multi_label_image_export_makes_pipeline_use_sigmoid(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- transformers
-def test_bert_pooler_linear_saves_transformers_layout_that_auto_model_and_pipeline_load(tmp_path, bert_dir):
+def test_bert_pooler_linear_saves_transformers_layout_that_auto_model_and_pipeline_load(tmp_path, tiny_bert):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    model = text_model(bert_dir, head_dropout=0.1)
+    model = text_model(tiny_bert, head_dropout=0.1)
     inputs = text_inputs(model)
     expected = logits_of(model, inputs)
     out = model.save_pretrained(tmp_path / "m")
@@ -247,15 +228,15 @@ class ScaledHead(torch.nn.Module):
     ("text-cls-mlp", "mlp head has no equivalent in transformers"),
     ("distilbert-cls", "cls pooling has no transformers equivalent"),
 ])
-def test_models_without_native_equivalent_keep_hftransfer_layout_and_round_trip(tmp_path, bert_dir, case, reason):
+def test_models_without_native_equivalent_keep_hftransfer_layout_and_round_trip(tmp_path, tiny_bert, case, reason):
     if case == "image-mlp":
         model = image_model(head="mlp", head_hidden_sizes=(16,))
     elif case == "image-custom":
         model = image_model(head=ScaledHead(256, 3))
     elif case == "text-mean":
-        model = text_model(bert_dir, pooling="mean")
+        model = text_model(tiny_bert, pooling="mean")
     elif case == "text-cls-mlp":
-        model = text_model(bert_dir, pooling="cls", head="mlp", head_hidden_sizes=(8,))
+        model = text_model(tiny_bert, pooling="cls", head="mlp", head_hidden_sizes=(8,))
     elif case == "distilbert-cls":
         folder = make_encoder_folder(tmp_path / "db", "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=37)
         model = text_model(folder, pooling="cls")

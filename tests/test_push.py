@@ -7,27 +7,22 @@ token) and the recipes' --push_to_hub flags end to end.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 import pytest
 import torch
-from huggingface_hub import HfApi, metadata_load
+from huggingface_hub import metadata_load
 
 from hftransfer import HFTransferError, TransferModel
 from hftransfer.data import image_transforms
 from hftransfer.hub import main, push_output_dir
-from hub_fixtures import hub  # noqa: F401  (pytest fixture)
 from hub_server import HubError
 from test_card import make_run_dir
-from test_export import (LABELS, TEXT_LABELS, TEXTS, image_model, logits_of, make_encoder_folder, make_images,
-                         noise_image, text_inputs, text_model)
+from test_export import LABELS, TEXT_LABELS, TEXTS, image_model, logits_of, noise_image, text_inputs, text_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,10 +105,10 @@ def image_run(tmp_path) -> tuple[Path, TransferModel]:
 
 
 # ---------------------------------------------------------------------------------------------- round trip
-def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline(hub, tmp_path, image_run):
+def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline(hub, tmp_path, image_run, tiny_bert):
     image_dir, image_net = image_run
-    text_net = text_model(make_encoder_folder(tmp_path / "enc"), pooling="pooler")
-    text_dir = make_run_dir(tmp_path / "txt-run", text_net, "text", model_name_or_path=str(tmp_path / "enc"),
+    text_net = text_model(tiny_bert, pooling="pooler")
+    text_dir = make_run_dir(tmp_path / "txt-run", text_net, "text", model_name_or_path=str(tiny_bert),
                             weights="pretrained", pooling="pooler", strategy="full", layer_decay=1.0)
 
     url = push_output_dir(image_dir, "user/img", private=False, revision=None, create_pr=False)
@@ -214,14 +209,16 @@ def test_revision_create_pr_and_unchanged_repush(hub, image_run, capsys):
     assert push_output_dir(run_dir, None, False, None, False).startswith(f"{hub.url}/user/img-run/")  # <user>/<folder>
 
 
-def test_repush_in_another_layout_deletes_the_stale_native_config(hub, tmp_path):
+def test_repush_in_another_layout_never_leaves_a_stale_native_config(hub, tmp_path):
     run_dir = make_run_dir(tmp_path / "run", image_model(), "image")
     push_output_dir(run_dir, "user/relayout", False, None, False)
     assert "config.json" in _repo_files(hub, "user/relayout")
-    (run_dir / "config.json").unlink()
-    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(run_dir)
+    timm_config = (run_dir / "config.json").read_bytes()
+    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(run_dir)  # removes its own old config.json
+    (run_dir / "config.json").write_bytes(timm_config)  # ... but a rerun into the same output_dir may leave one
     push_output_dir(run_dir, "user/relayout", False, None, False)
-    assert "config.json" not in _repo_files(hub, "user/relayout")  # timm must not load a mismatched config
+    assert "config.json" not in _repo_files(hub, "user/relayout")  # timm must not pair it with other weights
+    assert "`config.json`" not in (run_dir / "README.md").read_text()
     assert type(TransferModel.from_pretrained("user/relayout").head).__name__ == "MLPHead"
 
 
@@ -287,40 +284,36 @@ def _recipe(name: str, args: list[str], hub) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_image_recipe_pushes_the_run_with_its_card(hub, tmp_path):
-    data = tmp_path / "data"
-    make_images(data / "train")
-    make_images(data / "val", seed=1)
+def test_image_recipe_pushes_the_run_with_its_card(hub, tmp_path, image_data):
     out = tmp_path / "run"
     proc = _recipe("image_cls.py", ["--model_name_or_path", "test_efficientnet", "--weights", "random",
-                                    "--train_dir", str(data / "train"), "--validation_dir", str(data / "val"),
-                                    "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
-                                    "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/x"], hub)
+                                    "--train_dir", str(image_data["train"]), "--validation_dir", str(image_data["val"]),
+                                    "--strategy", "linear_probe", "--num_train_epochs", "1",
+                                    "--per_device_train_batch_size", "4", "--output_dir", str(out),
+                                    "--push_to_hub", "--hub_model_id", "user/x"], hub)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("model", "user/x") in hub.server.repos, "the recipe ran but pushed nothing: is --push_to_hub wired?"
     files = _repo_files(hub, "user/x")
     assert {"README.md", "model.safetensors", "config.json", "hftransfer_config.json", "all_results.json",
             "config.yaml"} <= set(files)
     assert not any(p.startswith(("checkpoints/", "best_model/")) for p in files)
     meta = metadata_load(out / "README.md")
     assert meta["library_name"] == "timm" and meta["model-index"][0]["name"] == "x"
-    assert "`full`" in files["README.md"].decode()
+    card = files["README.md"].decode()
+    assert card.encode() == (out / "README.md").read_bytes()
+    assert "`linear_probe`" in card and "| 1 | 1 | none | `model.conv_stem+bn1` ... " in card  # all groups frozen
     _assert_no_token(hub, proc.stdout, proc.stderr, files=files, folder=out)
 
 
-def test_text_recipe_push_failure_exits_nonzero_with_one_line_and_a_complete_output_dir(hub, tmp_path):
-    encoder = make_encoder_folder(tmp_path / "tiny-bert")
-    rows = [("the movie was good", "positive"), ("a bad plot", "negative"), ("great actor", "positive"),
-            ("awful film", "negative")] * 2
-    for name in ("train.csv", "val.csv"):
-        with open(tmp_path / name, "w", newline="") as f:
-            csv.writer(f).writerows([("text", "label"), *rows])
+def test_text_recipe_push_failure_exits_nonzero_with_one_line_and_a_complete_output_dir(hub, tmp_path, tiny_bert,
+                                                                                        text_data):
     out = tmp_path / "run"
     hub.server.require_token = "hf_a_token_this_user_does_not_have"
-    proc = _recipe("text_cls.py", ["--model_name_or_path", str(encoder), "--weights", "pretrained", "--pooling", "pooler",
-                                   "--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "val.csv"),
-                                   "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--max_seq_length", "16",
+    proc = _recipe("text_cls.py", ["--model_name_or_path", str(tiny_bert), "--weights", "pretrained", "--pooling", "pooler",
+                                   "--train_file", str(text_data["train"]), "--validation_file", str(text_data["val"]),
+                                   "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--max_seq_length", "16",
                                    "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/txt"], hub)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, "the push should have failed with 401: is --push_to_hub wired?"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "401" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert {"model.safetensors", "config.json", "hftransfer_config.json", "tokenizer.json", "all_results.json",
