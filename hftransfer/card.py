@@ -46,6 +46,11 @@ FILE_DESCRIPTIONS = {
     "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer settings", "vocab.txt": "tokenizer vocabulary",
     "special_tokens_map.json": "tokenizer special tokens", "merges.txt": "tokenizer merges",
 }
+BN_STATS_DESCRIPTIONS = {
+    "frozen": "BatchNorm layers of frozen groups keep their pretrained running statistics",
+    "all": "every BatchNorm layer keeps its pretrained running statistics (eval mode while training)",
+    "none": "BatchNorm running statistics update in every layer",
+}
 MAX_LABELS_SHOWN = 50
 MAX_CLASS_ROWS = 100
 
@@ -158,7 +163,7 @@ def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
         "versions": _versions(transfer, model_cfg),
         "transfer_gain": _transfer_gain(results["transfer_gain"]) if "transfer_gain" in results else None,
         **_results_context(results, run_cfg, labels),
-        **_recipe_context(transfer, run_cfg),
+        **_recipe_context(transfer, run_cfg, modality),
     }
     return context
 
@@ -335,7 +340,7 @@ def _results_context(results: dict, run_cfg: dict, labels: list[str]) -> dict:
             "metric_for_best_model": run_cfg.get("metric_for_best_model", "accuracy")}
 
 
-def _recipe_context(transfer: dict, run_cfg: dict) -> dict:
+def _recipe_context(transfer: dict, run_cfg: dict, modality: str) -> dict:
     if not transfer:
         return {"strategy": None, "strategy_description": None, "learning_rates": None, "schedule": None,
                 "regularization": None, "optimization": None, "parameters": "n/a", "phases": None,
@@ -374,7 +379,7 @@ def _recipe_context(transfer: dict, run_cfg: dict) -> dict:
     return {
         "strategy": strategy, "strategy_description": description, "learning_rates": learning_rates,
         "schedule": transfer.get("lr_scheduler"),
-        "regularization": _regularization(transfer.get("regularizer"), run_cfg),
+        "regularization": _regularization(transfer.get("regularizer"), run_cfg, modality),
         "optimization": ", ".join(optimization),
         "parameters": f"{total:,} in total" if isinstance(total, int) else "n/a",
         "phases": phases, "phase_notes": " ".join(notes) or None, "layer_lrs": layer_lrs, "layer_decay": decay,
@@ -395,8 +400,8 @@ def _span(groups: list[str]) -> str:
     return f"{names[0]} ... {names[-1]} ({len(names)} groups)"
 
 
-def _regularization(regularizer, run_cfg: dict) -> str:
-    """The transfer regularizer and its weight (any shape a recipe records), label smoothing, head dropout."""
+def _regularization(regularizer, run_cfg: dict, modality: str) -> str:
+    """The transfer regularizer and its weight (any shape a recipe records), label smoothing, head dropout, BN policy."""
     parts = []
     if isinstance(regularizer, dict):
         name = regularizer.get("name") or regularizer.get("type") or "regularizer"
@@ -415,6 +420,9 @@ def _regularization(regularizer, run_cfg: dict) -> str:
         parts.append(f"head dropout {run_cfg['head_dropout']}")
     if run_cfg.get("train_norm"):
         parts.append("normalization layers train inside frozen groups")
+    bn_stats = BN_STATS_DESCRIPTIONS.get(run_cfg.get("bn_stats"))
+    if bn_stats and modality == "image":
+        parts.append(bn_stats)
     return "; ".join(parts)
 
 

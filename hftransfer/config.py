@@ -81,7 +81,7 @@ class TrainConfig:
     seed: int = _f(42, "random seed")
     # run
     output_dir: str = _f("outputs/run", "where the model, checkpoints and results go")
-    overwrite_output_dir: bool = _f(False, "start afresh even if output_dir holds an earlier run")
+    overwrite_output_dir: bool = _f(False, "delete what output_dir holds from an earlier run and start afresh")
     resume_from_checkpoint: typing.Optional[str] = _f(None, "a checkpoint folder, or 'latest' in output_dir")
     checkpointing_steps: str = _f("epoch", "'epoch', a number of optimizer steps, or 'no'")
     save_total_limit: int = _f(2, "checkpoints kept (older ones are deleted)")

@@ -113,10 +113,11 @@ class TransferModel(nn.Module):
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write ONE copy of the weights plus ``hftransfer_config.json`` and the preprocessing files.
 
-        When the model has an exact native equivalent (timm backbone + linear head; BERT/ALBERT/RoBERTa
-        encoder with ``pooling="pooler"`` + linear head) ``model.safetensors`` holds that library's
-        keys next to its ``config.json``, so timm / transformers / ``pipeline`` load the folder without
-        hftransfer; otherwise it holds hftransfer's keys. ``hftransfer_config.json`` records which
+        When the model has an exact native equivalent (timm backbone + linear head; BERT, ERNIE,
+        ALBERT, MPNet or RoBERTa-family encoder with ``pooling="pooler"`` + linear head),
+        ``model.safetensors`` holds that library's keys next to its ``config.json``, so timm /
+        transformers / ``pipeline`` load the folder without hftransfer; otherwise it holds
+        hftransfer's keys. ``hftransfer_config.json`` records which
         (``weights_format``) and why no native layout exists (``native_unavailable``); see ``export``.
         """
         from .export import save_weights
@@ -163,10 +164,16 @@ class TransferModel(nn.Module):
                 head = create_head(head_cfg["type"], backbone.feature_dim, len(id2label), **kwargs)
         model = cls(backbone, head, id2label, config["multi_label"], config.get("label_smoothing", 0.0), head_cfg)
         try:
-            model.load_state_dict(load_weights(save_dir, config), strict=True)
-        except RuntimeError as e:
-            raise HFTransferError(f"the weights in '{path}' do not match its {CONFIG_NAME} "
-                                  f"({str(e).splitlines()[0][:200]}): save or download the model again") from None
+            missing, unexpected = model.load_state_dict(load_weights(save_dir, config), strict=False)
+        except RuntimeError as e:  # shape mismatches raise even when not strict
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = next((ln for ln in lines if "size mismatch" in ln), lines[0])[:200]
+            raise HFTransferError(f"the weights in '{path}' do not match its {CONFIG_NAME} ({detail}): "
+                                  "save or download the model again") from None
+        if missing or unexpected:  # strict: a partly loaded model would predict from random weights
+            raise HFTransferError(f"the weights in '{path}' do not match its {CONFIG_NAME} ({len(missing)} missing, "
+                                  f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}): "
+                                  "save or download the model again")
         return model.eval()
 
     def push_to_hub(self, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,

@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 from .config import TrainConfig, save_config
 from .data import (INDEX_COLUMN, DataBundle, check_images, collate_images, default_num_workers, image_transforms,
                    load_raw_splits, prepare_splits, tokenize, with_image_transform)
+from .card import write_model_card
 from .errors import HFTransferError
+from .hub import push_output_dir
 from .metrics import ClassificationMetrics
 from .model import TransferModel, create_transfer_model
 from .strategies import Strategy, TransferScheduler, apply_trainable, param_groups
@@ -85,7 +87,13 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
             f"output_dir '{out}' already holds a run: pass --resume_from_checkpoint latest to continue it, "
             "--overwrite_output_dir to replace it, or another --output_dir"
         )
+    if earlier and cfg.overwrite_output_dir and not cfg.resume_from_checkpoint and _is_rank_zero():
+        shutil.rmtree(out)  # stale files of the earlier run must not be exported or pushed with this one
     return out
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def load_data(cfg: TrainConfig, modality: str) -> DataBundle:
@@ -332,13 +340,22 @@ def train(cfg: TrainConfig, modality: str) -> dict:
 
     runtime = time.time() - start_time
     accelerator.wait_for_everyone()
-    results = {}
+    results, failure = {}, None
     if accelerator.is_main_process:
         results = export(output_dir, state, bundle, runtime, accelerator.num_processes, run_info)
+        write_model_card(output_dir, repo_id=cfg.hub_model_id)
         accelerator.print(f"done in {runtime:.0f}s: best epoch {state.best_epoch}, eval_accuracy "
                           f"{results['eval_accuracy']:.4f}, eval_f1 {results['eval_f1']:.4f} -> {output_dir}")
+        if cfg.push_to_hub:
+            # the local output_dir is complete before any network call: a failed push loses nothing
+            try:
+                push_output_dir(output_dir, cfg.hub_model_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
+            except HFTransferError as e:
+                failure = e  # raised after the barrier, so the other ranks are not left waiting
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if failure is not None:
+        raise failure
     return results
 
 

@@ -78,6 +78,7 @@ def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):
         "backbone 1.00e-4 (peak), head 1.00e-3, layer-wise decay 0.8",
         "| model.conv_stem+bn1 | 3.28e-5 |", "| head | 1.00e-3 |",
         "no transfer regularizer", "weight decay 0.01", "cosine, warmup 10% of each phase",
+        "BatchNorm layers of frozen groups keep their pretrained running statistics",
         "12 train / 9 eval", "`ants`, `bees`, `wasps`", "| wasps | 0.7000 | 0.7500 | 0.6000 | 3 |",
         "| 3 | 0.3333 | 0.3000 | 0.8000 | 0.7000 |", "| accuracy | 0.7778 |",
         'timm.create_model("hf-hub:user/tiny-img", pretrained=True)', 'pipeline("image-classification", model="user/tiny-img")',
