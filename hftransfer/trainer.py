@@ -79,7 +79,7 @@ def configure_threads(cfg: TrainConfig, accelerator: Accelerator) -> int:
     return threads
 
 
-def prepare_output_dir(cfg: TrainConfig) -> Path:
+def prepare_output_dir(cfg: TrainConfig, is_main_process: bool) -> Path:
     out = Path(cfg.output_dir)
     earlier = out.is_dir() and any(out.iterdir())
     if earlier and not cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
@@ -87,13 +87,9 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
             f"output_dir '{out}' already holds a run: pass --resume_from_checkpoint latest to continue it, "
             "--overwrite_output_dir to replace it, or another --output_dir"
         )
-    if earlier and cfg.overwrite_output_dir and not cfg.resume_from_checkpoint and _is_rank_zero():
+    if earlier and cfg.overwrite_output_dir and not cfg.resume_from_checkpoint and is_main_process:
         shutil.rmtree(out)  # stale files of the earlier run must not be exported or pushed with this one
     return out
-
-
-def _is_rank_zero() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def load_data(cfg: TrainConfig, modality: str) -> DataBundle:
@@ -225,7 +221,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     """Run a fine-tune described by ``cfg`` and export the best model to ``cfg.output_dir``."""
     accelerator = create_accelerator(cfg)
     threads = configure_threads(cfg, accelerator)
-    output_dir = prepare_output_dir(cfg)
+    output_dir = prepare_output_dir(cfg, accelerator.is_main_process)
     if cfg.checkpointing_steps not in ("epoch", "no") and not str(cfg.checkpointing_steps).isdigit():
         raise HFTransferError(f"--checkpointing_steps '{cfg.checkpointing_steps}': use epoch, no or a number of steps")
     set_seed(cfg.seed)
