@@ -6,6 +6,7 @@ validation label never seen in training) raises :class:`HFTransferError` before 
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,8 +215,6 @@ def check_images(ds: datasets.Dataset, column: str, desc: str = "checking images
         source = item.get("path") or f"example {i}"
         try:
             if item.get("bytes") is not None:
-                import io
-
                 with Image.open(io.BytesIO(item["bytes"])) as im:
                     im.load()
             else:
