@@ -267,7 +267,12 @@ def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset / container CPU sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_num_workers() -> int:
     """Loader workers: leave most cores to the model on small machines, cap at 8 on big ones."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return 0 if cores <= 2 else min(8, cores // 2)

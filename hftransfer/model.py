@@ -14,7 +14,6 @@ from .errors import HFTransferError
 from .heads import HEADS, classification_loss, create_head
 
 CONFIG_NAME = "hftransfer_config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, save_config
-from .data import (INDEX_COLUMN, DataBundle, check_images, collate_images, default_num_workers, image_transforms,
+from .data import (INDEX_COLUMN, DataBundle, available_cores, check_images, collate_images, default_num_workers, image_transforms,
                    load_raw_splits, prepare_splits, tokenize, with_image_transform)
 from .card import write_model_card
 from .errors import HFTransferError
@@ -72,7 +72,7 @@ def configure_threads(cfg: TrainConfig, accelerator: Accelerator) -> int:
     """On CPU use all cores: ``accelerate launch`` sets OMP_NUM_THREADS=1, halving speed on 2 cores."""
     if accelerator.device.type != "cpu":
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
     threads = cfg.num_threads or max(1, cores // max(1, local_procs))
     torch.set_num_threads(threads)

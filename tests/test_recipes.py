@@ -1,5 +1,4 @@
 """Both recipes end to end in fresh interpreters: outputs, resume, and one-line errors."""
-import json
 
 import pytest
 import torch
@@ -127,4 +126,3 @@ def test_default_text_job_runs_on_bundled_data_with_real_weights(tmp_path):
     results = read_results(out)
     assert results["transfer"]["label_names"] == ["negative", "positive"]
     assert results["eval_accuracy"] >= 0.6
-    json.dumps(results)
