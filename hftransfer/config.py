@@ -57,6 +57,8 @@ class TrainConfig:
     max_seq_length: int = _f(128, "text: truncate longer sequences (batches are padded dynamically)")
     crop_scale: list = _f([0.08, 1.0], "image: RandomResizedCrop scale range for training")
     color_jitter: float = _f(0.4, "image: color jitter strength for training (0 = off)")
+    augment: bool = _f(True, "image: random crop/flip/jitter while training (false = eval transform)")
+    group_by_length: bool = _f(True, "text: batch sentences of similar length together (less padding)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)")
     # strategy
     strategy: str = _f("full", "full, linear_probe, partial, gradual or lp_ft")
@@ -65,10 +67,16 @@ class TrainConfig:
     lp_epochs: int = _f(1, "lp_ft: epochs of linear probing before fine-tuning everything")
     train_norm: bool = _f(False, "keep normalization layers trainable inside frozen groups")
     bn_stats: str = _f("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or none")
+    feature_cache: str = _f("auto", "auto: compute frozen-backbone features once for epochs where the whole backbone "
+                            "is frozen (trained without augmentation); off: run the backbone every epoch")
+    feature_cache_dir: typing.Optional[str] = _f(None, "also keep cached features on disk here, reused across runs")
+    feature_cache_dtype: str = _f("float32", "float32 or float16 (half the memory)")
     # optimization
     learning_rate: float = _f(1e-4, "backbone learning rate (peak)")
     head_learning_rate: typing.Optional[float] = _f(None, "head learning rate (default: 10x learning_rate)")
     layer_decay: float = _f(1.0, "layer-wise LR decay: group i of n gets lr * decay^(n-1-i); 1 = off")
+    l2sp_alpha: float = _f(0.0, "L2-SP: pull of the backbone towards its pretrained weights, alpha/2*||w-w0||^2 (0 = off)")
+    l2sp_beta: float = _f(0.0, "L2-SP: plain L2 on the new head, beta/2*||w_head||^2 (used when L2-SP is on)")
     weight_decay: float = _f(0.01, "AdamW weight decay (never on biases and norm weights)")
     lr_scheduler_type: str = _f("cosine", "cosine, linear or constant, after linear warmup")
     warmup_ratio: float = _f(0.1, "fraction of each phase spent warming up")

@@ -141,6 +141,8 @@ def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, valid
     # input_columns: only the label column is read, images are not decoded here
     train = train.map(lambda v: {"labels": encode(v)}, input_columns=label_column, batched=True, desc="encoding labels")
     eval_ds = eval_ds.map(lambda v: {"labels": encode(v)}, input_columns=label_column, batched=True, desc="encoding labels")
+    # example ids: evaluation counts each example once across processes; the feature cache restores order
+    train = train.add_column(INDEX_COLUMN, list(range(len(train))))
     eval_ds = eval_ds.add_column(INDEX_COLUMN, list(range(len(eval_ds))))
     keep = {input_column, "labels", INDEX_COLUMN}
     train = train.remove_columns([c for c in train.column_names if c not in keep])
@@ -226,11 +228,13 @@ def check_images(ds: datasets.Dataset, column: str, desc: str = "checking images
 
 # ---- preprocessing ------------------------------------------------------------------------------
 def image_transforms(data_config: dict, train: bool, crop_scale=(0.08, 1.0), hflip: float = 0.5,
-                     color_jitter: float | None = 0.4):
-    """timm's train (random resized crop, flip, jitter) or eval (resize + center crop) transform."""
+                     color_jitter: float | None = 0.4, augment: bool = True):
+    """timm's train (random resized crop, flip, jitter) or eval (resize + center crop) transform.
+
+    ``augment=False`` makes training use the eval transform (deterministic inputs)."""
     from timm.data import create_transform
 
-    if not train:
+    if not train or not augment:
         return create_transform(**data_config, is_training=False)
     return create_transform(**data_config, is_training=True, scale=tuple(crop_scale), hflip=hflip,
                             color_jitter=color_jitter)
@@ -257,6 +261,33 @@ def tokenize(ds: datasets.Dataset, column: str, tokenizer, max_length: int) -> d
         return tokenizer(texts, truncation=True, max_length=max_length)
 
     return ds.map(fn, batched=True, remove_columns=[column], desc="tokenizing")
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Random order, but batches of similar lengths: less padding, same examples per epoch.
+
+    Indices are shuffled (seeded by ``seed + epoch``), cut into mega-batches of ``mega_batches``
+    batches, and sorted by length inside each, so consecutive batches hold similar lengths while the
+    epoch stays random. ``set_epoch`` (called through accelerate's loaders) makes the order a
+    function of the epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
+        self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.mega
+        for start in range(0, len(order), size):
+            yield from sorted(order[start:start + size], key=lambda i: -self.lengths[i])
 
 
 def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:

@@ -66,8 +66,12 @@ class TransferModel(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
-    def forward(self, labels: torch.Tensor | None = None, **inputs) -> TransferOutput:
-        logits = self.forward_head(self.forward_features(**inputs))
+    def forward(self, labels: torch.Tensor | None = None, features: torch.Tensor | None = None, **inputs) -> TransferOutput:
+        """Logits (and loss when ``labels`` are given) from backbone inputs, or from precomputed
+        backbone ``features`` (the frozen-feature cache), which skips the backbone."""
+        if features is None:
+            features = self.forward_features(**inputs)
+        logits = self.forward_head(features.to(next(self.head.parameters(), features).dtype))
         loss = None
         if labels is not None:
             loss = classification_loss(logits, labels, self.multi_label, self.label_smoothing)

@@ -24,10 +24,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, save_config
-from .data import (INDEX_COLUMN, DataBundle, available_cores, check_images, collate_images, default_num_workers, image_transforms,
-                   load_raw_splits, prepare_splits, tokenize, with_image_transform)
+from .data import (INDEX_COLUMN, DataBundle, LengthGroupedSampler, available_cores, check_images, collate_images,
+                   default_num_workers, image_transforms, load_raw_splits, prepare_splits, tokenize, with_image_transform)
 from .card import write_model_card
 from .errors import HFTransferError
+from .features import FeatureDataset, cache_key, load_or_extract
+from .regularizers import L2SP, decoupled_weight_decay_groups
 from .hub import push_output_dir
 from .metrics import ClassificationMetrics
 from .model import TransferModel, create_transfer_model
@@ -104,26 +106,92 @@ def load_data(cfg: TrainConfig, modality: str) -> DataBundle:
     return bundle
 
 
-def create_dataloaders(cfg: TrainConfig, bundle: DataBundle, model: TransferModel) -> tuple[DataLoader, DataLoader]:
+@dataclass
+class Loaders:
+    """The run's DataLoaders; the ``cached_*`` ones exist when some epochs train on cached features."""
+
+    train: DataLoader
+    eval: DataLoader
+    train_extract: DataLoader | None = None  # train split, eval preprocessing, in order: feeds the cache
+    cached_train: DataLoader | None = None
+    cached_eval: DataLoader | None = None
+    preprocessing: str = ""
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """``accelerator.prepare`` every loader, in a fixed order so checkpoints line up on resume."""
+        names = [n for n in ("train", "eval", "train_extract", "cached_train", "cached_eval") if getattr(self, n) is not None]
+        for name, loader in zip(names, accelerator.prepare(*[getattr(self, n) for n in names])):
+            setattr(self, name, loader)
+
+
+def uses_feature_cache(cfg: TrainConfig, strategy: Strategy) -> bool:
+    """The cache applies when some epoch freezes the whole backbone and nothing inside it still learns
+    (``--train_norm`` trains norm layers; ``--bn_stats none`` lets frozen BatchNorm statistics move)."""
+    if cfg.feature_cache not in ("auto", "off"):
+        raise HFTransferError(f"unknown feature_cache '{cfg.feature_cache}': use auto or off")
+    if cfg.feature_cache_dtype not in ("float32", "float16"):
+        raise HFTransferError(f"unknown feature_cache_dtype '{cfg.feature_cache_dtype}': use float32 or float16")
+    frozen_epochs = any(strategy.trainable_groups(e) == 0 for e in range(cfg.num_train_epochs))
+    return cfg.feature_cache == "auto" and frozen_epochs and not cfg.train_norm and cfg.bn_stats != "none"
+
+
+def create_dataloaders(cfg: TrainConfig, bundle: DataBundle, model: TransferModel, with_cache: bool) -> Loaders:
     workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
+    common = {"num_workers": workers, "persistent_workers": workers > 0}
+    train_sampler = None
     if model.modality == "image":
         data_config = model.backbone.data_config
-        train_tf = image_transforms(data_config, True, cfg.crop_scale, color_jitter=cfg.color_jitter or None)
+        train_tf = image_transforms(data_config, True, cfg.crop_scale, color_jitter=cfg.color_jitter or None,
+                                    augment=cfg.augment)
         eval_tf = image_transforms(data_config, False)
         train_ds = with_image_transform(bundle.train, bundle.input_column, train_tf)
         eval_ds = with_image_transform(bundle.eval, bundle.input_column, eval_tf)
-        collate = collate_images
+        extract_ds = with_image_transform(bundle.train, bundle.input_column, eval_tf)
+        common["collate_fn"] = collate_images
+        preprocessing = repr(eval_tf)
     else:
         from transformers import DataCollatorWithPadding
 
         tokenizer = model.backbone.tokenizer
         train_ds = tokenize(bundle.train, bundle.input_column, tokenizer, cfg.max_seq_length)
         eval_ds = tokenize(bundle.eval, bundle.input_column, tokenizer, cfg.max_seq_length)
-        collate = DataCollatorWithPadding(tokenizer)
-    common = {"collate_fn": collate, "num_workers": workers, "persistent_workers": workers > 0}
-    train_dl = DataLoader(train_ds, batch_size=cfg.per_device_train_batch_size, shuffle=True, drop_last=False, **common)
-    eval_dl = DataLoader(eval_ds, batch_size=cfg.per_device_eval_batch_size, shuffle=False, **common)
-    return train_dl, eval_dl
+        extract_ds = train_ds
+        common["collate_fn"] = DataCollatorWithPadding(tokenizer)
+        if cfg.group_by_length:
+            lengths = [len(ids) for ids in train_ds["input_ids"]]
+            train_sampler = LengthGroupedSampler(lengths, cfg.per_device_train_batch_size, seed=cfg.seed)
+        preprocessing = f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|max_length={cfg.max_seq_length}"
+    loaders = Loaders(
+        train=DataLoader(train_ds, batch_size=cfg.per_device_train_batch_size, shuffle=train_sampler is None,
+                         sampler=train_sampler, **common),
+        eval=DataLoader(eval_ds, batch_size=cfg.per_device_eval_batch_size, shuffle=False, **common),
+        preprocessing=preprocessing,
+    )
+    if with_cache:
+        loaders.train_extract = DataLoader(extract_ds, batch_size=cfg.per_device_eval_batch_size, shuffle=False, **common)
+        loaders.cached_train = DataLoader(FeatureDataset(len(bundle.train)), batch_size=cfg.per_device_train_batch_size,
+                                          shuffle=True)
+        loaders.cached_eval = DataLoader(FeatureDataset(len(bundle.eval)), batch_size=cfg.per_device_eval_batch_size,
+                                         shuffle=False)
+    return loaders
+
+
+def fill_feature_cache(accelerator: Accelerator, model, loaders: Loaders, cfg: TrainConfig, bundle: DataBundle) -> None:
+    """Compute (or load from ``--feature_cache_dir``) the frozen backbone's features of both splits."""
+    dtype = getattr(torch, cfg.feature_cache_dtype)
+    backbone = accelerator.unwrap_model(model).backbone
+    for split, source, target in (("train", loaders.train_extract, loaders.cached_train),
+                                  ("eval", loaders.eval, loaders.cached_eval)):
+        dataset = target.dataset
+        if dataset.ready:
+            continue
+        cache_file = None
+        if cfg.feature_cache_dir:
+            fingerprint = (bundle.train if split == "train" else bundle.eval)._fingerprint
+            key = cache_key(backbone, fingerprint, loaders.preprocessing, cfg.feature_cache_dtype)
+            cache_file = Path(cfg.feature_cache_dir) / f"{split}-{key}.safetensors"
+        how = load_or_extract(accelerator, model, source, dataset, dtype, f"features ({split})", cache_file)
+        accelerator.print(f"feature cache: {split} {tuple(dataset.features.shape)} {cfg.feature_cache_dtype}, {how}")
 
 
 def rewrap_ddp(accelerator: Accelerator, model):
@@ -153,15 +221,14 @@ def check_ranks_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> No
         raise RuntimeError("model weights differ between processes: gradient synchronization is broken")
 
 
-def evaluate_model(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_label: bool,
-                   channels_last: bool) -> tuple[dict, list[dict]]:
+def evaluate_model(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_label: bool) -> tuple[dict, list[dict]]:
     """Loss, accuracy, macro-F1 over every eval sample exactly once, plus per-sample predictions."""
     model.eval()
     metric = ClassificationMetrics(num_labels, multi_label, per_class=True)
     total_loss, count, records = 0.0, 0, []
     for batch in eval_dl:
         index = batch.pop(INDEX_COLUMN)
-        if channels_last:
+        if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             out = model(**batch)
@@ -240,20 +307,25 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     if cfg.bn_stats not in TransferModel.BN_STATS:
         raise HFTransferError(f"unknown bn_stats '{cfg.bn_stats}': use one of {', '.join(TransferModel.BN_STATS)}")
     model.bn_stats = cfg.bn_stats
-    channels_last = modality == "image"  # CNN convolutions are faster in NHWC, on CPU and GPU alike
-    if channels_last:
+    if modality == "image":  # CNN convolutions are faster in NHWC, on CPU and GPU alike
         model = model.to(memory_format=torch.channels_last)
-    with accelerator.main_process_first():
-        train_dl, eval_dl = create_dataloaders(cfg, bundle, model)
 
     # strategy
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
+    with_cache = uses_feature_cache(cfg, strategy)
+    with accelerator.main_process_first():
+        loaders = create_dataloaders(cfg, bundle, model, with_cache)
     apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay,
-                                               cfg.layer_decay))
-    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
-    steps_per_epoch = math.ceil(len(train_dl) / cfg.gradient_accumulation_steps)
+    l2sp_active = cfg.l2sp_alpha > 0 or cfg.l2sp_beta > 0
+    groups = param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay, cfg.layer_decay)
+    optimizer = torch.optim.AdamW(decoupled_weight_decay_groups(groups, l2sp_active))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # after prepare (every rank holds rank 0's weights) and before load_state (a resumed run is still
+    # pulled towards the starting weights, not the checkpoint's)
+    l2sp = L2SP(accelerator.unwrap_model(model), cfg.l2sp_alpha, cfg.l2sp_beta) if l2sp_active else None
+    loaders.prepare(accelerator)
+    steps_per_epoch = math.ceil(len(loaders.train) / cfg.gradient_accumulation_steps)
     scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, cfg.num_train_epochs, cfg.learning_rate,
                                   cfg.warmup_ratio, schedule=cfg.lr_scheduler_type)
     state = RunState()
@@ -285,18 +357,29 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         accelerator.print(f"epoch {epoch + 1}/{cfg.num_train_epochs}: {strategy.trainable_groups(epoch)}/{len(group_names)} "
                           f"backbone groups trainable ({trainable / total:.1%} of parameters), "
                           f"lr head {scheduler.get_last_lr()[-1]:.2e}")
+        cached = with_cache and strategy.trainable_groups(epoch) == 0
+        if cached:
+            fill_feature_cache(accelerator, model, loaders, cfg, bundle)
+        train_dl = loaders.cached_train if cached else loaders.train
+        eval_dl = loaders.cached_eval if cached else loaders.eval
         model.train()
         train_dl.set_epoch(epoch)
         skip = state.batches_done
+        if not skip:
+            # each epoch's randomness (augmentation, dropout) is a function of (seed, epoch), not of
+            # everything that ran before, so a run resumed at an epoch boundary repeats it exactly
+            set_seed(cfg.seed + epoch)
         loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
         bar = tqdm(loader, total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}", unit="batch",
                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         for batch in bar:
             batch.pop(INDEX_COLUMN, None)
-            if channels_last:
+            if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
+                if l2sp is not None:
+                    loss = loss + l2sp(unwrapped)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
@@ -314,8 +397,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         bar.close()
 
         check_ranks_in_sync(accelerator, unwrapped)
-        metrics, records = evaluate_model(accelerator, model, eval_dl, unwrapped.num_labels, unwrapped.multi_label,
-                                          channels_last)
+        metrics, records = evaluate_model(accelerator, model, eval_dl, unwrapped.num_labels, unwrapped.multi_label)
         state.epoch, state.batches_done = epoch + 1, 0
         epoch_train_loss = train_loss_sum / max(1, train_batches)
         train_loss_sum, train_batches = 0.0, 0
@@ -395,7 +477,8 @@ def describe_run(cfg: TrainConfig, modality: str, bundle: DataBundle, model: Tra
         "layer_decay": cfg.layer_decay,
         "weight_decay": cfg.weight_decay,
         "lr_scheduler": f"{cfg.lr_scheduler_type}, warmup {cfg.warmup_ratio:.0%} of each phase",
-        "regularizer": None,
+        "regularizer": ({"name": "L2-SP", "alpha": cfg.l2sp_alpha, "beta": cfg.l2sp_beta,
+                         "note": "decoupled weight decay off"} if cfg.l2sp_alpha > 0 or cfg.l2sp_beta > 0 else None),
         "epochs": cfg.num_train_epochs,
         "batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
         "dataset": str(source),

@@ -27,6 +27,7 @@ def test_two_process_run_counts_each_eval_sample_once(tmp_path, image_data):
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = read_results(out)
     assert results["world_size"] == 2, "accelerate started a single process"
+    assert "feature cache: train (12, " in proc.stdout  # gradual's head-only first epoch trains on cached features
     assert results["eval_samples"] == 10
     records = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in records) == list(range(10))

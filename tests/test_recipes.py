@@ -74,6 +74,45 @@ def test_lp_ft_hand_off_and_exact_resume(tmp_path, image_data):
         assert torch.allclose(v.float(), final_resumed[k].float(), atol=1e-6), k
 
 
+def test_gradual_resume_restores_frozen_set_and_learning_rates(tmp_path, image_data):
+    """Gradual unfreezing is a function of the epoch: resuming mid-run ends with the same weights."""
+    common = ["--strategy", "gradual", "--num_train_epochs", "3", "--save_total_limit", "0", "--layer_decay", "0.7"]
+    full = tmp_path / "full"
+    assert run_recipe("image_cls", *image_args(image_data, full, *common)).returncode == 0
+    ckpts = sorted((full / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    resumed = tmp_path / "resumed"
+    proc = run_recipe("image_cls", *image_args(image_data, resumed, *common, "--resume_from_checkpoint", ckpts[0]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1/6 backbone groups trainable" in proc.stdout and "2/6 backbone groups trainable" in proc.stdout
+    a = load_file(ckpts[-1] / "model.safetensors")
+    b = load_file(resumed / "checkpoints" / ckpts[-1].name / "model.safetensors")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert read_results(full)["history"][-1] == read_results(resumed)["history"][-1]
+
+
+def test_l2sp_keeps_the_backbone_near_its_start(tmp_path, image_data):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    init = timm.create_model("test_efficientnet", num_classes=0).state_dict()
+    save_file(init, tmp_path / "init.safetensors")
+    common = ["--strategy", "full", "--num_train_epochs", "2", "--learning_rate", "0.01",
+              "--weights", tmp_path / "init.safetensors"]
+    distance = {}
+    for name, extra in (("plain", []), ("l2sp", ["--l2sp_alpha", "50", "--l2sp_beta", "0.01"])):
+        out = tmp_path / name
+        proc = run_recipe("image_cls", *image_args(image_data, out, *common, *extra))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        model = TransferModel.from_pretrained(out)
+        state = model.backbone.model.state_dict()
+        distance[name] = sum(((state[k].float() - v.float()) ** 2).sum().item() for k, v in init.items()
+                             if v.is_floating_point() and "running" not in k)
+    assert distance["l2sp"] < 0.5 * distance["plain"]
+    assert read_results(tmp_path / "l2sp")["transfer"]["regularizer"]["alpha"] == 50
+    assert "L2-SP" in (tmp_path / "l2sp" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("args,match", [
     (["--model_name_or_path", "resnet5O"], "unknown timm model 'resnet5O'"),
     (["--strategy", "best"], "unknown strategy 'best'"),

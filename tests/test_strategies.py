@@ -131,3 +131,22 @@ def test_scheduler_warmup_cosine_and_lp_ft_restart(image_model):
     assert sched2.get_last_lr() != last
     sched2.load_state_dict(sched.state_dict())  # ... and a resumed one continues where it stopped
     assert sched2.get_last_lr() == last
+
+
+def test_layer_decay_learning_rates_follow_the_schedule(image_model):
+    """Group i of n: lr * decay^(n-1-i) * schedule(step), for groups unfrozen later too."""
+    decay, lr = 0.5, 1e-3
+    optimizer = torch.optim.AdamW(param_groups(image_model, lr=lr, head_lr=1e-2, weight_decay=0.0, layer_decay=decay))
+    n = len(image_model.layer_groups()) - 1
+    strategy = Strategy("gradual", n, unfreeze_every=1)
+    sched = TransferScheduler(optimizer, strategy, steps_per_epoch=4, num_epochs=n + 1, lr=lr, warmup_ratio=0.25)
+    total = 4 * (n + 1)
+    for step in range(total):
+        factor = sched.factor(step)
+        warmup = int(0.25 * total)
+        expected = (step + 1) / (warmup + 1) if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        assert factor == pytest.approx(expected)
+        for g in optimizer.param_groups:
+            base = 1e-2 if g["is_head"] else lr * decay ** (n - 1 - g["layer"])
+            assert g["lr"] == pytest.approx(base * factor)
+        sched.step()
