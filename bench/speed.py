@@ -222,11 +222,23 @@ def text_model_path() -> str:
     return out.stdout.strip()
 
 
+RECIPE_SETTINGS = ("feature_cache", "group_by_length", "augment", "max_seq_length", "pooling", "bn_stats")
+
+
 def read_hftransfer(out: Path) -> dict:
     r = json.loads((out / "all_results.json").read_text())
     samples = r["train_samples"] * r["epochs"]
+    settings = {}
+    try:  # the resolved config the recipe ran with (defaults included), for the record
+        import yaml
+
+        cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        settings = {k: cfg[k] for k in RECIPE_SETTINGS if k in cfg}
+    except (OSError, ImportError):
+        pass
     return {"train_runtime": r["train_runtime"], "samples_per_s": samples / r["train_runtime"],
-            "eval_accuracy": r["eval_accuracy"], "eval_samples": r.get("eval_samples"), "train_samples": r["train_samples"]}
+            "eval_accuracy": r["eval_accuracy"], "eval_samples": r.get("eval_samples"), "train_samples": r["train_samples"],
+            "settings": settings}
 
 
 def read_trainer(out: Path) -> dict:
@@ -269,7 +281,8 @@ def median_of(runs: list[dict]) -> dict | None:
         return None
     keys = ("wall_s", "train_runtime", "samples_per_s", "peak_rss_mb", "eval_accuracy")
     out = {k: statistics.median(r[k] for r in ok) for k in keys}
-    out.update(runs=len(ok), eval_samples=ok[0].get("eval_samples"), train_samples=ok[0].get("train_samples"))
+    out.update(runs=len(ok), eval_samples=ok[0].get("eval_samples"), train_samples=ok[0].get("train_samples"),
+               settings=ok[0].get("settings", {}))
     return out
 
 
@@ -377,6 +390,9 @@ def build_report(args, argv: list[str], info: dict, data: dict, results: dict, r
         f"`{args.trainer_padding}` (run_classification.py's default is max_length 128){', group_by_length' if args.trainer_group_by_length else ''}, "
         "BERT pooler + classifier (AutoModelForSequenceClassification)",
         f"- head learning rate: {'hftransfer 10x (its default), Trainer 1x' if args.recipe_head_lr else 'the same single lr for every parameter on both sides'}",
+        "- hftransfer settings as resolved in its config.yaml: " + "; ".join(
+            f"`{name}` " + ", ".join(f"{k} {v}" for k, v in (r["hftransfer"] or {}).get("settings", {}).items())
+            for name, r in results.items()),
         "- hftransfer's `train_runtime` spans its whole epoch loop, including per-epoch evaluation and best-model saving; "
         "the Trainer's covers training only (evaluation once, after it)",
         "",

@@ -120,6 +120,13 @@ class TimmBackbone(Backbone):
             )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled features of normalized float images, or of uint8 images normalized here, on the device."""
+        if pixel_values.dtype == torch.uint8:
+            cfg = self.model.pretrained_cfg
+            mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=pixel_values.device).view(1, -1, 1, 1)
+            std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=pixel_values.device).view(1, -1, 1, 1)
+            dtype = next(self.model.parameters()).dtype
+            pixel_values = ((pixel_values.to(dtype) / 255 - mean) / std).to(dtype)
         return self.model(pixel_values)
 
     def layer_groups(self) -> list[LayerGroup]:

@@ -57,6 +57,8 @@ class TrainConfig:
     max_seq_length: int = _f(128, "text: truncate longer sequences (batches are padded dynamically)")
     crop_scale: list = _f([0.08, 1.0], "image: RandomResizedCrop scale range for training")
     color_jitter: float = _f(0.4, "image: color jitter strength for training (0 = off)")
+    decode_size: typing.Optional[int] = _f(None, "image: decode once, shrinking the shorter side to this many pixels "
+                                          "(default: the model's eval resize size, e.g. 256 for 224 inputs; 0 = keep size)")
     augment: bool = _f(True, "image: random crop/flip/jitter while training (false = eval transform)")
     group_by_length: bool = _f(True, "text: batch sentences of similar length together (less padding)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)")

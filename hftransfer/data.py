@@ -7,6 +7,7 @@ validation label never seen in training) raises :class:`HFTransferError` before 
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,43 +209,73 @@ def _flatten(values, multi_label):
     return [v for row in values for v in row] if multi_label else list(values)
 
 
-def check_images(ds: datasets.Dataset, column: str, desc: str = "checking images") -> None:
-    """Decode every image once; a corrupt or non-image file is named, not met mid-epoch."""
+def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = None,
+                  desc: str = "decoding images") -> datasets.Dataset:
+    """Decode every image once: RGB, shrunk so its shorter side is ``shorter_side`` (never enlarged).
+
+    Runs as a ``datasets`` map, so the result is cached on disk by the data's fingerprint and later
+    runs and epochs skip the JPEG decode and the big resize; a corrupt or non-image file is named
+    here, before training, instead of mid-epoch. The shrink target is the eval transform's resize
+    size, which the eval crop and random resized crops of training cut from.
+    """
     from PIL import Image
 
+    def fn(batch):
+        out = []
+        for i, item in enumerate(batch[column]):
+            source = item.get("path") or f"example {i}"
+            try:
+                im = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"])
+                im.load()
+            except Exception as e:
+                raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace that file") from None
+            im = im.convert("RGB")
+            if shorter_side and min(im.size) > shorter_side:
+                scale = shorter_side / min(im.size)
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+            out.append(im)
+        return {column: out}
+
     raw = ds.cast_column(column, datasets.Image(decode=False))
-    for i, item in enumerate(raw[column]):
-        source = item.get("path") or f"example {i}"
-        try:
-            if item.get("bytes") is not None:
-                with Image.open(io.BytesIO(item["bytes"])) as im:
-                    im.load()
-            else:
-                with Image.open(item["path"]) as im:
-                    im.load()
-        except Exception as e:
-            raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace that file") from None
+    return raw.map(fn, batched=True, batch_size=32, desc=desc, features=ds.features)
 
 
 # ---- preprocessing ------------------------------------------------------------------------------
+def resize_size(data_config: dict) -> int:
+    """The eval transform's resize (shorter side) before its center crop, as timm computes it."""
+    return math.floor(data_config["input_size"][-1] / data_config.get("crop_pct", 0.875))
+
+
 def image_transforms(data_config: dict, train: bool, crop_scale=(0.08, 1.0), hflip: float = 0.5,
-                     color_jitter: float | None = 0.4, augment: bool = True):
-    """timm's train (random resized crop, flip, jitter) or eval (resize + center crop) transform.
+                     color_jitter: float | None = 0.4, augment: bool = True, as_uint8: bool = False):
+    """Train (random resized crop, flip, jitter) or eval (resize + center crop) transform for a timm model.
 
-    ``augment=False`` makes training use the eval transform (deterministic inputs)."""
-    from timm.data import create_transform
+    Sizes, interpolation, crop fraction and mean/std come from timm's ``data_config``.
+    ``augment=False`` trains on the eval transform. ``as_uint8`` stops at a uint8 tensor: batches
+    travel 4x smaller and the backbone normalizes on the device; otherwise the output is the
+    normalized float tensor timm's own transforms give.
+    """
+    from torchvision.transforms import v2
 
-    if not train or not augment:
-        return create_transform(**data_config, is_training=False)
-    return create_transform(**data_config, is_training=True, scale=tuple(crop_scale), hflip=hflip,
-                            color_jitter=color_jitter)
+    size = data_config["input_size"][-1]
+    interpolation = v2.InterpolationMode(data_config.get("interpolation", "bilinear"))
+    if train and augment:
+        steps = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interpolation)]
+        steps += [v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+        steps += [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
+    else:
+        steps = [v2.Resize(resize_size(data_config), interpolation=interpolation), v2.CenterCrop(size)]
+    steps.append(v2.PILToTensor())
+    if not as_uint8:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data_config["mean"], data_config["std"])]
+    return v2.Compose(steps)
 
 
 def with_image_transform(ds: datasets.Dataset, column: str, transform) -> datasets.Dataset:
     """Apply ``transform`` on access (fresh augmentation every epoch), yielding ``pixel_values``."""
 
     def apply(batch):
-        out = {"pixel_values": [transform(im.convert("RGB")) for im in batch[column]]}
+        out = {"pixel_values": [transform(im if im.mode == "RGB" else im.convert("RGB")) for im in batch[column]]}
         for key in ("labels", INDEX_COLUMN):
             if key in batch:
                 out[key] = batch[key]

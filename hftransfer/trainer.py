@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import TrainConfig, save_config
-from .data import (INDEX_COLUMN, DataBundle, LengthGroupedSampler, available_cores, check_images, collate_images,
+from .data import (INDEX_COLUMN, DataBundle, LengthGroupedSampler, available_cores, collate_images, decode_images, resize_size,
                    default_num_workers, image_transforms, load_raw_splits, prepare_splits, tokenize, with_image_transform)
 from .card import write_model_card
 from .errors import HFTransferError
@@ -100,9 +100,6 @@ def load_data(cfg: TrainConfig, modality: str) -> DataBundle:
                           cfg.train_file, cfg.validation_file)
     bundle = prepare_splits(raw, input_column, cfg.label_column_name, cfg.validation_fraction, cfg.seed,
                             cfg.max_train_samples, cfg.max_eval_samples, cfg.label_names)
-    if modality == "image":
-        check_images(bundle.train, input_column)
-        check_images(bundle.eval, input_column)
     return bundle
 
 
@@ -141,9 +138,13 @@ def create_dataloaders(cfg: TrainConfig, bundle: DataBundle, model: TransferMode
     train_sampler = None
     if model.modality == "image":
         data_config = model.backbone.data_config
+        shorter = cfg.decode_size if cfg.decode_size is not None else resize_size(data_config)
+        for split in ("train", "eval"):
+            setattr(bundle, split, decode_images(getattr(bundle, split), bundle.input_column, shorter or None,
+                                                 desc=f"decoding {split} images"))
         train_tf = image_transforms(data_config, True, cfg.crop_scale, color_jitter=cfg.color_jitter or None,
-                                    augment=cfg.augment)
-        eval_tf = image_transforms(data_config, False)
+                                    augment=cfg.augment, as_uint8=True)
+        eval_tf = image_transforms(data_config, False, as_uint8=True)
         train_ds = with_image_transform(bundle.train, bundle.input_column, train_tf)
         eval_ds = with_image_transform(bundle.eval, bundle.input_column, eval_tf)
         extract_ds = with_image_transform(bundle.train, bundle.input_column, eval_tf)

@@ -5,7 +5,7 @@ import pytest
 from conftest import make_image_folder, make_text_file
 
 from hftransfer import HFTransferError
-from hftransfer.data import INDEX_COLUMN, check_images, load_raw_splits, prepare_splits
+from hftransfer.data import INDEX_COLUMN, decode_images, load_raw_splits, prepare_splits
 
 
 def text_bundle(train, val=None, **kw):
@@ -19,7 +19,7 @@ def test_image_folder_labels_from_subfolders(image_data):
     assert bundle.id2label == {0: "cats", 1: "dogs"} and not bundle.multi_label
     assert len(bundle.train) == 12 and len(bundle.eval) == 10
     assert sorted(bundle.eval[INDEX_COLUMN]) == list(range(10))
-    assert set(bundle.train.column_names) == {"image", "labels"}
+    assert set(bundle.train.column_names) == {"image", "labels", INDEX_COLUMN}
 
 
 def test_string_labels_and_held_out_validation(text_data):
@@ -77,8 +77,8 @@ def test_corrupt_or_non_image_file_is_named(tmp_path, content):
     raw = load_raw_splits("image", train_dir=str(tmp_path / "train"))
     bundle = prepare_splits(raw, "image", "label", validation_fraction=0.2)
     with pytest.raises(HFTransferError, match=r"cannot read image '.*broken.png'.*remove or replace"):
-        check_images(bundle.train, "image")
-        check_images(bundle.eval, "image")
+        decode_images(bundle.train, "image")
+        decode_images(bundle.eval, "image")
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -94,3 +94,36 @@ def test_unsupported_text_file(tmp_path):
     (tmp_path / "t.parquetx").write_text("x")
     with pytest.raises(HFTransferError, match="unsupported text file type"):
         load_raw_splits("text", train_file=str(tmp_path / "t.parquetx"))
+
+
+def test_decode_images_shrinks_once_and_keeps_small_images(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (640, 480), (200, 10, 10)).save(tmp_path / "train" / "a" / "big.jpg")
+    Image.new("L", (40, 30), 128).save(tmp_path / "train" / "a" / "small.png")
+    raw = load_raw_splits("image", train_dir=str(tmp_path / "train"))
+    decoded = decode_images(raw["train"], "image", shorter_side=256)
+    sizes = sorted(im.size for im in decoded["image"])
+    assert sizes == [(40, 30), (341, 256)] and all(im.mode == "RGB" for im in decoded["image"])
+
+
+def test_uint8_pipeline_matches_timm_normalization():
+    """uint8 batches normalized on the device give the features of timm's float preprocessing."""
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+
+    from hftransfer import create_backbone
+    from hftransfer.data import image_transforms
+
+    backbone = create_backbone("image", "test_efficientnet", weights="random").eval()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    cfg = backbone.data_config
+    as_uint8 = image_transforms(cfg, False, as_uint8=True)(image)
+    as_float = image_transforms(cfg, False)(image)
+    reference = timm.data.create_transform(**cfg, is_training=False)(image)
+    assert as_uint8.dtype == torch.uint8 and torch.allclose(as_float, reference, atol=0.02)
+    with torch.no_grad():
+        assert torch.allclose(backbone(pixel_values=as_uint8[None]), backbone(pixel_values=as_float[None]), atol=1e-4)
