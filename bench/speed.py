@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -222,10 +222,10 @@ def text_model_path() -> str:
     return out.stdout.strip()
 
 
-RECIPE_SETTINGS = ("feature_cache", "group_by_length", "augment", "max_seq_length", "pooling", "bn_stats")
+RECIPE_SETTINGS = {"image": ("feature_cache", "augment", "bn_stats"), "text": ("group_by_length", "max_seq_length", "pooling")}
 
 
-def read_hftransfer(out: Path) -> dict:
+def read_hftransfer(out: Path, modality: str) -> dict:
     r = json.loads((out / "all_results.json").read_text())
     samples = r["train_samples"] * r["epochs"]
     settings = {}
@@ -233,7 +233,7 @@ def read_hftransfer(out: Path) -> dict:
         import yaml
 
         cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
-        settings = {k: cfg[k] for k in RECIPE_SETTINGS if k in cfg}
+        settings = {k: cfg[k] for k in RECIPE_SETTINGS[modality] if k in cfg}
     except (OSError, ImportError):
         pass
     return {"train_runtime": r["train_runtime"], "samples_per_s": samples / r["train_runtime"],
@@ -263,7 +263,7 @@ def run_side(side: str, cmp: Comparison, data: dict, work: Path, args, rep: int,
         print("    " + tail(run_dir / "log.txt").replace("\n", "\n    "))
         return {**m, "ok": False}
     try:
-        m.update(read_hftransfer(out) if side == "hftransfer" else read_trainer(out))
+        m.update(read_hftransfer(out, cmp.modality) if side == "hftransfer" else read_trainer(out))
     except (OSError, KeyError, json.JSONDecodeError) as e:
         print(f"FAILED: no results ({type(e).__name__}: {e}); log {m['log']}")
         return {**m, "ok": False}
@@ -321,7 +321,7 @@ HEADER = ["comparison", "hft wall s", "Trainer wall s", "wall speed-up", "hft tr
 
 def format_text_table(rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *rows)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
     return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -334,7 +334,7 @@ def machine_info() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     try:
-        nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+        nproc = subprocess.run(["nproc"], check=False, capture_output=True, text=True).stdout.strip()
     except OSError:
         nproc = str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     versions = {}
@@ -343,9 +343,9 @@ def machine_info() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = "missing"
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "hftransfer", "recipes"],
-                           capture_output=True, text=True).stdout.strip()
+                           check=False, capture_output=True, text=True).stdout.strip()
     return {"nproc": nproc, "cpu": cpu, "versions": versions, "python": platform.python_version(),
             "git": git + (" + uncommitted changes in hftransfer/ or recipes/" if dirty else "")}
 
@@ -461,7 +461,7 @@ def main(argv=None) -> int:
             subprocess.run([sys.executable, str(BENCH / "trainer_baseline.py"), "--make_timm_folder", str(timm_folder)],
                            check=True, capture_output=True, text=True, env=child_env(args.threads, work / "hf_cache"))
             help_text = subprocess.run([sys.executable, str(ROOT / "recipes" / "image_cls.py"), "--help"],
-                                       capture_output=True, text=True).stdout
+                                       check=False, capture_output=True, text=True).stdout
             feature_cache = "--feature_cache" in help_text
             print(f"hftransfer --feature_cache: {'accepted, passing auto' if feature_cache else 'not accepted by the recipe yet, not passed'}")
 

@@ -87,7 +87,9 @@ class TrainConfig:
     per_device_eval_batch_size: int = _f(64, "evaluation batch size per process")
     gradient_accumulation_steps: int = _f(1, "batches per optimizer step")
     max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
-    mixed_precision: typing.Optional[str] = _f(None, "no, fp16 or bf16 (default: accelerate's setting)")
+    mixed_precision: typing.Optional[str] = _f(None, "no, fp16 or bf16 (default: accelerate's setting, else bf16 on "
+                                               "GPUs that support it and no on CPU)")
+    torch_compile: bool = _f(False, "compile the model with torch.compile (inductor); pays off on GPUs and long runs")
     seed: int = _f(42, "random seed")
     # run
     output_dir: str = _f("outputs/run", "where the model, checkpoints and results go")
