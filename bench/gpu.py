@@ -14,7 +14,9 @@ the data is synthetic, created once on the device. Per model it times, after war
    ``Accelerator`` that ``hftransfer.trainer.create_accelerator`` builds with
    ``mixed_precision="bf16"``, ``prepare``, and the loop body of ``hftransfer/trainer.py``
    (``accumulate``, ``backward``, grad clipping, step, ``zero_grad``, ``loss.item()``, the
-   ``TransferScheduler``); eager, and with ``torch.compile(model)`` before ``prepare``.
+   ``TransferScheduler``); eager, and compiled the recipe's way (``--torch_compile``:
+   ``Accelerator(dynamo_backend="inductor")``; ``torch.compile(model)`` before ``prepare`` if the
+   installed hftransfer has no such option).
 2. ``plain``   the same model in a minimal loop: ``torch.autocast(bf16)``, forward, ``backward``,
    ``AdamW.step``, ``zero_grad``; no clipping, no per-step host sync; eager and compiled.
 3. ``trainer`` ``transformers.Trainer`` (``bf16=True``) on ``AutoModelForImageClassification`` from a
@@ -27,6 +29,7 @@ samples/s and each path's ratio to the compiled plain loop (target: the recipe p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -183,8 +186,10 @@ def run_recipe(spec: Spec, args, compiled: bool) -> dict:
     from hftransfer.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
     from hftransfer.trainer import create_accelerator
 
+    # the recipe's own --torch_compile (Accelerator(dynamo_backend="inductor")) where it has one
+    native_compile = "torch_compile" in {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(mixed_precision="bf16", learning_rate=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
-                      strategy="full")
+                      strategy="full", **({"torch_compile": compiled} if native_compile else {}))
     accelerator = create_accelerator(cfg)
     model = spec.transfer_model()
     if spec.kind == "image":
@@ -194,7 +199,7 @@ def run_recipe(spec: Spec, args, compiled: bool) -> dict:
     apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay,
                                                cfg.layer_decay))
-    if compiled:
+    if compiled and not native_compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     total_steps = args.warmup + args.steps

@@ -1,6 +1,6 @@
 """hftransfer recipe vs a plain HF ``Trainer`` script: speed, memory and accuracy, side by side, one run.
 
-    python bench/speed.py            # the benchmark (about half an hour on 2 CPU cores); appends to bench/RESULTS.md
+    python bench/speed.py            # the benchmark (roughly 15-30 min on 2 quiet CPU cores); appends to bench/RESULTS.md
     python bench/speed.py --quick    # smoke test: tiny subsets, 1 epoch, a few minutes; records nothing unless --record
     python bench/speed.py --only image_full,text_full --repeats 3
 
@@ -222,7 +222,8 @@ def text_model_path() -> str:
     return out.stdout.strip()
 
 
-RECIPE_SETTINGS = {"image": ("feature_cache", "augment", "bn_stats"), "text": ("group_by_length", "max_seq_length", "pooling")}
+RECIPE_SETTINGS = {"image": ("feature_cache", "decode_size", "augment", "bn_stats", "torch_compile", "mixed_precision"),
+                   "text": ("group_by_length", "max_seq_length", "pooling", "torch_compile", "mixed_precision")}
 
 
 def read_hftransfer(out: Path, modality: str) -> dict:
