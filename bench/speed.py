@@ -394,8 +394,9 @@ def build_report(args, argv: list[str], info: dict, data: dict, results: dict, r
         "- hftransfer settings as resolved in its config.yaml: " + "; ".join(
             f"`{name}` " + ", ".join(f"{k} {v}" for k, v in (r["hftransfer"] or {}).get("settings", {}).items())
             for name, r in results.items()),
-        "- hftransfer's `train_runtime` spans its whole epoch loop, including per-epoch evaluation and best-model saving; "
-        "the Trainer's covers training only (evaluation once, after it)",
+        "- both `train_runtime`s cover training only: hftransfer's is its epochs' training phases (frozen-feature "
+        "extraction included, per-epoch evaluation and saving excluded), the Trainer's is `trainer.train()` "
+        "(evaluation once, after it); wall time covers everything",
         "",
         format_md_table(rows),
     ]

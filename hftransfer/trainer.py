@@ -354,8 +354,10 @@ def train(cfg: TrainConfig, modality: str) -> dict:
                       f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} thread(s)")
     run_info = describe_run(cfg, modality, bundle, unwrapped, strategy, group_names)
     every = int(cfg.checkpointing_steps) if str(cfg.checkpointing_steps).isdigit() else 0
-    start_time, train_loss_sum, train_batches = time.time(), 0.0, 0
+    start_time, train_time, train_loss_sum, train_batches = time.time(), 0.0, 0.0, 0
+    first_epoch = state.epoch
     for epoch in range(state.epoch, cfg.num_train_epochs):
+        epoch_start = time.time()
         if apply_trainable(unwrapped, strategy.trainable_groups(epoch), cfg.train_norm):
             model = rewrap_ddp(accelerator, model)
         trainable = unwrapped.num_parameters(trainable_only=True)
@@ -400,6 +402,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
                 if every and state.global_step % every == 0:
                     save_checkpoint(accelerator, output_dir, state, cfg.save_total_limit)
         bar.close()
+        train_time += time.time() - epoch_start  # training only (feature extraction included), like Trainer's train_runtime
 
         check_ranks_in_sync(accelerator, unwrapped)
         metrics, records = evaluate_model(accelerator, model, eval_dl, unwrapped.num_labels, unwrapped.multi_label)
@@ -425,7 +428,9 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     accelerator.wait_for_everyone()
     results, failure = {}, None
     if accelerator.is_main_process:
-        results = export(output_dir, state, bundle, runtime, accelerator.num_processes, run_info)
+        timing = {"train_runtime": train_time, "total_runtime": runtime,
+                  "train_samples_per_second": len(bundle.train) * (state.epoch - first_epoch) / max(train_time, 1e-9)}
+        results = export(output_dir, state, bundle, timing, accelerator.num_processes, run_info)
         write_model_card(output_dir, repo_id=cfg.hub_model_id)
         accelerator.print(f"done in {runtime:.0f}s: best epoch {state.best_epoch}, eval_accuracy "
                           f"{results['eval_accuracy']:.4f}, eval_f1 {results['eval_f1']:.4f} -> {output_dir}")
@@ -498,7 +503,7 @@ def describe_run(cfg: TrainConfig, modality: str, bundle: DataBundle, model: Tra
     }
 
 
-def export(output_dir: Path, state: RunState, bundle: DataBundle, runtime: float, world_size: int,
+def export(output_dir: Path, state: RunState, bundle: DataBundle, timing: dict, world_size: int,
            run_info: dict) -> dict:
     """Copy the best epoch's model to ``output_dir`` and write ``all_results.json``."""
     best = output_dir / BEST_DIR
@@ -514,7 +519,7 @@ def export(output_dir: Path, state: RunState, bundle: DataBundle, runtime: float
         "best_epoch": state.best_epoch,
         "epochs": state.epoch,
         "train_samples": len(bundle.train),
-        "train_runtime": runtime,
+        **timing,
         "train_loss": state.history[-1]["train_loss"] if state.history else None,
         "world_size": world_size,
         "history": state.history,
