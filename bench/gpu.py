@@ -333,6 +333,8 @@ def main(argv=None) -> int:
                 label = f"{path} {'compiled' if compiled else 'eager'}"
                 print(f"  {key} ({spec.arch}) {label} ...", end=" ", flush=True)
                 started = time.perf_counter()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 try:
                     if path == "recipe":
                         r = run_recipe(spec, args, compiled)
@@ -341,6 +343,7 @@ def main(argv=None) -> int:
                     else:
                         r = run_trainer(spec, args, compiled, workdir)
                     r["ok"] = True
+                    r["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
                     print(f"{r['samples_per_s']:.1f}/s ({time.perf_counter() - started:.0f}s incl. warm-up)")
                 except Exception as e:  # noqa: BLE001 - report and go on with the other runs
                     r = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
@@ -359,7 +362,7 @@ def main(argv=None) -> int:
 
 
 def format_table(results: list[dict], args) -> str:
-    header = ["model", "path", "batch", "samples/s", "ms/step",
+    header = ["model", "path", "batch", "samples/s", "ms/step", "peak GPU MB",
               "vs plain eager" if args.no_compile else "vs plain compiled", "reference H200 (issue)"]
     rows, verdicts = [], []
     for key in args.model_list:
@@ -371,10 +374,11 @@ def format_table(results: list[dict], args) -> str:
         for r in mine:
             ref = REFERENCE_H200.get(key, {}).get(r["path"])
             if not r["ok"]:
-                rows.append([key, r["path"], str(r["batch"]), "failed", "", "", r["error"][:60]])
+                rows.append([key, r["path"], str(r["batch"]), "failed", "", "", "", r["error"][:60]])
                 continue
             ratio = r["samples_per_s"] / base["samples_per_s"] if base else math.nan
-            rows.append([key, r["path"], str(r["batch"]), f"{r['samples_per_s']:.1f} {unit}", f"{r['ms_per_step']:.1f}",
+            peak = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") is not None else "-"
+            rows.append([key, r["path"], str(r["batch"]), f"{r['samples_per_s']:.1f} {unit}", f"{r['ms_per_step']:.1f}", peak,
                          f"{ratio:.2f}x" if base else "n/a", f"{ref:,} {unit}" if ref and not args.smoke else ""])
         rec = next((r for r in mine if r["path"] == "recipe compiled" and r["ok"]), None)
         if base and rec:
