@@ -3,6 +3,10 @@
     python bench/quality.py                  # full: both datasets, every strategy, 3 seeds
     python bench/quality.py --quick          # smoke check: tiny subsets, 1 seed, 1 epoch
     python bench/quality.py --only image --seeds 0 1 2
+    python bench/quality.py --table_from bench/quality_runs.jsonl   # one table over every recorded run
+
+Every run is also appended as one JSON line to bench/quality_runs.jsonl, so seeds run in separate
+sessions combine into one mean +- std table.
 
 Fine-tunes the bundled real backbones (EfficientNet-Lite0 ImageNet, all-MiniLM-L6-v2) with every
 strategy plus a from-scratch baseline (same architecture, random init) through the real recipes,
@@ -98,6 +102,40 @@ def score_text_test(model_dir: Path, test_file: Path, limit: int | None) -> floa
     return correct / len(rows)
 
 
+RUNS_FILE = ROOT / "bench" / "quality_runs.jsonl"
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} +- {sd:.4f}"
+
+
+def print_table(rows: list[tuple]) -> str:
+    table = ["| data | strategy | val accuracy (mean +- std) | test accuracy | wall s / run | seeds |",
+             "|---|---|---|---|---|---|"]
+    for modality, name, accs, tests, walls, _note in rows:
+        table.append(f"| {modality} | {name} | {_fmt(accs)} | {_fmt(tests)} | {statistics.mean(walls):.0f} | {len(accs)} |")
+    text = "\n".join(table)
+    print("\n" + text)
+    return text
+
+
+def records_to_rows(records: list[dict]) -> list[tuple]:
+    """Group recorded runs by (data, strategy), keeping the last record per seed, in first-seen order."""
+    grouped: dict[tuple, dict[int, dict]] = {}
+    for rec in records:
+        grouped.setdefault((rec["data"], rec["strategy"]), {})[rec["seed"]] = rec
+    rows = []
+    for (modality, name), by_seed in grouped.items():
+        recs = [by_seed[s] for s in sorted(by_seed)]
+        tests = [r["test_accuracy"] for r in recs if r.get("test_accuracy") is not None]
+        rows.append((modality, name, [r["val_accuracy"] for r in recs], tests, [r["wall_s"] for r in recs],
+                     recs[-1].get("dataset", "")))
+    return rows
+
+
 def run(recipe: str, args: list[str], out: Path) -> tuple[dict, float, str]:
     cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *args, "--output_dir", str(out),
            "--overwrite_output_dir", "--checkpointing_steps", "no"]
@@ -117,7 +155,12 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=None, help="subset of strategy names")
     parser.add_argument("--text_train_samples", type=int, default=None, help="subset of rotten_tomatoes train (default: all 8530)")
     parser.add_argument("--no_results_file", action="store_true", help="print only, do not append to bench/RESULTS.md")
+    parser.add_argument("--table_from", type=Path, default=None,
+                        help="build the table from recorded runs (JSON lines) instead of training")
     opts = parser.parse_args()
+    if opts.table_from:
+        print_table(records_to_rows([json.loads(line) for line in opts.table_from.read_text().splitlines() if line]))
+        return
     seeds = opts.seeds[:1] if opts.quick else opts.seeds
     tmp = Path(tempfile.mkdtemp(prefix="hftransfer-quality-"))
     cache = tmp / "feature_cache"  # frozen features are shared by the runs that probe the same backbone
@@ -156,21 +199,17 @@ def main() -> None:
                 if test is not None:
                     tests.append(score_text_test(out, test, 64 if opts.quick else None))
                 commands.append(cmd)
+                if not opts.quick:
+                    record = {"data": modality, "strategy": name, "seed": seed, "val_accuracy": accs[-1],
+                              "test_accuracy": tests[-1] if tests else None, "wall_s": round(wall, 1),
+                              "date": datetime.date.today().isoformat(), "dataset": note, "command": cmd}
+                    with open(RUNS_FILE, "a") as f:
+                        f.write(json.dumps(record) + "\n")
                 print(f"{modality:5s} {name:13s} seed {seed}: val {accs[-1]:.4f}"
                       + (f"  test {tests[-1]:.4f}" if tests else "") + f"  {wall:.0f}s", flush=True)
             rows.append((modality, name, accs, tests, walls, note))
 
-    def fmt(values):
-        if not values:
-            return "-"
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.4f} +- {sd:.4f}"
-
-    table = ["| data | strategy | val accuracy (mean +- std) | test accuracy | wall s / run | seeds |", "|---|---|---|---|---|---|"]
-    for modality, name, accs, tests, walls, note in rows:
-        table.append(f"| {modality} | {name} | {fmt(accs)} | {fmt(tests)} | {statistics.mean(walls):.0f} | {len(accs)} |")
-    text = "\n".join(table)
-    print("\n" + text)
+    text = print_table(rows)
     if not opts.no_results_file:
         notes = "\n".join(f"- {m}: {note}" for m, *_rest, note in {r[0]: r for r in rows}.values())
         section = (f"\n## Quality benchmark{' (quick smoke check)' if opts.quick else ''}, "
