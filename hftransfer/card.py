@@ -43,6 +43,9 @@ FILE_DESCRIPTIONS = {
     "eval_results.json": "metrics of the exported (best) epoch",
     "eval_predictions.jsonl": "per-example labels and predictions on the eval split",
     "config.yaml": "the resolved run configuration (rerun with `--config config.yaml`)",
+    "confusion_matrix.png": "confusion matrix of the exported epoch on the eval split",
+    "training_curves.png": "loss and accuracy per epoch",
+    "per_class_metrics.csv": "per-class precision, recall, F1 and support on the eval split",
     "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer settings", "vocab.txt": "tokenizer vocabulary",
     "special_tokens_map.json": "tokenizer special tokens", "merges.txt": "tokenizer merges",
 }
@@ -50,6 +53,12 @@ BN_STATS_DESCRIPTIONS = {
     "frozen": "BatchNorm layers of frozen groups keep their pretrained running statistics",
     "all": "every BatchNorm layer keeps its pretrained running statistics (eval mode while training)",
     "none": "BatchNorm running statistics update in every layer",
+}
+TRANSFER_GAIN_NAMES = {
+    "pretrained_accuracy": "accuracy, pretrained init", "scratch_accuracy": "accuracy, random init (mean)",
+    "gain": "transfer gain", "noise_margin": "noise margin (2 standard errors)",
+    "se_examples": "standard error over eval examples (paired)", "sd_scratch_seeds": "std over from-scratch seeds",
+    "negative_transfer": "negative transfer", "scratch_seeds": "from-scratch seeds",
 }
 MAX_LABELS_SHOWN = 50
 MAX_CLASS_ROWS = 100
@@ -162,6 +171,8 @@ def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
         "files": _files(output_dir, fmt),
         "versions": _versions(transfer, model_cfg),
         "transfer_gain": _transfer_gain(results["transfer_gain"]) if "transfer_gain" in results else None,
+        "confusion_png": "confusion_matrix.png" if (output_dir / "confusion_matrix.png").is_file() else None,
+        "curves_png": "training_curves.png" if (output_dir / "training_curves.png").is_file() else None,
         **_results_context(results, run_cfg, labels),
         **_recipe_context(transfer, run_cfg, modality),
     }
@@ -436,10 +447,11 @@ def _transfer_gain(value) -> dict | None:
     for key, item in value.items():
         if key == "summary":
             continue
+        name = TRANSFER_GAIN_NAMES.get(key, key.replace("_", " "))
         if isinstance(item, dict):
-            rows += [(f"{key} {sub}", _fmt(v)) for sub, v in item.items() if not isinstance(v, (dict, list))]
+            rows += [(f"{name} {sub}", _fmt(v)) for sub, v in item.items() if not isinstance(v, (dict, list))]
         elif not isinstance(item, list):
-            rows.append((key.replace("_", " "), _fmt(item)))
+            rows.append((name, _fmt(item)))
     summary = value.get("summary") if isinstance(value.get("summary"), str) else None
     return {"summary": summary, "rows": rows}
 

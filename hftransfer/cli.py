@@ -24,3 +24,30 @@ def run_recipe(modality: str, default_config: str | Path, argv: list[str] | None
         if os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+COMMANDS = {
+    "rank": "score candidate backbones on a dataset by LogME and H-score before fine-tuning",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``hftransfer <command> [options]``; training itself runs through ``accelerate launch recipes/*.py``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        usage = "\n".join(f"  {name:8s} {text}" for name, text in COMMANDS.items())
+        print(f"usage: hftransfer <command> [options]\n\ncommands:\n{usage}\n\n"
+              "Fine-tuning runs through the recipes: accelerate launch recipes/image_cls.py (or text_cls.py).",
+              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "rank":
+            from .config import RankConfig
+            from .rank import rank_backbones
+
+            rank_backbones(load_config(rest, description=COMMANDS["rank"], config_cls=RankConfig, prog="hftransfer rank"))
+    except HFTransferError as e:
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -91,6 +91,11 @@ class TrainConfig:
                                                "GPUs that support it and no on CPU)")
     torch_compile: bool = _f(False, "compile the model with torch.compile (inductor); pays off on GPUs and long runs")
     seed: int = _f(42, "random seed")
+    # did transfer help?
+    compare_scratch: bool = _f(False, "also train the same architecture from random init with the same budget and "
+                               "report the transfer gain (all_results.json, model card)")
+    scratch_learning_rate: float = _f(1e-3, "peak learning rate of the from-scratch runs (backbone and head)")
+    scratch_seeds: int = _f(1, "from-scratch runs (seeds seed, seed+1, ...); 2+ measure seed noise for the verdict")
     # run
     output_dir: str = _f("outputs/run", "where the model, checkpoints and results go")
     overwrite_output_dir: bool = _f(False, "delete what output_dir holds from an earlier run and start afresh")
@@ -117,6 +122,42 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+RANK_DATA_FIELDS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_file", "validation_file",
+                    "image_column_name", "text_column_name", "label_column_name", "label_names", "validation_fraction",
+                    "max_train_samples", "max_seq_length", "pooling", "per_device_eval_batch_size", "feature_cache_dir",
+                    "feature_cache_dtype", "decode_size", "dataloader_num_workers", "num_threads", "seed", "config")
+
+
+def _rank_to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _rank_train_config(self, model_name_or_path: str, weights: str) -> TrainConfig:
+    """The recipe config that reads the same data the same way (so the feature cache keys match)."""
+    shared = {name: getattr(self, name) for name in RANK_DATA_FIELDS if name != "config"}
+    return TrainConfig(model_name_or_path=model_name_or_path, weights=weights, **shared)
+
+
+def _rank_fields() -> list[tuple]:
+    train_fields = {f.name: f for f in fields(TrainConfig)}
+    own = [
+        ("candidates", "list", _f([], "backbones to score: timm names / transformers ids / local folders (one modality); "
+                                  "random:NAME = random init (a sanity floor), NAME=FILE = weights from a state-dict file")),
+        ("output_dir", "str", _f("outputs/rank", "where rank.csv, rank.json and rank.png go")),
+    ]
+    shared = [(name, TrainConfig.__annotations__[name], _f(train_fields[name].default, train_fields[name].metadata["help"]))
+              for name in RANK_DATA_FIELDS]
+    return own + shared
+
+
+# ``hftransfer rank``: the candidate backbones plus the recipes' data options, with the same names,
+# defaults and parsing, so a rank run and a recipe run read the same data the same way.
+RankConfig = dataclasses.make_dataclass(
+    "RankConfig", _rank_fields(),
+    namespace={"to_dict": _rank_to_dict, "train_config": _rank_train_config,
+               "__doc__": "Options of ``hftransfer rank``: candidates, output_dir and the recipes' data options."})
+
+
 def _arg_type(tp):
     """(python type, is_list) of a dataclass field annotation."""
     if isinstance(tp, str):
@@ -139,9 +180,9 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, argument_default=argparse.SUPPRESS)
-    for f in fields(TrainConfig):
+def build_parser(description: str, config_cls=TrainConfig, prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    for f in fields(config_cls):
         tp, is_list = _arg_type(f.type)
         help_text = f"{f.metadata['help']} (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
         if tp is bool:
@@ -153,9 +194,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _coerce(name: str, value):
+def _coerce(name: str, value, config_cls=TrainConfig):
     """Convert YAML / CLI values to the field's type, with a one-line error naming the option."""
-    f = {f.name: f for f in fields(TrainConfig)}[name]
+    f = {f.name: f for f in fields(config_cls)}[name]
     tp, is_list = _arg_type(f.type)
     if value is None:
         return None
@@ -174,20 +215,21 @@ def _coerce(name: str, value):
         raise HFTransferError(f"option '{name}' got {value!r}, which is not a valid {tp.__name__}") from None
 
 
-def load_config(argv: list[str] | None, defaults: dict | None = None, description: str = "") -> TrainConfig:
+def load_config(argv: list[str] | None, defaults: dict | None = None, description: str = "", config_cls=TrainConfig,
+                prog: str | None = None):
     """Merge dataclass defaults < recipe ``defaults`` < ``--config`` YAML < explicit flags."""
-    parser = build_parser(description)
+    parser = build_parser(description, config_cls, prog)
     cli = vars(parser.parse_args(argv))
     user = {**_read_yaml(cli.get("config")), **cli}
     defaults = dict(defaults or {})
     if any(k in user for k in DATA_SOURCE_FIELDS):  # the user's own data: none of the default job's data/output settings apply
         defaults = {k: v for k, v in defaults.items() if k not in JOB_FIELDS}
     values = {**defaults, **user}
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise HFTransferError(f"unknown option(s) {', '.join(unknown)} in the config: see --help for the valid names")
-    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return config_cls(**{k: _coerce(k, v, config_cls) for k, v in values.items()})
 
 
 def _read_yaml(path: str | None) -> dict:

@@ -23,7 +23,8 @@ from .errors import HFTransferError
 from .export import stale_native_files
 
 # Training state that is not part of the published model.
-PUSH_IGNORE_PATTERNS = ["checkpoints/*", "best_model/*", "*.tmp", "*.lock"]
+# scratch/: the from-scratch comparison runs; their numbers are in all_results.json and the card
+PUSH_IGNORE_PATTERNS = ["checkpoints/*", "best_model/*", "scratch/*", "*.tmp", "*.lock"]
 # Remote files that would mislead loaders if they outlived a re-push in another layout.
 STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", "config.json", "encoder_config.json", "hftransfer_config.json"]
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".csv")

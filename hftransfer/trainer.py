@@ -7,6 +7,7 @@ best model, and ``save_state`` a checkpoint that ``--resume_from_checkpoint`` co
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from .card import write_model_card
 from .errors import HFTransferError
 from .features import FeatureDataset, cache_key, load_or_extract
 from .regularizers import L2SP, decoupled_weight_decay_groups
+from .report import transfer_gain, write_report
 from .hub import push_output_dir
 from .metrics import ClassificationMetrics
 from .model import TransferModel, create_transfer_model
@@ -37,6 +39,7 @@ from .strategies import Strategy, TransferScheduler, apply_trainable, param_grou
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best_model"
+SCRATCH_DIR = "scratch"
 
 
 @dataclass
@@ -98,11 +101,12 @@ def prepare_output_dir(cfg: TrainConfig, is_main_process: bool) -> Path:
     return out
 
 
-def load_data(cfg: TrainConfig, modality: str) -> DataBundle:
+def load_data(cfg: TrainConfig, modality: str, data_seed: int | None = None) -> DataBundle:
     input_column = cfg.image_column_name if modality == "image" else cfg.text_column_name
     raw = load_raw_splits(modality, cfg.dataset_name, cfg.dataset_config_name, cfg.train_dir, cfg.validation_dir,
                           cfg.train_file, cfg.validation_file)
-    bundle = prepare_splits(raw, input_column, cfg.label_column_name, cfg.validation_fraction, cfg.seed,
+    bundle = prepare_splits(raw, input_column, cfg.label_column_name, cfg.validation_fraction,
+                            cfg.seed if data_seed is None else data_seed,
                             cfg.max_train_samples, cfg.max_eval_samples, cfg.label_names)
     return bundle
 
@@ -181,6 +185,15 @@ def create_dataloaders(cfg: TrainConfig, bundle: DataBundle, model: TransferMode
     return loaders
 
 
+def feature_cache_file(cfg: TrainConfig, backbone, bundle: DataBundle, split: str, preprocessing: str) -> Path | None:
+    """Where ``--feature_cache_dir`` keeps a split's features (``hftransfer rank`` reads the same files)."""
+    if not cfg.feature_cache_dir:
+        return None
+    fingerprint = (bundle.train if split == "train" else bundle.eval)._fingerprint
+    key = cache_key(backbone, fingerprint, preprocessing, cfg.feature_cache_dtype)
+    return Path(cfg.feature_cache_dir) / f"{split}-{key}.safetensors"
+
+
 def fill_feature_cache(accelerator: Accelerator, model, loaders: Loaders, cfg: TrainConfig, bundle: DataBundle) -> None:
     """Compute (or load from ``--feature_cache_dir``) the frozen backbone's features of both splits."""
     dtype = getattr(torch, cfg.feature_cache_dtype)
@@ -190,11 +203,7 @@ def fill_feature_cache(accelerator: Accelerator, model, loaders: Loaders, cfg: T
         dataset = target.dataset
         if dataset.ready:
             continue
-        cache_file = None
-        if cfg.feature_cache_dir:
-            fingerprint = (bundle.train if split == "train" else bundle.eval)._fingerprint
-            key = cache_key(backbone, fingerprint, loaders.preprocessing, cfg.feature_cache_dtype)
-            cache_file = Path(cfg.feature_cache_dir) / f"{split}-{key}.safetensors"
+        cache_file = feature_cache_file(cfg, backbone, bundle, split, loaders.preprocessing)
         how = load_or_extract(accelerator, model, source, dataset, dtype, f"features ({split})", cache_file)
         accelerator.print(f"feature cache: {split} {tuple(dataset.features.shape)} {cfg.feature_cache_dtype}, {how}")
 
@@ -290,17 +299,92 @@ def _write_json(path: Path, data) -> None:
 
 
 def train(cfg: TrainConfig, modality: str) -> dict:
-    """Run a fine-tune described by ``cfg`` and export the best model to ``cfg.output_dir``."""
+    """Run a fine-tune described by ``cfg``, export the best model and its report to ``cfg.output_dir``.
+
+    With ``compare_scratch`` the same architecture is then trained from random init with the same
+    budget (``scratch_seeds`` times, on the same data split) and the transfer gain is added to
+    ``all_results.json`` and the model card.
+    """
     accelerator = create_accelerator(cfg)
     threads = configure_threads(cfg, accelerator)
     output_dir = prepare_output_dir(cfg, accelerator.is_main_process)
     if cfg.checkpointing_steps not in ("epoch", "no") and not str(cfg.checkpointing_steps).isdigit():
         raise HFTransferError(f"--checkpointing_steps '{cfg.checkpointing_steps}': use epoch, no or a number of steps")
+    if cfg.compare_scratch and cfg.weights == "random":
+        raise HFTransferError("--compare_scratch compares pretrained weights with random init, but --weights is already random")
+    if cfg.scratch_seeds < 1:
+        raise HFTransferError(f"--scratch_seeds {cfg.scratch_seeds}: use 1 or more")
+    results = fit(cfg, modality, accelerator, output_dir, threads)
+    if cfg.compare_scratch:
+        scratch_dirs = []
+        for k in range(cfg.scratch_seeds):
+            scratch_cfg = scratch_config(cfg, output_dir, k)
+            scratch_dirs.append(Path(scratch_cfg.output_dir))
+            if scratch_run_done(scratch_cfg):
+                accelerator.print(f"from-scratch run {k + 1}/{cfg.scratch_seeds} already done: {scratch_cfg.output_dir}")
+                continue
+            accelerator.print(f"from-scratch run {k + 1}/{cfg.scratch_seeds} (random init, seed {scratch_cfg.seed}, "
+                              f"same budget) -> {scratch_cfg.output_dir}")
+            prepare_output_dir(scratch_cfg, accelerator.is_main_process)
+            fit(scratch_cfg, modality, accelerator, Path(scratch_cfg.output_dir), threads, data_seed=cfg.seed)
+            if accelerator.is_main_process:  # no resume for scratch runs: the exported copy is all that is needed
+                shutil.rmtree(Path(scratch_cfg.output_dir) / BEST_DIR, ignore_errors=True)
+        if accelerator.is_main_process:
+            results["transfer_gain"] = transfer_gain(output_dir, scratch_dirs)
+            _write_json(output_dir / "all_results.json", results)
+            accelerator.print(results["transfer_gain"]["summary"].replace("**", ""))
+    failure = None
+    if accelerator.is_main_process:
+        write_report(output_dir)
+        write_model_card(output_dir, repo_id=cfg.hub_model_id)
+        if cfg.push_to_hub:
+            # the local output_dir is complete before any network call: a failed push loses nothing
+            try:
+                push_output_dir(output_dir, cfg.hub_model_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
+            except HFTransferError as e:
+                failure = e  # raised after the barrier, so the other ranks are not left waiting
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if failure is not None:
+        raise failure
+    return results
+
+
+def scratch_config(cfg: TrainConfig, output_dir: Path, k: int) -> TrainConfig:
+    """The from-scratch twin of ``cfg``: same architecture, head, data, epochs, batch and augmentation;
+    random init, every layer training (BatchNorm statistics included) at ``scratch_learning_rate``."""
+    seed = cfg.seed + k
+    return dataclasses.replace(
+        cfg, weights="random", strategy="full", learning_rate=cfg.scratch_learning_rate,
+        head_learning_rate=cfg.scratch_learning_rate, layer_decay=1.0, l2sp_alpha=0.0, l2sp_beta=0.0,
+        train_norm=False, bn_stats="frozen", feature_cache="off", seed=seed,
+        output_dir=str(output_dir / SCRATCH_DIR / f"seed_{seed}"), overwrite_output_dir=True,
+        resume_from_checkpoint=None, checkpointing_steps="no", push_to_hub=False, compare_scratch=False)
+
+
+def scratch_run_done(scratch_cfg: TrainConfig) -> bool:
+    """A resumed run keeps a from-scratch run that finished with the same settings."""
+    out = Path(scratch_cfg.output_dir)
+    if not (out / "all_results.json").is_file() or not (out / "eval_predictions.jsonl").is_file():
+        return False
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None
+    return saved == scratch_cfg.to_dict()
+
+
+def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
+        data_seed: int | None = None) -> dict:
+    """Train, evaluate every epoch, and export the best epoch; returns ``all_results`` (main process).
+
+    ``data_seed`` fixes the held-out split and subsets independently of ``cfg.seed``, so from-scratch
+    runs with other seeds are scored on exactly the same examples.
+    """
     set_seed(cfg.seed)
 
     # data
     with accelerator.main_process_first():
-        bundle = load_data(cfg, modality)
+        bundle = load_data(cfg, modality, data_seed)
     accelerator.print(f"data: {len(bundle.train)} train / {len(bundle.eval)} eval examples, "
                       f"{len(bundle.id2label)} labels ({', '.join(list(bundle.id2label.values())[:10])})")
 
@@ -334,7 +418,8 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, cfg.num_train_epochs, cfg.learning_rate,
                                   cfg.warmup_ratio, schedule=cfg.lr_scheduler_type)
     state = RunState()
-    accelerator.register_for_checkpointing(scheduler, state)
+    if cfg.checkpointing_steps != "no" or cfg.resume_from_checkpoint:
+        accelerator.register_for_checkpointing(scheduler, state)
 
     if cfg.resume_from_checkpoint:
         ckpt = find_latest_checkpoint(output_dir) if cfg.resume_from_checkpoint == "latest" else Path(cfg.resume_from_checkpoint)
@@ -426,24 +511,15 @@ def train(cfg: TrainConfig, modality: str) -> dict:
 
     runtime = time.time() - start_time
     accelerator.wait_for_everyone()
-    results, failure = {}, None
+    results = {}
     if accelerator.is_main_process:
         timing = {"train_runtime": train_time, "total_runtime": runtime,
                   "train_samples_per_second": len(bundle.train) * (state.epoch - first_epoch) / max(train_time, 1e-9)}
         results = export(output_dir, state, bundle, timing, accelerator.num_processes, run_info)
-        write_model_card(output_dir, repo_id=cfg.hub_model_id)
         accelerator.print(f"done in {runtime:.0f}s: best epoch {state.best_epoch}, eval_accuracy "
                           f"{results['eval_accuracy']:.4f}, eval_f1 {results['eval_f1']:.4f} -> {output_dir}")
-        if cfg.push_to_hub:
-            # the local output_dir is complete before any network call: a failed push loses nothing
-            try:
-                push_output_dir(output_dir, cfg.hub_model_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
-            except HFTransferError as e:
-                failure = e  # raised after the barrier, so the other ranks are not left waiting
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if failure is not None:
-        raise failure
+    accelerator.free_memory()  # a following from-scratch run prepares its own model, optimizer and loaders
     return results
 
 
