@@ -8,6 +8,9 @@ are timm names, transformers ids or local folders of one modality; ``random:NAME
 architecture at random init, a sanity floor every pretrained candidate should clear, and
 ``NAME=FILE`` loads the backbone weights from a state-dict file.
 
+Without ``--validation_dir`` the recipes hold out part of the training data, and so does ranking:
+give both the same data flags and ``--feature_cache_dir`` to share the features.
+
 Writes ``rank.csv``, ``rank.json`` and a bar chart ``rank.png`` to ``output_dir``, sorted by LogME.
 """
 from __future__ import annotations
@@ -91,7 +94,10 @@ def embed_train_split(accelerator, cfg, candidate: Candidate, bundle) -> tuple[t
     from .model import create_transfer_model
     from .trainer import create_dataloaders, feature_cache_file
 
+    from accelerate.utils import set_seed
+
     train_cfg = cfg.train_config(candidate.name, candidate.weights)
+    set_seed(cfg.seed)  # a random-init candidate gets the same weights as the recipe's --weights random run
     model = create_transfer_model(candidate.modality, candidate.name, bundle.id2label, weights=candidate.weights,
                                   multi_label=bundle.multi_label, pooling=cfg.pooling).eval()
     if candidate.modality == "image":

@@ -41,6 +41,12 @@ def test_text_recipe_end_to_end(tmp_path, text_data, tiny_bert):
     assert [len(p["trainable_backbone_groups"]) for p in phases] == [0, 1]  # gradual: one more group in epoch 2
     model = TransferModel.from_pretrained(out)
     assert set(model.id2label.values()) == {"neg", "pos"}
+    # the report of every run: confusion matrix, training curves, per-class table (also in the card)
+    for name in ("confusion_matrix.png", "training_curves.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert [line.split(",")[0] for line in (out / "per_class_metrics.csv").read_text().splitlines()] == ["label", "neg", "pos"]
+    card = (out / "README.md").read_text()
+    assert "![confusion matrix" in card and "### Per class" in card and "Did transfer help" not in card
 
 
 def test_lp_ft_hand_off_and_exact_resume(tmp_path, image_data):
