@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", choices=["image", "text"], default=None)
     parser.add_argument("--strategies", nargs="+", default=None, help="subset of strategy names")
+    parser.add_argument("--image_model", default=None,
+                        help="another bundled timm backbone for the image runs (default: the recipe's tf_efficientnet_lite0)")
     parser.add_argument("--text_train_samples", type=int, default=None, help="subset of rotten_tomatoes train (default: all 8530)")
     parser.add_argument("--no_results_file", action="store_true", help="print only, do not append to bench/RESULTS.md")
     parser.add_argument("--table_from", type=Path, default=None,
@@ -172,7 +174,11 @@ def main() -> None:
         train, val, note = image_data(tmp)
         base = ["--train_dir", str(train), "--validation_dir", str(val), "--num_threads", "2",
                 "--feature_cache_dir", str(cache)]
-        jobs.append(("image", "image_cls", IMAGE_RUNS, base, note, None))
+        label = "image"
+        if opts.image_model:
+            base += ["--model_name_or_path", opts.image_model]
+            label = f"image ({opts.image_model})"
+        jobs.append((label, "image_cls", IMAGE_RUNS, base, note, None))
     if opts.only in (None, "text"):
         train, val, test, note = text_data()
         base = ["--train_file", str(train), "--validation_file", str(val), "--label_names", "negative", "positive",
@@ -192,7 +198,7 @@ def main() -> None:
                 if opts.quick:
                     args += ["--max_train_samples", "32", "--max_eval_samples", "32", "--num_train_epochs", "1",
                              "--lp_epochs", "0" if name == "lp_ft" else "1"]
-                out = tmp / f"{modality}-{name}-{seed}"
+                out = tmp / f"{modality.replace(' ', '_')}-{name}-{seed}"
                 results, wall, cmd = run(recipe, args, out)
                 accs.append(results["eval_accuracy"])
                 walls.append(wall)

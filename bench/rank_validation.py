@@ -71,9 +71,10 @@ def subset_flags(quick: bool, eval_too: bool = True) -> list[str]:
     return (["--max_train_samples", "40"] + (["--max_eval_samples", "40"] if eval_too else [])) if quick else []
 
 
-def rank(train: Path, out: Path, cache: Path, quick: bool) -> list[dict]:
+def rank(train: Path, val: Path, out: Path, cache: Path, quick: bool) -> list[dict]:
+    # the recipe's data flags (--validation_dir too): the same training split, so the runs share its features
     cmd = [sys.executable, "-m", "hftransfer", "rank", "--candidates", *CANDIDATES, "--train_dir", str(train),
-           "--output_dir", str(out), "--feature_cache_dir", str(cache), "--num_threads", "2", *subset_flags(quick, eval_too=False)]
+           "--validation_dir", str(val), "--output_dir", str(out), "--feature_cache_dir", str(cache), "--num_threads", "2", *subset_flags(quick, eval_too=False)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"rank failed:\n{proc.stderr[-3000:]}")
@@ -116,10 +117,10 @@ def main() -> None:
             continue
         train, val, note = make(tmp)
         start = time.time()
-        ranking = rank(train, tmp / f"rank-{name}", cache, opts.quick)
+        ranking = rank(train, val, tmp / f"rank-{name}", cache, opts.quick)
         rank_wall = time.time() - start
         commands.append(f"hftransfer rank --candidates {' '.join(CANDIDATES)} --train_dir <{name}>/train "
-                        f"--feature_cache_dir <cache> --num_threads 2")
+                        f"--validation_dir <{name}>/val --feature_cache_dir <cache> --num_threads 2")
         rows = []
         for r in ranking:
             acc, wall, reused, cmd = finetune(r["candidate"], train, val, tmp / f"ft-{name}-{r['rank']}", cache, opts.quick)
