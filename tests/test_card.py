@@ -121,13 +121,18 @@ def test_pretrained_timm_base_model_and_license_come_from_its_pretrained_cfg(tmp
 
 
 def test_transfer_gain_block_renders_only_when_results_have_it(tmp_path):
-    gain = {"summary": "Transfer beat training from scratch by 30 points.", "metric": "accuracy",
-            "fine_tuned": 0.9, "from_scratch": 0.6, "gain": 0.3}
+    gain = {"summary": "Transfer beat training from scratch by 30 points.", "pretrained_accuracy": 0.9,
+            "scratch_accuracy": 0.6, "gain": 0.3, "negative_transfer": False, "scratch_seeds": 1,
+            "scratch_runs": [{"seed": 42, "accuracy": 0.6, "history": []}], "extra_note": "kept"}
     out = make_run_dir(tmp_path / "run", image_model(), "image", extra_results={"transfer_gain": gain})
     body = ModelCard.load(write_model_card(out)).text
     section = body[body.index("## Did transfer help?"):body.index("## Transfer recipe")]
     assert "Transfer beat training from scratch by 30 points." in section
-    assert "| from scratch | 0.6000 |" in section and "| gain | 0.3000 |" in section
+    for row in ("| accuracy, pretrained init | 0.9000 |", "| accuracy, random init (mean) | 0.6000 |",
+                "| transfer gain | 0.3000 |", "| negative transfer | false |", "| from-scratch seeds | 1 |",
+                "| extra note | kept |"):
+        assert row in section, row
+    assert "scratch_runs" not in section and "scratch runs" not in section  # per-run lists stay in all_results.json
 
 
 def test_card_of_a_bare_saved_model_has_metadata_but_no_results(tmp_path, tiny_bert):
