@@ -34,12 +34,13 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     """``hftransfer <command> [options]``; training itself runs through ``accelerate launch recipes/*.py``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+    if not argv or argv[0] not in COMMANDS:
+        asked = bool(argv) and argv[0] in ("-h", "--help")
         usage = "\n".join(f"  {name:8s} {text}" for name, text in COMMANDS.items())
         print(f"usage: hftransfer <command> [options]\n\ncommands:\n{usage}\n\n"
               "Fine-tuning runs through the recipes: accelerate launch recipes/image_cls.py (or text_cls.py).",
-              file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+              file=sys.stdout if asked else sys.stderr)
+        sys.exit(0 if asked else 2)
     command, rest = argv[0], argv[1:]
     try:
         if command == "rank":

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .errors import HFTransferError
-from .transferability import h_score, logme
+from .transferability import transferability_scores
 
 RANDOM_PREFIX = "random:"
 COLUMNS = ("rank", "candidate", "logme", "h_score", "feature_dim", "samples", "seconds", "features")
@@ -137,8 +137,7 @@ def rank_backbones(cfg) -> list[dict]:
     for candidate in candidates:
         start = time.time()
         features, labels, source = embed_train_split(accelerator, cfg, candidate, bundle)
-        features, labels = features.double().numpy(), labels.numpy()
-        rows.append({"candidate": candidate.spec, "logme": logme(features, labels), "h_score": h_score(features, labels),
+        rows.append({"candidate": candidate.spec, **transferability_scores(features, labels),
                      "feature_dim": int(features.shape[1]), "samples": int(features.shape[0]),
                      "seconds": round(time.time() - start, 1), "features": source})
     rows.sort(key=lambda r: r["logme"], reverse=True)
@@ -175,9 +174,9 @@ def write_ranking(rows: list[dict], out: Path, meta: dict) -> None:
 
 def plot_ranking(rows: list[dict], path: Path) -> Path:
     """Horizontal bars, best candidate on top, one panel per score (their scales are unrelated)."""
-    from .report import _figure
+    from .report import new_figure
 
-    fig = _figure(10.0, 1.2 + 0.45 * len(rows))
+    fig = new_figure(10.0, 1.2 + 0.45 * len(rows))
     names = [r["candidate"] for r in rows][::-1]
     for ax, key, title in zip(fig.subplots(1, 2, sharey=True), ("logme", "h_score"), ("LogME", "H-score (shrinkage)")):
         values = [r[key] for r in rows][::-1]

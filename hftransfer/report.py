@@ -53,7 +53,8 @@ def confusion_matrix(records: list[dict], num_labels: int, multi_label: bool = F
     return out
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas: no pyplot global state, no display needed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -69,7 +70,7 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, mul
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
     n = len(labels)
     side = min(14.0, 2.5 + 0.45 * n)
-    fig = _figure(side if not multi_label else 6.0, side)
+    fig = new_figure(side if not multi_label else 6.0, side)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
     fig.colorbar(image, ax=ax, label="share of the row", shrink=0.8)
@@ -92,7 +93,7 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, mul
 def plot_training_curves(history: list[dict], path: Path, best_epoch: int | None = None, phases: list[dict] | None = None,
                          scratch_histories: list[list[dict]] | None = None) -> Path:
     """Loss (train, eval) and eval accuracy/F1 per epoch; phase boundaries and the exported epoch marked."""
-    fig = _figure(10.0, 4.0)
+    fig = new_figure(10.0, 4.0)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
     loss_ax.plot(epochs, [h.get("train_loss") for h in history], "o-", label="train loss")
