@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import HFTransferError
+from .run_files import ENCODER_CONFIG_NAME, write_text
 from .offline import bundled_text_model_path, bundled_timm_state_dict, has_bundled_timm_weights
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -40,15 +41,31 @@ class Backbone(nn.Module):
     """
 
     modality: str
+    library: str  # the library whose models it wraps: "timm" or "transformers"
+    config_type: str  # ``config()["type"]``, which ``backbone_from_config`` dispatches on
     feature_dim: int
     name: str
     input_names: tuple[str, ...]
+
+    @classmethod
+    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "Backbone":
+        """The factory ``create_backbone`` calls; each adapter takes the options that apply to it."""
+        raise NotImplementedError
 
     def layer_groups(self) -> list[LayerGroup]:
         raise NotImplementedError
 
     def config(self) -> dict:
         raise NotImplementedError
+
+    def data_pipeline(self, options):
+        """This backbone's preprocessing (``preprocessing.ImagePipeline`` / ``TextPipeline``) for ``options``
+        (a ``TrainConfig`` or anything with its data and augmentation attributes)."""
+        raise NotImplementedError
+
+    def use_fast_layout(self) -> "Backbone":
+        """Switch weights and inputs to the fastest memory layout for this kind of model (a no-op by default)."""
+        return self
 
     def save_preprocessing(self, save_dir: Path) -> None:
         """Write whatever a reload needs besides weights (tokenizer files, encoder config)."""
@@ -73,12 +90,15 @@ class TimmBackbone(Backbone):
     """
 
     modality = "image"
+    library = "timm"
+    config_type = "timm"
     input_names = ("pixel_values",)
 
     def __init__(self, model_name: str, weights: str = "pretrained", **timm_kwargs):
         super().__init__()
         import timm
 
+        self.channels_last = False
         self.name = model_name
         self.timm_kwargs = timm_kwargs
         arch = model_name.removeprefix("timm/")
@@ -119,8 +139,26 @@ class TimmBackbone(Backbone):
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); pass weights made for this architecture"
             )
 
+    @classmethod
+    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "TimmBackbone":
+        return cls(model_name_or_path, weights=weights)  # timm models pool themselves
+
+    def use_fast_layout(self) -> "TimmBackbone":
+        """NHWC weights and inputs: CNN convolutions are faster in channels_last, on CPU and GPU alike."""
+        self.model.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
+    def data_pipeline(self, options):
+        from .preprocessing import ImagePipeline
+
+        return ImagePipeline(self.data_config, options.decode_size, options.crop_scale, options.color_jitter,
+                             options.augment)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled features of normalized float images, or of uint8 images normalized here, on the device."""
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         if pixel_values.dtype == torch.uint8:
             cfg = self.model.pretrained_cfg
             mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=pixel_values.device).view(1, -1, 1, 1)
@@ -170,6 +208,8 @@ class TextBackbone(Backbone):
     """
 
     modality = "text"
+    library = "transformers"
+    config_type = "text"
     input_names = ("input_ids", "attention_mask", "token_type_ids")
 
     def __init__(self, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean",
@@ -205,6 +245,15 @@ class TextBackbone(Backbone):
         self.feature_dim = self.encoder.config.hidden_size
         accepted = inspect.signature(self.encoder.forward).parameters
         self.input_names = tuple(n for n in TextBackbone.input_names if n in accepted)
+
+    @classmethod
+    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "TextBackbone":
+        return cls(model_name_or_path, weights=weights, pooling=pooling)
+
+    def data_pipeline(self, options):
+        from .preprocessing import TextPipeline
+
+        return TextPipeline(self.tokenizer, options.max_seq_length)
 
     def _load_strict(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.encoder.load_state_dict(state, strict=False)
@@ -262,11 +311,11 @@ class TextBackbone(Backbone):
 
     def save_preprocessing(self, save_dir: Path) -> None:
         self.tokenizer.save_pretrained(save_dir)
-        (save_dir / "encoder_config.json").write_text(json.dumps(self.encoder.config.to_dict(), indent=2))
+        write_text(save_dir / ENCODER_CONFIG_NAME, json.dumps(self.encoder.config.to_dict(), indent=2))
 
     @classmethod
     def from_config(cls, config: dict, save_dir: Path) -> "TextBackbone":
-        encoder_config = json.loads((save_dir / "encoder_config.json").read_text())
+        encoder_config = json.loads((save_dir / ENCODER_CONFIG_NAME).read_text())
         return cls(config["model_name"], pooling=config["pooling"], encoder_config=encoder_config,
                    tokenizer_path=str(save_dir))
 
@@ -283,13 +332,20 @@ def _load_state_file(path: str) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state)
 
 
-BACKBONES = {"timm": TimmBackbone, "text": TextBackbone}
+BACKBONE_CLASSES = (TimmBackbone, TextBackbone)
 
 
-def create_backbone(modality: str, model_name_or_path: str, weights: str = "pretrained", **kwargs) -> Backbone:
-    """Build the adapter for ``modality`` (``"image"`` -> timm, ``"text"`` -> transformers)."""
-    if modality == "image":
-        return TimmBackbone(model_name_or_path, weights=weights, **kwargs)
-    if modality == "text":
-        return TextBackbone(model_name_or_path, weights=weights, **kwargs)
-    raise HFTransferError(f"unknown modality '{modality}': use image or text")
+def create_backbone(modality: str, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> Backbone:
+    """Build the adapter for ``modality`` (``"image"`` -> timm, ``"text"`` -> transformers).
+
+    ``pooling`` applies to text encoders (timm models pool themselves)."""
+    by_modality = {cls.modality: cls for cls in BACKBONE_CLASSES}
+    if modality not in by_modality:
+        raise HFTransferError(f"unknown modality '{modality}': use {' or '.join(by_modality)}")
+    return by_modality[modality].create(model_name_or_path, weights=weights, pooling=pooling)
+
+
+def backbone_from_config(config: dict, save_dir: Path) -> Backbone:
+    """Rebuild the adapter a saved ``hftransfer_config.json`` describes (architecture only, no download)."""
+    by_type = {cls.config_type: cls for cls in BACKBONE_CLASSES}
+    return by_type[config["type"]].from_config(config, save_dir)

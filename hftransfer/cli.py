@@ -1,12 +1,15 @@
-"""Entry points shared by the recipes: config parsing, one-line errors, exit codes."""
+"""Entry points: the recipes' ``run_recipe`` and the ``hftransfer`` command (``hftransfer rank ...``).
+
+Each parses its options (defaults < YAML ``--config`` < flags, validated before anything runs),
+then calls the library; a problem the user can fix ends as one ``error:`` line and exit status 2.
+"""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-from .config import _read_yaml, load_config
-from .errors import HFTransferError
+from .config import RankConfig, load_config, read_config_file
+from .errors import USAGE_EXIT_CODE, exit_on_user_error, show_progress_messages
 
 
 def run_recipe(modality: str, default_config: str | Path, argv: list[str] | None = None, description: str = "") -> dict:
@@ -17,13 +20,10 @@ def run_recipe(modality: str, default_config: str | Path, argv: list[str] | None
     """
     from .trainer import train
 
-    try:
-        cfg = load_config(argv, _read_yaml(str(default_config)), description=description)
+    show_progress_messages()
+    with exit_on_user_error():
+        cfg = load_config(argv, read_config_file(str(default_config)), description=description)
         return train(cfg, modality)
-    except HFTransferError as e:
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 COMMANDS = {
@@ -40,15 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"usage: hftransfer <command> [options]\n\ncommands:\n{usage}\n\n"
               "Fine-tuning runs through the recipes: accelerate launch recipes/image_cls.py (or text_cls.py).",
               file=sys.stdout if asked else sys.stderr)
-        sys.exit(0 if asked else 2)
+        sys.exit(0 if asked else USAGE_EXIT_CODE)
     command, rest = argv[0], argv[1:]
-    try:
+    show_progress_messages()
+    with exit_on_user_error():
         if command == "rank":
-            from .config import RankConfig
             from .rank import rank_backbones
 
             rank_backbones(load_config(rest, description=COMMANDS["rank"], config_cls=RankConfig, prog="hftransfer rank"))
-    except HFTransferError as e:
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

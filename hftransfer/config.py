@@ -1,9 +1,13 @@
-"""Run configuration: one dataclass, filled from defaults < YAML ``--config`` < command-line flags.
+"""Run configuration: option groups by concern, filled from defaults < YAML ``--config`` < flags.
 
-Flag names follow transformers' example scripts where the concept is the same
-(``--model_name_or_path``, ``--train_dir``, ``--per_device_train_batch_size``, ...). Relative data
-paths inside a YAML file are resolved against that file's folder, so a config travels with its
-data; ``output_dir`` stays relative to the working directory.
+``TrainConfig`` combines the groups (model, data, augmentation, strategy, optimization, run, hub),
+so every option is still ``cfg.<flag name>``; ``RankConfig`` (``hftransfer rank``) inherits the
+data group, so ranking reads data with the recipes' names, defaults and parsing. Flag names follow
+transformers' example scripts where the concept is the same (``--model_name_or_path``,
+``--train_dir``, ``--per_device_train_batch_size``, ...). Relative data paths inside a YAML file are
+resolved against that file's folder, so a config travels with its data; ``output_dir`` stays
+relative to the working directory. ``validate()`` runs right after parsing, before anything is
+read, written or deleted.
 """
 from __future__ import annotations
 
@@ -13,161 +17,228 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import yaml
+from typing import Optional
 
 from .errors import HFTransferError
+from .model import BN_STATS
+from .run_files import read_yaml, write_yaml
+from .strategies import STRATEGIES
 
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
-JOB_FIELDS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_file", "validation_file",
-               "image_column_name", "text_column_name", "label_column_name", "label_names", "max_train_samples",
-               "max_eval_samples", "output_dir", "overwrite_output_dir")
 PATH_FIELDS = ("train_dir", "validation_dir", "train_file", "validation_file")
 
 
-def _f(default, help: str, **kw):
+def _f(default, help: str, choices: tuple | None = None):
+    metadata = {"help": help, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _pooling():  # one definition for the recipes and for ranking
+    return _f("mean", "text pooling: mean (mask-aware), cls or pooler", ("mean", "cls", "pooler"))
+
+
+class Options:
+    """Shared behaviour of the option groups and of the configs built from them."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Options":
+        """Check every value before the run touches anything; one ``HFTransferError`` line per problem."""
+        for f in fields(self):
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise HFTransferError(f"unknown {f.name} '{value}' (--{f.name}): use one of {', '.join(map(str, choices))}")
+        return self
 
 
 @dataclass
-class TrainConfig:
-    # model
-    model_name_or_path: str = _f("", "timm model name / hf-hub:repo (image) or transformers model id / folder (text)")
-    weights: str = _f("pretrained", "pretrained (bundled offline copy when installed, else the Hub), random, or a state-dict file")
-    head: str = _f("linear", "classification head: linear or mlp")
-    head_hidden_sizes: list = _f([512], "hidden sizes of the mlp head")
-    head_dropout: float = _f(0.0, "dropout before the head's layers")
-    pooling: str = _f("mean", "text pooling: mean (mask-aware), cls or pooler")
-    # data
-    dataset_name: typing.Optional[str] = _f(None, "a datasets Hub name or local dataset script/folder")
-    dataset_config_name: typing.Optional[str] = _f(None, "the dataset's configuration name")
-    train_dir: typing.Optional[str] = _f(None, "image folder with one subfolder per class")
-    validation_dir: typing.Optional[str] = _f(None, "validation image folder (same classes)")
-    train_file: typing.Optional[str] = _f(None, "text training data: .csv, .tsv, .json or .jsonl")
-    validation_file: typing.Optional[str] = _f(None, "text validation data, same format")
+class SessionOptions(Options):
+    """How this process runs, whatever it runs."""
+
+    config: Optional[str] = _f(None, "YAML file with any of these options; flags override it")
+    seed: int = _f(42, "random seed")
+    num_threads: Optional[int] = _f(None, "torch threads per process on CPU (default: cores / local processes)")
+    dataloader_num_workers: Optional[int] = _f(None, "loader worker processes (default: by core count)")
+
+
+@dataclass
+class DataOptions(Options):
+    """Which examples, which columns, how they are split and preprocessed for the backbone."""
+
+    dataset_name: Optional[str] = _f(None, "a datasets Hub name or local dataset script/folder")
+    dataset_config_name: Optional[str] = _f(None, "the dataset's configuration name")
+    train_dir: Optional[str] = _f(None, "image folder with one subfolder per class")
+    validation_dir: Optional[str] = _f(None, "validation image folder (same classes)")
+    train_file: Optional[str] = _f(None, "text training data: .csv, .tsv, .json or .jsonl")
+    validation_file: Optional[str] = _f(None, "text validation data, same format")
     image_column_name: str = _f("image", "column holding the images")
     text_column_name: str = _f("text", "column holding the texts")
     label_column_name: str = _f("label", "column holding the labels (a list per row = multi-label)")
-    label_names: typing.Optional[list] = _f(None, "names for the labels in sorted order, e.g. negative positive")
+    label_names: Optional[list[str]] = _f(None, "names for the labels in sorted order, e.g. negative positive")
     validation_fraction: float = _f(0.15, "fraction of train held out when no validation split is given")
-    max_train_samples: typing.Optional[int] = _f(None, "truncate training data (random subset, seeded)")
-    max_eval_samples: typing.Optional[int] = _f(None, "truncate validation data (random subset, seeded)")
+    max_train_samples: Optional[int] = _f(None, "truncate training data (random subset, seeded)")
+    max_eval_samples: Optional[int] = _f(None, "truncate validation data (random subset, seeded)")
     max_seq_length: int = _f(128, "text: truncate longer sequences (batches are padded dynamically)")
-    crop_scale: list = _f([0.08, 1.0], "image: RandomResizedCrop scale range for training")
-    color_jitter: float = _f(0.4, "image: color jitter strength for training (0 = off)")
-    decode_size: typing.Optional[int] = _f(None, "image: decode once, shrinking the shorter side to this many pixels "
-                                          "(default: the model's eval resize size, e.g. 256 for 224 inputs; 0 = keep size)")
-    augment: bool = _f(True, "image: random crop/flip/jitter while training (false = eval transform)")
-    group_by_length: bool = _f(True, "text: batch sentences of similar length together (less padding)")
+    decode_size: Optional[int] = _f(None, "image: decode once, shrinking the shorter side to this many pixels "
+                                    "(default: the model's eval resize size, e.g. 256 for 224 inputs; 0 = keep size)")
+    per_device_eval_batch_size: int = _f(64, "evaluation (and feature extraction) batch size per process")
+    feature_cache_dir: Optional[str] = _f(None, "also keep cached features on disk here, reused across runs")
+    feature_cache_dtype: str = _f("float32", "float32 or float16 (half the memory)", ("float32", "float16"))
+
+    def uses_own_data(self) -> bool:
+        return any(getattr(self, name) for name in DATA_SOURCE_FIELDS)
+
+
+@dataclass
+class ModelOptions(Options):
+    model_name_or_path: str = _f("", "timm model name / hf-hub:repo (image) or transformers model id / folder (text)")
+    weights: str = _f("pretrained", "pretrained (bundled offline copy when installed, else the Hub), random, or a state-dict file")
+    head: str = _f("linear", "classification head: linear or mlp", ("linear", "mlp"))
+    head_hidden_sizes: list[int] = _f([512], "hidden sizes of the mlp head")
+    head_dropout: float = _f(0.0, "dropout before the head's layers")
+    pooling: str = _pooling()
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)")
-    # strategy
-    strategy: str = _f("full", "full, linear_probe, partial, gradual or lp_ft")
+
+
+@dataclass
+class AugmentationOptions(Options):
+    """How training batches differ from evaluation ones."""
+
+    augment: bool = _f(True, "image: random crop/flip/jitter while training (false = eval transform)")
+    crop_scale: list[float] = _f([0.08, 1.0], "image: RandomResizedCrop scale range for training")
+    color_jitter: float = _f(0.4, "image: color jitter strength for training (0 = off)")
+    group_by_length: bool = _f(True, "text: batch sentences of similar length together (less padding)")
+
+
+@dataclass
+class StrategyOptions(Options):
+    strategy: str = _f("full", "full, linear_probe, partial, gradual or lp_ft", STRATEGIES)
     unfreeze_top_k: int = _f(2, "partial: number of top backbone groups that train")
     unfreeze_every: int = _f(1, "gradual: epochs between unfreezing one more group")
     lp_epochs: int = _f(1, "lp_ft: epochs of linear probing before fine-tuning everything")
     train_norm: bool = _f(False, "keep normalization layers trainable inside frozen groups")
-    bn_stats: str = _f("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or none")
+    bn_stats: str = _f("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or none", BN_STATS)
     feature_cache: str = _f("auto", "auto: compute frozen-backbone features once for epochs where the whole backbone "
-                            "is frozen (trained without augmentation); off: run the backbone every epoch")
-    feature_cache_dir: typing.Optional[str] = _f(None, "also keep cached features on disk here, reused across runs")
-    feature_cache_dtype: str = _f("float32", "float32 or float16 (half the memory)")
-    # optimization
+                            "is frozen (trained without augmentation); off: run the backbone every epoch", ("auto", "off"))
+
+
+@dataclass
+class OptimizationOptions(Options):
     learning_rate: float = _f(1e-4, "backbone learning rate (peak)")
-    head_learning_rate: typing.Optional[float] = _f(None, "head learning rate (default: 10x learning_rate)")
+    head_learning_rate: Optional[float] = _f(None, "head learning rate (default: 10x learning_rate)")
     layer_decay: float = _f(1.0, "layer-wise LR decay: group i of n gets lr * decay^(n-1-i); 1 = off")
     l2sp_alpha: float = _f(0.0, "L2-SP: pull of the backbone towards its pretrained weights, alpha/2*||w-w0||^2 (0 = off)")
     l2sp_beta: float = _f(0.0, "L2-SP: plain L2 on the new head, beta/2*||w_head||^2 (used when L2-SP is on)")
     weight_decay: float = _f(0.01, "AdamW weight decay (never on biases and norm weights)")
-    lr_scheduler_type: str = _f("cosine", "cosine, linear or constant, after linear warmup")
+    lr_scheduler_type: str = _f("cosine", "cosine, linear or constant, after linear warmup", ("cosine", "linear", "constant"))
     warmup_ratio: float = _f(0.1, "fraction of each phase spent warming up")
     num_train_epochs: int = _f(3, "training epochs")
     per_device_train_batch_size: int = _f(32, "batch size per process")
-    per_device_eval_batch_size: int = _f(64, "evaluation batch size per process")
     gradient_accumulation_steps: int = _f(1, "batches per optimizer step")
     max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
-    mixed_precision: typing.Optional[str] = _f(None, "no, fp16 or bf16 (default: accelerate's setting, else bf16 on "
-                                               "GPUs that support it and no on CPU)")
+    mixed_precision: Optional[str] = _f(None, "no, fp16 or bf16 (default: accelerate's setting, else bf16 on "
+                                        "GPUs that support it and no on CPU)", ("no", "fp16", "bf16"))
     torch_compile: bool = _f(False, "compile the model with torch.compile (inductor); pays off on GPUs and long runs")
-    seed: int = _f(42, "random seed")
-    # did transfer help?
-    compare_scratch: bool = _f(False, "also train the same architecture from random init with the same budget and "
-                               "report the transfer gain (all_results.json, model card)")
-    scratch_learning_rate: float = _f(1e-3, "peak learning rate of the from-scratch runs (backbone and head)")
-    scratch_seeds: int = _f(1, "from-scratch runs (seeds seed, seed+1, ...); 2+ measure seed noise for the verdict")
-    # run
-    output_dir: str = _f("outputs/run", "where the model, checkpoints and results go")
-    overwrite_output_dir: bool = _f(False, "delete what output_dir holds from an earlier run and start afresh")
-    resume_from_checkpoint: typing.Optional[str] = _f(None, "a checkpoint folder, or 'latest' in output_dir")
-    checkpointing_steps: str = _f("epoch", "'epoch', a number of optimizer steps, or 'no'")
-    save_total_limit: int = _f(2, "checkpoints kept (older ones are deleted)")
-    metric_for_best_model: str = _f("accuracy", "accuracy or f1: picks the exported epoch")
-    dataloader_num_workers: typing.Optional[int] = _f(None, "loader worker processes (default: by core count)")
-    num_threads: typing.Optional[int] = _f(None, "torch threads per process on CPU (default: cores / local processes)")
-    ddp_timeout: int = _f(1800, "seconds a process waits for the others before failing")
-    # publishing (the token comes from HF_TOKEN or `hf auth login`, never from a flag or a file we write)
-    push_to_hub: bool = _f(False, "push the exported model and its card to the Hub at the end")
-    hub_model_id: typing.Optional[str] = _f(None, "repo id to push to (default: output_dir's name under your user)")
-    hub_private: bool = _f(False, "create the Hub repo as private")
-    hub_revision: typing.Optional[str] = _f(None, "branch to push to (created if missing)")
-    hub_create_pr: bool = _f(False, "open a pull request instead of committing to the branch")
-    config: typing.Optional[str] = _f(None, "YAML file with any of these options; flags override it")
 
     @property
     def effective_head_lr(self) -> float:
         return self.head_learning_rate if self.head_learning_rate is not None else 10 * self.learning_rate
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    @property
+    def l2sp_active(self) -> bool:
+        return self.l2sp_alpha > 0 or self.l2sp_beta > 0
 
 
-RANK_DATA_FIELDS = ("dataset_name", "dataset_config_name", "train_dir", "validation_dir", "train_file", "validation_file",
-                    "image_column_name", "text_column_name", "label_column_name", "label_names", "validation_fraction",
-                    "max_train_samples", "max_seq_length", "pooling", "per_device_eval_batch_size", "feature_cache_dir",
-                    "feature_cache_dtype", "decode_size", "dataloader_num_workers", "num_threads", "seed", "config")
+@dataclass
+class ComparisonOptions(Options):
+    """Did transfer help? The same architecture from random init, same budget."""
+
+    compare_scratch: bool = _f(False, "also train the same architecture from random init with the same budget and "
+                               "report the transfer gain (all_results.json, model card)")
+    scratch_learning_rate: float = _f(1e-3, "peak learning rate of the from-scratch runs (backbone and head)")
+    scratch_seeds: int = _f(1, "from-scratch runs (seeds seed, seed+1, ...); 2+ measure seed noise for the verdict")
 
 
-def _rank_to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+@dataclass
+class RunOptions(Options):
+    """Where the run lives on disk and how it checkpoints, resumes and picks the exported epoch."""
+
+    output_dir: str = _f("outputs/run", "where the model, checkpoints and results go")
+    overwrite_output_dir: bool = _f(False, "delete what output_dir holds from an earlier run and start afresh")
+    resume_from_checkpoint: Optional[str] = _f(None, "a checkpoint folder, or 'latest' in output_dir")
+    checkpointing_steps: str = _f("epoch", "'epoch', a number of optimizer steps, or 'no'")
+    save_total_limit: int = _f(2, "checkpoints kept (older ones are deleted)")
+    metric_for_best_model: str = _f("accuracy", "accuracy or f1: picks the exported epoch", ("accuracy", "f1"))
+    ddp_timeout: int = _f(1800, "seconds a process waits for the others before failing")
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Optimizer steps between step checkpoints (0: only at epoch ends, or never)."""
+        return int(self.checkpointing_steps) if str(self.checkpointing_steps).isdigit() else 0
 
 
-def _rank_train_config(self, model_name_or_path: str, weights: str) -> TrainConfig:
-    """The recipe config that reads the same data the same way (so the feature cache keys match)."""
-    shared = {name: getattr(self, name) for name in RANK_DATA_FIELDS if name != "config"}
-    return TrainConfig(model_name_or_path=model_name_or_path, weights=weights, **shared)
+@dataclass
+class HubOptions(Options):
+    """Publishing; the token comes from HF_TOKEN or `hf auth login`, never from a flag or a file we write."""
+
+    push_to_hub: bool = _f(False, "push the exported model and its card to the Hub at the end")
+    hub_model_id: Optional[str] = _f(None, "repo id to push to (default: output_dir's name under your user)")
+    hub_private: bool = _f(False, "create the Hub repo as private")
+    hub_revision: Optional[str] = _f(None, "branch to push to (created if missing)")
+    hub_create_pr: bool = _f(False, "open a pull request instead of committing to the branch")
 
 
-def _rank_fields() -> list[tuple]:
-    train_fields = {f.name: f for f in fields(TrainConfig)}
-    own = [
-        ("candidates", "list", _f([], "backbones to score: timm names / transformers ids / local folders (one modality); "
-                                  "random:NAME = random init (a sanity floor), NAME=FILE = weights from a state-dict file")),
-        ("output_dir", "str", _f("outputs/rank", "where rank.csv, rank.json and rank.png go")),
-    ]
-    shared = [(name, TrainConfig.__annotations__[name], _f(train_fields[name].default, train_fields[name].metadata["help"]))
-              for name in RANK_DATA_FIELDS]
-    return own + shared
+# --help lists the groups in this order: the dataclass fields of the last base come first
+@dataclass
+class TrainConfig(HubOptions, RunOptions, ComparisonOptions, OptimizationOptions, StrategyOptions,
+                  AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
+    """Everything a recipe run takes."""
+
+    def validate(self) -> "TrainConfig":
+        super().validate()
+        steps = str(self.checkpointing_steps)
+        if steps not in ("epoch", "no") and not (steps.isdigit() and int(steps) > 0):
+            raise HFTransferError(f"--checkpointing_steps '{steps}' is not valid: use epoch, no or a number of steps")
+        if self.compare_scratch and self.weights == "random":
+            raise HFTransferError("--compare_scratch compares pretrained weights with random init, but --weights is already random")
+        if self.scratch_seeds < 1:
+            raise HFTransferError(f"--scratch_seeds {self.scratch_seeds}: use 1 or more")
+        return self
 
 
-# ``hftransfer rank``: the candidate backbones plus the recipes' data options, with the same names,
-# defaults and parsing, so a rank run and a recipe run read the same data the same way.
-RankConfig = dataclasses.make_dataclass(
-    "RankConfig", _rank_fields(),
-    namespace={"to_dict": _rank_to_dict, "train_config": _rank_train_config,
-               "__doc__": "Options of ``hftransfer rank``: candidates, output_dir and the recipes' data options."})
+# the data settings of a recipe's embedded default job, dropped when the user names data of their own
+JOB_FIELDS = tuple(f.name for f in fields(DataOptions) if f.name not in (
+    "validation_fraction", "max_seq_length", "decode_size", "per_device_eval_batch_size", "feature_cache_dir",
+    "feature_cache_dtype")) + ("output_dir", "overwrite_output_dir")
 
 
-def _arg_type(tp):
-    """(python type, is_list) of a dataclass field annotation."""
-    if isinstance(tp, str):
-        tp = eval(tp, {"typing": typing, "list": list, "str": str, "int": int, "float": float, "bool": bool})
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+@dataclass
+class RankConfig(DataOptions, SessionOptions):
+    """Options of ``hftransfer rank``: candidates, output_dir, pooling and the recipes' data options."""
+
+    candidates: list[str] = _f([], "backbones to score: timm names / transformers ids / local folders (one modality); "
+                               "random:NAME = random init (a sanity floor), NAME=FILE = weights from a state-dict file")
+    output_dir: str = _f("outputs/rank", "where rank.csv, rank.json and rank.png go")
+    pooling: str = _pooling()
+
+    def train_config(self, model_name_or_path: str, weights: str) -> TrainConfig:
+        """The recipe config that reads the same data the same way (so the feature cache keys match)."""
+        shared = {f.name for f in fields(TrainConfig)} - {"output_dir", "config"}
+        values = {k: v for k, v in self.to_dict().items() if k in shared}
+        return TrainConfig(model_name_or_path=model_name_or_path, weights=weights, **values)
+
+
+# ---- parsing ---------------------------------------------------------------------------------------
+def _arg_type(tp) -> tuple[type, bool]:
+    """(item type, is_list) of a resolved field annotation such as ``Optional[list[int]]``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        origin = typing.get_origin(tp)
-    if tp is list or origin is list:
-        return str, True
+    if tp is list or typing.get_origin(tp) is list:
+        args = typing.get_args(tp)
+        return (args[0] if args else str), True
     return tp, False
 
 
@@ -180,34 +251,41 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``error:`` line (via ``HFTransferError``), like every other error."""
+
+    def error(self, message: str):
+        raise HFTransferError(f"{message}: see --help for the valid options")
+
+
 def build_parser(description: str, config_cls=TrainConfig, prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    # allow_abbrev=False: argparse would otherwise take a mistyped --learning_rat as --learning_rate
+    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    hints = typing.get_type_hints(config_cls)
     for f in fields(config_cls):
-        tp, is_list = _arg_type(f.type)
-        help_text = f"{f.metadata['help']} (default: {f.default if f.default is not dataclasses.MISSING else f.default_factory()})"
+        tp, is_list = _arg_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        allowed = f"one of {{{','.join(choices)}}}, " if choices else ""
+        kwargs = {"help": f"{f.metadata['help']} ({allowed}default: {default})"}
         if tp is bool:
-            parser.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, help=help_text)
+            parser.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, **kwargs)
         elif is_list:
-            parser.add_argument(f"--{f.name}", nargs="+", help=help_text)
+            parser.add_argument(f"--{f.name}", nargs="+", **kwargs)
         else:
-            parser.add_argument(f"--{f.name}", type=tp, help=help_text)
+            parser.add_argument(f"--{f.name}", type=tp, **kwargs)
     return parser
 
 
-def _coerce(name: str, value, config_cls=TrainConfig):
+def _coerce(name: str, value, hints: dict):
     """Convert YAML / CLI values to the field's type, with a one-line error naming the option."""
-    f = {f.name: f for f in fields(config_cls)}[name]
-    tp, is_list = _arg_type(f.type)
+    tp, is_list = _arg_type(hints[name])
     if value is None:
         return None
     try:
         if is_list:
             values = value if isinstance(value, list) else str(value).replace(",", " ").split()
-            if name in ("head_hidden_sizes",):
-                return [int(v) for v in values]
-            if name in ("crop_scale",):
-                return [float(v) for v in values]
-            return [str(v) for v in values]
+            return [tp(v) for v in values]
         if tp is bool:
             return value if isinstance(value, bool) else _bool(str(value))
         return tp(value)
@@ -217,38 +295,34 @@ def _coerce(name: str, value, config_cls=TrainConfig):
 
 def load_config(argv: list[str] | None, defaults: dict | None = None, description: str = "", config_cls=TrainConfig,
                 prog: str | None = None):
-    """Merge dataclass defaults < recipe ``defaults`` < ``--config`` YAML < explicit flags."""
+    """Merge dataclass defaults < recipe ``defaults`` < ``--config`` YAML < explicit flags, then validate."""
     parser = build_parser(description, config_cls, prog)
     cli = vars(parser.parse_args(argv))
-    user = {**_read_yaml(cli.get("config")), **cli}
+    user = {**read_config_file(cli.get("config")), **cli}
     defaults = dict(defaults or {})
     if any(k in user for k in DATA_SOURCE_FIELDS):  # the user's own data: none of the default job's data/output settings apply
         defaults = {k: v for k, v in defaults.items() if k not in JOB_FIELDS}
     values = {**defaults, **user}
-    known = {f.name for f in fields(config_cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - {f.name for f in fields(config_cls)})
     if unknown:
         raise HFTransferError(f"unknown option(s) {', '.join(unknown)} in the config: see --help for the valid names")
-    return config_cls(**{k: _coerce(k, v, config_cls) for k, v in values.items()})
+    hints = typing.get_type_hints(config_cls)
+    return config_cls(**{k: _coerce(k, v, hints) for k, v in values.items()}).validate()
 
 
-def _read_yaml(path: str | None) -> dict:
+def read_config_file(path: str | None) -> dict:
+    """A ``--config`` YAML file, its relative data paths resolved against the file's folder."""
     if not path:
         return {}
     p = Path(path)
     if not p.is_file():
         raise HFTransferError(f"config file '{path}' not found: pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise HFTransferError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise HFTransferError(f"config file '{path}' must hold a mapping of option: value")
+    data = read_yaml(p)
     for key in PATH_FIELDS:
-        if isinstance(data.get(key), str) and data[key] != "latest" and not Path(data[key]).is_absolute():
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str((p.parent / data[key]).resolve())
     return data
 
 
-def save_config(config: TrainConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def save_config(config: Options, path: Path) -> None:
+    write_yaml(path, config.to_dict())

@@ -1,4 +1,4 @@
-"""Data: ``datasets`` inputs -> checked, labelled train/eval splits -> preprocessed DataLoaders.
+"""Data: ``datasets`` inputs -> checked, labelled train/eval splits.
 
 Inputs are a Hub (or local script) dataset name, a class-per-subfolder image folder, or CSV/JSON(L)
 text files. Every problem a user can fix (missing column, empty split, unreadable image, a
@@ -6,14 +6,10 @@ validation label never seen in training) raises :class:`HFTransferError` before 
 """
 from __future__ import annotations
 
-import io
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import torch
 from datasets import ClassLabel, DatasetDict
 
 from .errors import HFTransferError
@@ -209,132 +205,14 @@ def _flatten(values, multi_label):
     return [v for row in values for v in row] if multi_label else list(values)
 
 
-def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = None,
-                  desc: str = "decoding images") -> datasets.Dataset:
-    """Decode every image once: RGB, shrunk so its shorter side is ``shorter_side`` (never enlarged).
+def load_data(options, modality: str, data_seed: int | None = None) -> DataBundle:
+    """The labelled splits ``options`` (a ``TrainConfig`` / ``RankConfig``) names, for a ``modality`` model.
 
-    Runs as a ``datasets`` map, so the result is cached on disk by the data's fingerprint and later
-    runs and epochs skip the JPEG decode and the big resize; a corrupt or non-image file is named
-    here, before training, instead of mid-epoch. The shrink target is the eval transform's resize
-    size, which the eval crop and random resized crops of training cut from.
+    ``data_seed`` (default ``options.seed``) seeds the held-out split and the subsets.
     """
-    from PIL import Image
-
-    def fn(batch):
-        out = []
-        for i, item in enumerate(batch[column]):
-            source = item.get("path") or f"example {i}"
-            try:
-                im = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"])
-                im.load()
-            except Exception as e:
-                raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace that file") from None
-            im = im.convert("RGB")
-            if shorter_side and min(im.size) > shorter_side:
-                scale = shorter_side / min(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-            out.append(im)
-        return {column: out}
-
-    raw = ds.cast_column(column, datasets.Image(decode=False))
-    return raw.map(fn, batched=True, batch_size=32, desc=desc, features=ds.features)
-
-
-# ---- preprocessing ------------------------------------------------------------------------------
-def resize_size(data_config: dict) -> int:
-    """The eval transform's resize (shorter side) before its center crop, as timm computes it."""
-    return math.floor(data_config["input_size"][-1] / data_config.get("crop_pct", 0.875))
-
-
-def image_transforms(data_config: dict, train: bool, crop_scale=(0.08, 1.0), hflip: float = 0.5,
-                     color_jitter: float | None = 0.4, augment: bool = True, as_uint8: bool = False):
-    """Train (random resized crop, flip, jitter) or eval (resize + center crop) transform for a timm model.
-
-    Sizes, interpolation, crop fraction and mean/std come from timm's ``data_config``.
-    ``augment=False`` trains on the eval transform. ``as_uint8`` stops at a uint8 tensor: batches
-    travel 4x smaller and the backbone normalizes on the device; otherwise the output is the
-    normalized float tensor timm's own transforms give.
-    """
-    from torchvision.transforms import v2
-
-    size = data_config["input_size"][-1]
-    interpolation = v2.InterpolationMode(data_config.get("interpolation", "bilinear"))
-    if train and augment:
-        steps = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interpolation)]
-        steps += [v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-        steps += [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
-    else:
-        steps = [v2.Resize(resize_size(data_config), interpolation=interpolation), v2.CenterCrop(size)]
-    steps.append(v2.PILToTensor())
-    if not as_uint8:
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data_config["mean"], data_config["std"])]
-    return v2.Compose(steps)
-
-
-def with_image_transform(ds: datasets.Dataset, column: str, transform) -> datasets.Dataset:
-    """Apply ``transform`` on access (fresh augmentation every epoch), yielding ``pixel_values``."""
-
-    def apply(batch):
-        out = {"pixel_values": [transform(im if im.mode == "RGB" else im.convert("RGB")) for im in batch[column]]}
-        for key in ("labels", INDEX_COLUMN):
-            if key in batch:
-                out[key] = batch[key]
-        return out
-
-    return ds.with_transform(apply)
-
-
-def tokenize(ds: datasets.Dataset, column: str, tokenizer, max_length: int) -> datasets.Dataset:
-    """Tokenize once (cached by ``datasets``) without padding; batches are padded dynamically."""
-
-    def fn(batch):
-        texts = [t if isinstance(t, str) else "" for t in batch[column]]
-        return tokenizer(texts, truncation=True, max_length=max_length)
-
-    return ds.map(fn, batched=True, remove_columns=[column], desc="tokenizing")
-
-
-class LengthGroupedSampler(torch.utils.data.Sampler):
-    """Random order, but batches of similar lengths: less padding, same examples per epoch.
-
-    Indices are shuffled (seeded by ``seed + epoch``), cut into mega-batches of ``mega_batches``
-    batches, and sorted by length inside each, so consecutive batches hold similar lengths while the
-    epoch stays random. ``set_epoch`` (called through accelerate's loaders) makes the order a
-    function of the epoch, so a resumed run sees the same batches.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
-        self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
-        size = self.batch_size * self.mega
-        for start in range(0, len(order), size):
-            yield from sorted(order[start:start + size], key=lambda i: -self.lengths[i])
-
-
-def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
-    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
-    batch["labels"] = torch.tensor([e["labels"] for e in examples])
-    if INDEX_COLUMN in examples[0]:
-        batch[INDEX_COLUMN] = torch.tensor([e[INDEX_COLUMN] for e in examples])
-    return batch
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (respects taskset / container CPU sets)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def default_num_workers() -> int:
-    """Loader workers: leave most cores to the model on small machines, cap at 8 on big ones."""
-    cores = available_cores()
-    return 0 if cores <= 2 else min(8, cores // 2)
+    input_column = options.image_column_name if modality == "image" else options.text_column_name
+    raw = load_raw_splits(modality, options.dataset_name, options.dataset_config_name, options.train_dir,
+                          options.validation_dir, options.train_file, options.validation_file)
+    return prepare_splits(raw, input_column, options.label_column_name, options.validation_fraction,
+                          options.seed if data_seed is None else data_seed, options.max_train_samples,
+                          options.max_eval_samples, options.label_names)

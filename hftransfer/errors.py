@@ -1,9 +1,43 @@
-"""User-facing errors: one line that names the problem and the fix."""
+"""What a user sees from an entry point: one-line errors that name the fix, and progress messages."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Iterator
+
+USAGE_EXIT_CODE = 2  # argparse's status for bad usage: scripts and schedulers can tell it from a crash
 
 
 class HFTransferError(Exception):
     """An input or configuration problem the user can fix.
 
-    Recipes print ``error: <message>`` and exit with status 2 instead of a traceback, so the
+    Entry points print ``error: <message>`` and exit with status 2 instead of a traceback, so the
     message must say what is wrong *and* what to do about it.
     """
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn an ``HFTransferError`` into one ``error:`` line on stderr (first process only) and exit 2."""
+    try:
+        yield
+    except HFTransferError as e:
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # every rank fails alike: say it once
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(USAGE_EXIT_CODE)
+
+
+def show_progress_messages() -> None:
+    """Print hftransfer's INFO log messages (e.g. where a push went) as plain lines on stdout.
+
+    Entry points call this; as a library hftransfer only logs, and the application decides.
+    """
+    logger = logging.getLogger("hftransfer")
+    if not any(getattr(h, "_hftransfer", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._hftransfer = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

@@ -34,10 +34,11 @@ from pathlib import Path
 
 import torch
 
+from .backbones import TextBackbone, TimmBackbone
 from .errors import HFTransferError
+from .heads import LinearHead
+from .run_files import CONFIG_NAME, NATIVE_CONFIG_NAME, WEIGHTS_NAME, read_json, save_safetensors, write_json
 
-WEIGHTS_NAME = "model.safetensors"
-NATIVE_CONFIG_NAME = "config.json"
 HFTRANSFER_FORMAT = "hftransfer"
 
 # transformers model_type -> how its ForSequenceClassification head relates to pooler + linear head
@@ -81,9 +82,6 @@ def map_keys(state: dict[str, torch.Tensor], key_map: list[tuple[str, str]], rev
 
 def native_layout(model) -> tuple[NativeLayout | None, str]:
     """The native layout of ``model`` and ``""``, or ``None`` and why there is none (one sentence)."""
-    from .backbones import TextBackbone, TimmBackbone
-    from .heads import LinearHead
-
     if type(model.head) is not LinearHead:
         kind = model.head_config.get("type", "custom")
         return None, (f"the {kind} head has no equivalent in {'timm' if model.modality == 'image' else 'transformers'}, "
@@ -186,27 +184,22 @@ def save_weights(model, save_dir: Path) -> dict:
     ``native_unavailable`` (the reason). A stale native ``config.json`` from an earlier save into the
     same folder is removed so that no loader picks up a config that no longer matches the weights.
     """
-    from safetensors.torch import save_file
-
     layout, reason = native_layout(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if layout is not None:
         state = map_keys(state, layout.key_map)
-    save_file(state, save_dir / WEIGHTS_NAME, metadata={"format": "pt"})
+    save_safetensors(save_dir / WEIGHTS_NAME, state, metadata={"format": "pt"})
     native_config = save_dir / NATIVE_CONFIG_NAME
     if layout is None:
         if native_config.is_file() and _written_by_us(save_dir):
             native_config.unlink()
         return {"weights_format": HFTRANSFER_FORMAT, "native_unavailable": reason}
-    native_config.write_text(json.dumps(layout.config, indent=2) + "\n")
+    write_json(native_config, layout.config)
     return {"weights_format": layout.library, "native": layout.record()}
 
 
 def _written_by_us(save_dir: Path) -> bool:
-    from .model import CONFIG_NAME
-
-    path = save_dir / CONFIG_NAME
-    return path.is_file() and json.loads(path.read_text()).get("weights_format", HFTRANSFER_FORMAT) != HFTRANSFER_FORMAT
+    return read_json(save_dir / CONFIG_NAME, {}).get("weights_format", HFTRANSFER_FORMAT) != HFTRANSFER_FORMAT
 
 
 def load_weights(save_dir: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -229,18 +222,6 @@ def stale_native_files(save_dir: Path) -> list[str]:
     A timm / transformers loader would pair such a ``config.json`` with weights of another layout, so
     cards do not list them and pushes do not upload them.
     """
-    from .model import CONFIG_NAME
-
     path = save_dir / CONFIG_NAME
-    fmt = json.loads(path.read_text()).get("weights_format", HFTRANSFER_FORMAT) if path.is_file() else None
+    fmt = read_json(path, {}).get("weights_format", HFTRANSFER_FORMAT) if path.is_file() else None
     return [NATIVE_CONFIG_NAME] if fmt == HFTRANSFER_FORMAT and (save_dir / NATIVE_CONFIG_NAME).is_file() else []
-
-
-def describe_format(config: dict) -> str:
-    """One line for logs and cards: which libraries load a folder with this ``hftransfer_config.json``."""
-    fmt = config.get("weights_format", HFTRANSFER_FORMAT)
-    if fmt == "timm":
-        return "timm layout: loads with timm, transformers (TimmWrapper) and pipeline, or hftransfer"
-    if fmt == "transformers":
-        return f"transformers layout ({config['native']['architecture']}): loads with transformers, pipeline or hftransfer"
-    return f"hftransfer layout: loads with hftransfer only ({config.get('native_unavailable', 'no native equivalent')})"

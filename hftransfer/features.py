@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .data import INDEX_COLUMN
+from .run_files import save_safetensors
 
 
 class FeatureDataset(Dataset):
@@ -76,8 +77,6 @@ def extract_features(accelerator, model, loader, dtype: torch.dtype, desc: str) 
     feats, labels, index = [], [], []
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not accelerator.is_local_main_process, dynamic_ncols=True):
         idx, y = batch.pop(INDEX_COLUMN), batch.pop("labels")
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
             f = module.forward_features(**batch)
         f, y, idx = accelerator.gather_for_metrics((f.float(), y, idx))
@@ -92,7 +91,7 @@ def extract_features(accelerator, model, loader, dtype: torch.dtype, desc: str) 
 def load_or_extract(accelerator, model, loader, target: FeatureDataset, dtype: torch.dtype, desc: str,
                     cache_file: Path | None) -> str:
     """Fill ``target`` from ``cache_file`` when it exists, else by extraction (then save it). Returns how."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     if cache_file is not None and cache_file.is_file():
         stored = load_file(cache_file)
@@ -101,9 +100,37 @@ def load_or_extract(accelerator, model, loader, target: FeatureDataset, dtype: t
     features, labels = extract_features(accelerator, model, loader, dtype, desc)
     target.fill(features, labels)
     if cache_file is not None and accelerator.is_main_process:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        save_file({"features": features.contiguous(), "labels": labels.contiguous()}, tmp)
-        tmp.replace(cache_file)
+        save_safetensors(cache_file, {"features": features.contiguous(), "labels": labels.contiguous()})
     accelerator.wait_for_everyone()
     return "extracted"
+
+
+# ---- the cache in a training run ---------------------------------------------------------------
+def uses_feature_cache(cfg, strategy) -> bool:
+    """The cache applies when some epoch freezes the whole backbone and nothing inside it still learns
+    (``--train_norm`` trains norm layers; ``--bn_stats none`` lets frozen BatchNorm statistics move)."""
+    frozen_epochs = any(strategy.trainable_groups(e) == 0 for e in range(cfg.num_train_epochs))
+    return cfg.feature_cache == "auto" and frozen_epochs and not cfg.train_norm and cfg.bn_stats != "none"
+
+
+def feature_cache_file(cache_dir: str | None, backbone, fingerprint: str, preprocessing: str, dtype: str,
+                       split: str) -> Path | None:
+    """Where ``--feature_cache_dir`` keeps a split's features (``hftransfer rank`` reads the same files)."""
+    if not cache_dir:
+        return None
+    return Path(cache_dir) / f"{split}-{cache_key(backbone, fingerprint, preprocessing, dtype)}.safetensors"
+
+
+def fill_feature_cache(accelerator, model, loaders, cfg) -> None:
+    """Compute (or load from ``--feature_cache_dir``) the frozen backbone's features of both splits."""
+    dtype = getattr(torch, cfg.feature_cache_dtype)
+    backbone = accelerator.unwrap_model(model).backbone
+    for split, source, target in (("train", loaders.train_extract, loaders.cached_train),
+                                  ("eval", loaders.eval, loaders.cached_eval)):
+        dataset = target.dataset
+        if dataset.ready:
+            continue
+        cache_file = feature_cache_file(cfg.feature_cache_dir, backbone, loaders.fingerprints[split],
+                                        loaders.preprocessing, cfg.feature_cache_dtype, split)
+        how = load_or_extract(accelerator, model, source, dataset, dtype, f"features ({split})", cache_file)
+        accelerator.print(f"feature cache: {split} {tuple(dataset.features.shape)} {cfg.feature_cache_dtype}, {how}")

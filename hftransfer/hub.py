@@ -13,20 +13,24 @@ Retry a failed push of a finished run without retraining::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
-import sys
 import tempfile
 from pathlib import Path
 
-from .errors import HFTransferError
+from .card import write_model_card
+from .errors import HFTransferError, exit_on_user_error, show_progress_messages
 from .export import stale_native_files
+from .run_files import BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, ENCODER_CONFIG_NAME, NATIVE_CONFIG_NAME, SCRATCH_DIR, TMP_SUFFIX
+
+logger = logging.getLogger(__name__)
 
 # Training state that is not part of the published model.
 # scratch/: the from-scratch comparison runs; their numbers are in all_results.json and the card
-PUSH_IGNORE_PATTERNS = ["checkpoints/*", "best_model/*", "scratch/*", "*.tmp", "*.lock"]
+PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", f"{BEST_DIR}/*", f"{SCRATCH_DIR}/*", f"*{TMP_SUFFIX}", "*.lock"]
 # Remote files that would mislead loaders if they outlived a re-push in another layout.
-STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", "config.json", "encoder_config.json", "hftransfer_config.json"]
+STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", NATIVE_CONFIG_NAME, ENCODER_CONFIG_NAME, CONFIG_NAME]
 TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".csv")
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]
 
@@ -47,12 +51,10 @@ def push_output_dir(output_dir: Path, repo_id: str | None, private: bool, revisi
     missing; ``create_pr`` opens a pull request against main. Re-pushing an unchanged folder makes
     no commit. Only the main process uploads: other ranks return ``""``.
     """
-    from .card import write_model_card
-
     output_dir = Path(output_dir)
     if not is_main_process():
         return ""
-    if not (output_dir / "hftransfer_config.json").is_file():
+    if not (output_dir / CONFIG_NAME).is_file():
         raise HFTransferError(f"'{output_dir}' holds no exported model: push the output_dir of a finished run")
     api, token = _api()
     repo_id = repo_id or _default_repo_id(api, token, output_dir.name, _retry_command(output_dir, None, private,
@@ -66,8 +68,6 @@ def push_output_dir(output_dir: Path, repo_id: str | None, private: bool, revisi
 def push_model(model, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,
                commit_message: str = "Upload model with hftransfer", token: str | None = None) -> str:
     """``TransferModel.push_to_hub``: ``save_pretrained`` + a card into a temporary folder, then upload it."""
-    from .card import write_model_card
-
     if not is_main_process():
         return ""
     _branch(repo_id, revision, create_pr)
@@ -152,9 +152,9 @@ def _upload(api, token: str, folder: Path, repo_id: str, private: bool, revision
     url = info.pr_url or info.commit_url
     where = f"{repo_id}@{branch}" if branch else repo_id
     if info.oid == head and not info.pr_url:
-        print(f"hub: nothing changed, {where} already holds this model ({url})")
+        logger.info(f"hub: nothing changed, {where} already holds this model ({url})")
     else:
-        print(f"hub: pushed to {where}: {url}")
+        logger.info(f"hub: pushed to {where}: {url}")
     return url
 
 
@@ -162,7 +162,7 @@ def _check_no_token_inside(folder: Path, token: str) -> None:
     """Refuse to publish a text file that contains the token (a config or log that captured it)."""
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
-        if not path.is_file() or not path.name.endswith(TEXT_SUFFIXES) or rel.split("/")[0] in ("checkpoints", "best_model"):
+        if not path.is_file() or not path.name.endswith(TEXT_SUFFIXES) or rel.split("/")[0] in (CHECKPOINT_DIR, BEST_DIR):
             continue
         if token in path.read_text(errors="ignore"):
             raise HFTransferError(f"'{rel}' contains your Hugging Face token: remove it from that file and "
@@ -242,11 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hub_revision", default=None, help="branch to push to (created if missing)")
     parser.add_argument("--hub_create_pr", action="store_true", help="open a pull request against main")
     args = parser.parse_args(argv)
-    try:
+    show_progress_messages()
+    with exit_on_user_error():
         push_output_dir(args.output_dir, args.hub_model_id, args.hub_private, args.hub_revision, args.hub_create_pr)
-    except HFTransferError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbones import NORM_TYPES, Backbone, LayerGroup, TextBackbone, TimmBackbone, create_backbone
+from .backbones import NORM_TYPES, Backbone, LayerGroup, backbone_from_config, create_backbone
 from .errors import HFTransferError
+from .export import load_weights, save_weights
 from .heads import HEADS, classification_loss, create_head
+from .run_files import CONFIG_NAME, write_json
 
-CONFIG_NAME = "hftransfer_config.json"
+# --bn_stats: which BatchNorm layers keep their pretrained running statistics while training
+BN_STATS_DESCRIPTIONS = {
+    "frozen": "BatchNorm layers of frozen groups keep their pretrained running statistics",
+    "all": "every BatchNorm layer keeps its pretrained running statistics (eval mode while training)",
+    "none": "BatchNorm running statistics update in every layer",
+}
+BN_STATS = tuple(BN_STATS_DESCRIPTIONS)
 
 
 @dataclass
@@ -35,7 +43,7 @@ class TransferModel(nn.Module):
     augmentation; ``"none"`` no layer (plain ``nn.Module`` behaviour).
     """
 
-    BN_STATS = ("frozen", "all", "none")
+    BN_STATS = BN_STATS
 
     def __init__(self, backbone: Backbone, head: nn.Module, id2label: dict[int, str], multi_label: bool = False,
                  label_smoothing: float = 0.0, head_config: dict | None = None):
@@ -97,6 +105,9 @@ class TransferModel(nn.Module):
                     module.eval()
         return self
 
+    def describe_bn_stats(self) -> str:
+        return BN_STATS_DESCRIPTIONS[self.bn_stats]
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
@@ -123,13 +134,11 @@ class TransferModel(nn.Module):
         hftransfer's keys. ``hftransfer_config.json`` records which
         (``weights_format``) and why no native layout exists (``native_unavailable``); see ``export``.
         """
-        from .export import save_weights
-
         save_dir = Path(save_directory)
         save_dir.mkdir(parents=True, exist_ok=True)
         record = save_weights(self, save_dir)
         self.backbone.save_preprocessing(save_dir)
-        (save_dir / CONFIG_NAME).write_text(json.dumps({**self.config(), **record}, indent=2) + "\n")
+        write_json(save_dir / CONFIG_NAME, {**self.config(), **record})  # last: its presence marks a complete save
         return save_dir
 
     @classmethod
@@ -143,8 +152,6 @@ class TransferModel(nn.Module):
         A model with a user-defined head needs that head's class importable, or an instance passed as
         ``head`` (its weights are then loaded from the checkpoint).
         """
-        from .export import load_weights
-
         save_dir = Path(path)
         if not save_dir.is_dir():
             from .hub import download_model
@@ -154,8 +161,7 @@ class TransferModel(nn.Module):
             raise HFTransferError(f"'{path}' has no {CONFIG_NAME}: pass a folder or repo written by hftransfer's "
                                   "save_pretrained / push_to_hub (plain timm or transformers models load with those)")
         config = json.loads((save_dir / CONFIG_NAME).read_text())
-        backbone_cls = {"timm": TimmBackbone, "text": TextBackbone}[config["backbone"]["type"]]
-        backbone = backbone_cls.from_config(config["backbone"], save_dir)
+        backbone = backbone_from_config(config["backbone"], save_dir)
         id2label = {int(k): v for k, v in config["id2label"].items()}
         head_cfg = config["head"]
         if head is None:
@@ -215,11 +221,12 @@ def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict
                           weights: str = "pretrained", multi_label: bool = False, label_smoothing: float = 0.0,
                           head_hidden_sizes: tuple[int, ...] = (512,), head_dropout: float = 0.0,
                           pooling: str = "mean") -> TransferModel:
-    """Build a TransferModel: backbone by name/path (``weights`` = pretrained | random | file) plus a head."""
+    """Build a TransferModel: backbone by name/path (``weights`` = pretrained | random | file) plus a head.
+
+    ``pooling`` applies to text encoders (``mean``, ``cls`` or ``pooler``)."""
     if not id2label:
         raise HFTransferError("no labels: the training data must contain at least one class")
-    backbone_kwargs = {"pooling": pooling} if modality == "text" else {}
-    backbone = create_backbone(modality, model_name_or_path, weights=weights, **backbone_kwargs)
+    backbone = create_backbone(modality, model_name_or_path, weights=weights, pooling=pooling)
     head_kwargs = {"dropout": head_dropout}
     if head == "mlp":
         head_kwargs["hidden_sizes"] = list(head_hidden_sizes)

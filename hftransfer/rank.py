@@ -17,13 +17,22 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 
+from .data import load_data
 from .errors import HFTransferError
+from .features import FeatureDataset, feature_cache_file, load_or_extract
+from .loaders import available_cores, create_dataloaders
+from .model import create_transfer_model
+from .report import new_figure, save_figure
+from .run_files import write_json, write_text
 from .transferability import transferability_scores
 
 RANDOM_PREFIX = "random:"
@@ -90,25 +99,18 @@ def _data_modality(cfg) -> str | None:
 
 def embed_train_split(accelerator, cfg, candidate: Candidate, bundle) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Frozen features of the training split, as the recipes' feature cache computes (or stored) them."""
-    from .features import FeatureDataset, load_or_extract
-    from .model import create_transfer_model
-    from .trainer import create_dataloaders, feature_cache_file
-
-    from accelerate.utils import set_seed
-
     train_cfg = cfg.train_config(candidate.name, candidate.weights)
     set_seed(cfg.seed)  # a random-init candidate gets the same weights as the recipe's --weights random run
     model = create_transfer_model(candidate.modality, candidate.name, bundle.id2label, weights=candidate.weights,
                                   multi_label=bundle.multi_label, pooling=cfg.pooling).eval()
-    if candidate.modality == "image":
-        model = model.to(memory_format=torch.channels_last)
-    # a copy, because create_dataloaders decodes images at this candidate's input size; the eval split
-    # is emptied because ranking never reads it
+    model.backbone.use_fast_layout()
+    # the eval split is emptied because ranking never reads it
     own = dataclasses.replace(bundle, eval=bundle.eval.select([]))
-    loaders = create_dataloaders(train_cfg, own, model, with_cache=True)
+    loaders = create_dataloaders(train_cfg, own, model.backbone, with_cache=True)
     model, loader = accelerator.prepare(model, loaders.train_extract)
     target = FeatureDataset(len(own.train))
-    cache_file = feature_cache_file(train_cfg, accelerator.unwrap_model(model).backbone, own, "train", loaders.preprocessing)
+    cache_file = feature_cache_file(cfg.feature_cache_dir, accelerator.unwrap_model(model).backbone,
+                                    loaders.fingerprints["train"], loaders.preprocessing, cfg.feature_cache_dtype, "train")
     how = load_or_extract(accelerator, model, loader, target, getattr(torch, cfg.feature_cache_dtype),
                           f"features ({candidate.spec})", cache_file)
     accelerator.free_memory()
@@ -117,11 +119,6 @@ def embed_train_split(accelerator, cfg, candidate: Candidate, bundle) -> tuple[t
 
 def rank_backbones(cfg) -> list[dict]:
     """Score every candidate of ``cfg`` (a ``RankConfig``) and write the ranking to ``cfg.output_dir``."""
-    from accelerate import Accelerator
-
-    from .data import available_cores
-    from .trainer import load_data
-
     candidates = [parse_candidate(spec) for spec in cfg.candidates]
     modality = check_modalities(candidates, _data_modality(cfg))
     accelerator = Accelerator()
@@ -164,18 +161,17 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_ranking(rows: list[dict], out: Path, meta: dict) -> None:
-    with open(out / "rank.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
-    (out / "rank.json").write_text(json.dumps({**meta, "ranking": rows}, indent=2) + "\n")
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
+    write_text(out / "rank.csv", buffer.getvalue())
+    write_json(out / "rank.json", {**meta, "ranking": rows})
     plot_ranking(rows, out / "rank.png")
 
 
 def plot_ranking(rows: list[dict], path: Path) -> Path:
     """Horizontal bars, best candidate on top, one panel per score (their scales are unrelated)."""
-    from .report import new_figure
-
     fig = new_figure(10.0, 1.2 + 0.45 * len(rows))
     names = [r["candidate"] for r in rows][::-1]
     for ax, key, title in zip(fig.subplots(1, 2, sharey=True), ("logme", "h_score"), ("LogME", "H-score (shrinkage)")):
@@ -184,5 +180,4 @@ def plot_ranking(rows: list[dict], path: Path) -> Path:
         ax.set_title(f"{title} (higher is better)")
         ax.grid(axis="x", alpha=0.3)
         ax.axvline(0, color="black", lw=0.6)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)

@@ -11,6 +11,7 @@ reports can be written from worker processes and headless machines alike.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -18,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HFTransferError
+from .run_files import (CONFUSION_PNG, CURVES_PNG, PER_CLASS_CSV, PREDICTIONS_NAME, RESULTS_NAME, RUN_CONFIG_NAME,
+                        RunResults, ScratchRun, TransferGain, atomic_path, read_yaml, write_text)
 
-CONFUSION_PNG = "confusion_matrix.png"
-CURVES_PNG = "training_curves.png"
-PER_CLASS_CSV = "per_class_metrics.csv"
 MAX_ANNOTATED_CLASSES = 20  # beyond this the cell counts are unreadable; colours still tell the story
 
 
@@ -31,8 +31,8 @@ def read_predictions(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _label_names(results: dict, num_labels: int) -> list[str]:
-    names = list(results.get("eval_per_class") or {}) or list((results.get("transfer") or {}).get("label_names") or [])
+def _label_names(results: RunResults, num_labels: int) -> list[str]:
+    names = list(results.eval_per_class) or (results.transfer.label_names if results.transfer else [])
     return names if len(names) == num_labels else [str(i) for i in range(num_labels)]
 
 
@@ -51,6 +51,13 @@ def confusion_matrix(records: list[dict], num_labels: int, multi_label: bool = F
     for r in records:
         out[int(r["label"]), int(r["prediction"])] += 1
     return out
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Render ``fig`` to ``path`` atomically (the format follows the suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
+    return Path(path)
 
 
 def new_figure(width: float, height: float):
@@ -86,8 +93,7 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, mul
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=9,
                         color="white" if share[i, j] > 0.5 else "black")
     ax.set_title(title or f"confusion matrix ({int(matrix[:, :2].sum() if multi_label else matrix.sum())} eval examples)")
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_training_curves(history: list[dict], path: Path, best_epoch: int | None = None, phases: list[dict] | None = None,
@@ -115,40 +121,40 @@ def plot_training_curves(history: list[dict], path: Path, best_epoch: int | None
             ax.set_xticks(epochs)
     loss_ax.set_title("loss")
     acc_ax.set_title("eval accuracy")
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def write_per_class_csv(per_class: dict, path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "precision", "recall", "f1", "support"])
-        for label, m in per_class.items():
-            writer.writerow([label, *(f"{m.get(k, 0):.4f}" for k in ("precision", "recall", "f1")), m.get("support", 0)])
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["label", "precision", "recall", "f1", "support"])
+    for label, m in per_class.items():
+        writer.writerow([label, *(f"{m.get(k, 0):.4f}" for k in ("precision", "recall", "f1")), m.get("support", 0)])
+    return write_text(path, buffer.getvalue())
 
 
 def write_report(output_dir: str | Path) -> list[Path]:
     """Write the confusion matrix, per-class table and training curves of a finished run's output_dir."""
     output_dir = Path(output_dir)
-    results_file = output_dir / "all_results.json"
-    if not results_file.is_file():
-        raise HFTransferError(f"'{output_dir}' has no all_results.json: write the report of a finished run")
-    results = json.loads(results_file.read_text())
-    transfer = results.get("transfer") or {}
-    per_class = results.get("eval_per_class") or {}
-    multi_label = bool(transfer.get("multi_label"))
-    records = read_predictions(output_dir / "eval_predictions.jsonl")
-    num_labels = len(per_class) or len(transfer.get("label_names") or []) or 1 + max(int(r["label"]) for r in records)
+    results = RunResults.read(output_dir)
+    if results is None:
+        raise HFTransferError(f"'{output_dir}' has no {RESULTS_NAME}: write the report of a finished run")
+    recipe = results.transfer
+    multi_label = bool(recipe and recipe.multi_label)
+    records = read_predictions(output_dir / PREDICTIONS_NAME)
+    num_labels = (len(results.eval_per_class) or len(recipe.label_names if recipe else [])
+                  or 1 + max(int(r["label"]) for r in records))
     labels = _label_names(results, num_labels)
     written = [plot_confusion_matrix(confusion_matrix(records, num_labels, multi_label), labels,
                                      output_dir / CONFUSION_PNG, multi_label)]
-    if per_class:
-        written.append(write_per_class_csv(per_class, output_dir / PER_CLASS_CSV))
-    if results.get("history"):
-        scratch = [s["history"] for s in (results.get("transfer_gain") or {}).get("scratch_runs", []) if s.get("history")]
-        written.append(plot_training_curves(results["history"], output_dir / CURVES_PNG, results.get("best_epoch"),
-                                            transfer.get("phases"), scratch))
+    if results.eval_per_class:
+        written.append(write_per_class_csv(results.eval_per_class, output_dir / PER_CLASS_CSV))
+    if results.history:
+        history = [h.to_dict() for h in results.history]
+        scratch = [[h.to_dict() for h in s.history] for s in (results.transfer_gain.scratch_runs
+                                                              if results.transfer_gain else []) if s.history]
+        phases = [p.to_dict() for p in recipe.phases] if recipe else None
+        written.append(plot_training_curves(history, output_dir / CURVES_PNG, results.best_epoch, phases, scratch))
     return written
 
 
@@ -157,14 +163,7 @@ def _correct(records: list[dict]) -> dict[int, float]:
     return {int(r["index"]): float(np.array_equal(np.asarray(r["label"]), np.asarray(r["prediction"]))) for r in records}
 
 
-def _run_seed(run_dir: Path) -> int | None:
-    import yaml
-
-    cfg_file = run_dir / "config.yaml"
-    return (yaml.safe_load(cfg_file.read_text()) or {}).get("seed") if cfg_file.is_file() else None
-
-
-def transfer_gain(pretrained_dir: Path, scratch_dirs: list[Path]) -> dict:
+def transfer_gain(pretrained_dir: Path, scratch_dirs: list[Path]) -> TransferGain:
     """Accuracy of the pretrained-init run minus that of same-budget runs from random init.
 
     The noise margin is two standard errors of the gain: the paired standard error over eval examples
@@ -172,21 +171,21 @@ def transfer_gain(pretrained_dir: Path, scratch_dirs: list[Path]) -> dict:
     spread (taken as the spread of the pretrained run too, which has one seed). Transfer counts as
     negative when the gain does not clear that margin.
     """
-    main = _correct(read_predictions(Path(pretrained_dir) / "eval_predictions.jsonl"))
+    main = _correct(read_predictions(Path(pretrained_dir) / PREDICTIONS_NAME))
     scratch_runs, scratch_correct = [], []
     for d in scratch_dirs:
-        res = json.loads((Path(d) / "all_results.json").read_text())
-        correct = _correct(read_predictions(Path(d) / "eval_predictions.jsonl"))
+        res = RunResults.read(d)
+        correct = _correct(read_predictions(Path(d) / PREDICTIONS_NAME))
         if set(correct) != set(main):
             raise HFTransferError(f"the scratch run in '{d}' was evaluated on other examples than the pretrained run")
         scratch_correct.append(correct)
-        scratch_runs.append({"seed": _run_seed(Path(d)), "accuracy": res["eval_accuracy"],
-                             "best_epoch": res.get("best_epoch"), "train_runtime": res.get("train_runtime"),
-                             "history": res.get("history", [])})
+        scratch_runs.append(ScratchRun(seed=read_yaml(Path(d) / RUN_CONFIG_NAME).get("seed"),
+                                       accuracy=res.metrics["eval_accuracy"], best_epoch=res.best_epoch,
+                                       train_runtime=res.train_runtime, history=res.history))
     index = sorted(main)
     pre = np.array([main[i] for i in index])
     scr = np.mean([[c[i] for i in index] for c in scratch_correct], axis=0)
-    accs = np.array([s["accuracy"] for s in scratch_runs])
+    accs = np.array([s.accuracy for s in scratch_runs])
     gain = float(pre.mean() - accs.mean())
     diff = pre - scr
     se_examples = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
@@ -205,6 +204,6 @@ def transfer_gain(pretrained_dir: Path, scratch_dirs: list[Path]) -> dict:
     summary = (f"Fine-tuned from the pretrained weights: accuracy {pre_acc:.4f}. The same architecture trained from "
                f"random init with the same budget ({len(accs)} seed{'s' if len(accs) > 1 else ''}): {accs.mean():.4f}. "
                f"Transfer gain {gain:+.4f} (noise margin ±{margin:.4f}, two standard errors). {verdict}")
-    return {"summary": summary, "pretrained_accuracy": pre_acc, "scratch_accuracy": float(accs.mean()),
-            "gain": gain, "noise_margin": margin, "se_examples": se_examples, "sd_scratch_seeds": sd_seeds,
-            "negative_transfer": bool(negative), "scratch_seeds": len(accs), "scratch_runs": scratch_runs}
+    return TransferGain(summary=summary, pretrained_accuracy=pre_acc, scratch_accuracy=float(accs.mean()), gain=gain,
+                        noise_margin=margin, se_examples=se_examples, sd_scratch_seeds=sd_seeds,
+                        negative_transfer=bool(negative), scratch_seeds=len(accs), scratch_runs=scratch_runs)

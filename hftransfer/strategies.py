@@ -25,7 +25,17 @@ from torch import nn
 from .backbones import NORM_TYPES
 from .errors import HFTransferError
 
-STRATEGIES = ("full", "linear_probe", "partial", "gradual", "lp_ft")
+# what each strategy does, in the words logs, model cards and the README use
+DESCRIPTIONS = {
+    "full": "every layer trains from the first step",
+    "linear_probe": "the backbone stays frozen; only the head trains",
+    "partial": "only the top {unfreeze_top_k} backbone group(s) and the head train",
+    "gradual": "the head trains first, then one more backbone group unfreezes every {unfreeze_every} epoch(s), "
+               "from the top down (ULMFiT-style gradual unfreezing)",
+    "lp_ft": "{lp_epochs} epoch(s) of linear probing, then the whole model fine-tunes from that probe head with the "
+             "head at the backbone learning rate (LP-FT, Kumar et al. 2022)",
+}
+STRATEGIES = tuple(DESCRIPTIONS)
 
 
 @dataclass
@@ -41,6 +51,11 @@ class Strategy:
             raise HFTransferError(f"unknown strategy '{self.name}': use one of {', '.join(STRATEGIES)}")
         if self.unfreeze_every < 1 or self.lp_epochs < 0 or self.unfreeze_top_k < 0:
             raise HFTransferError("unfreeze_every must be >= 1, lp_epochs and unfreeze_top_k >= 0")
+
+    def description(self) -> str:
+        """One sentence on what this strategy does with its settings."""
+        return DESCRIPTIONS[self.name].format(unfreeze_top_k=self.unfreeze_top_k, unfreeze_every=self.unfreeze_every,
+                                              lp_epochs=self.lp_epochs)
 
     def trainable_groups(self, epoch: int) -> int:
         """Number of backbone layer groups, from the top, that train during ``epoch`` (0-based)."""

@@ -1,0 +1,105 @@
+"""DataLoaders of a run: preprocessed splits, length-grouped sampling, and the feature-cache loaders.
+
+``create_dataloaders`` asks the backbone for its preprocessing pipeline (``Backbone.data_pipeline``)
+and builds the training loader (augmented, shuffled or length-grouped), the evaluation loader and,
+when some epochs train on cached features, the loaders that extract and then serve those features.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import DataBundle
+from .features import FeatureDataset
+
+
+@dataclass
+class Loaders:
+    """The run's DataLoaders; the ``cached_*`` ones exist when some epochs train on cached features.
+
+    ``fingerprints`` identify the prepared (decoded / tokenized) splits and ``preprocessing`` the eval
+    preprocessing: with the backbone's weights they key the on-disk feature cache.
+    """
+
+    train: DataLoader
+    eval: DataLoader
+    train_extract: DataLoader | None = None  # train split, eval preprocessing, in order: feeds the cache
+    cached_train: DataLoader | None = None
+    cached_eval: DataLoader | None = None
+    preprocessing: str = ""
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    def prepare(self, accelerator) -> None:
+        """``accelerator.prepare`` every loader, in a fixed order so checkpoints line up on resume."""
+        names = [n for n in ("train", "eval", "train_extract", "cached_train", "cached_eval") if getattr(self, n) is not None]
+        for name, loader in zip(names, accelerator.prepare(*[getattr(self, n) for n in names])):
+            setattr(self, name, loader)
+
+
+def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> Loaders:
+    """Loaders for ``bundle`` preprocessed the way ``backbone`` expects (``cfg``: a ``TrainConfig``)."""
+    workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
+    pipeline = backbone.data_pipeline(cfg)
+    common = {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": pipeline.collate}
+    column = bundle.input_column
+    train, evaluation = pipeline.prepare(bundle.train, column, "train"), pipeline.prepare(bundle.eval, column, "eval")
+    lengths = pipeline.lengths(train) if cfg.group_by_length else None
+    sampler = LengthGroupedSampler(lengths, cfg.per_device_train_batch_size, seed=cfg.seed) if lengths else None
+    loaders = Loaders(
+        train=DataLoader(pipeline.train_view(train, column), batch_size=cfg.per_device_train_batch_size,
+                         shuffle=sampler is None, sampler=sampler, **common),
+        eval=DataLoader(pipeline.eval_view(evaluation, column), batch_size=cfg.per_device_eval_batch_size,
+                        shuffle=False, **common),
+        preprocessing=pipeline.key,
+        fingerprints={"train": train._fingerprint, "eval": evaluation._fingerprint},
+    )
+    if with_cache:
+        loaders.train_extract = DataLoader(pipeline.eval_view(train, column), batch_size=cfg.per_device_eval_batch_size,
+                                           shuffle=False, **common)
+        loaders.cached_train = DataLoader(FeatureDataset(len(train)), batch_size=cfg.per_device_train_batch_size,
+                                          shuffle=True)
+        loaders.cached_eval = DataLoader(FeatureDataset(len(evaluation)), batch_size=cfg.per_device_eval_batch_size,
+                                         shuffle=False)
+    return loaders
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Random order, but batches of similar lengths: less padding, same examples per epoch.
+
+    Indices are shuffled (seeded by ``seed + epoch``), cut into mega-batches of ``mega_batches``
+    batches, and sorted by length inside each, so consecutive batches hold similar lengths while the
+    epoch stays random. ``set_epoch`` (called through accelerate's loaders) makes the order a
+    function of the epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
+        self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.mega
+        for start in range(0, len(order), size):
+            yield from sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset / container CPU sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_num_workers() -> int:
+    """Loader workers: leave most cores to the model on small machines, cap at 8 on big ones."""
+    cores = available_cores()
+    return 0 if cores <= 2 else min(8, cores // 2)

@@ -1,0 +1,318 @@
+"""The run folder: every file name hftransfer writes, one atomic writer, and typed records.
+
+A leaf module (it imports nothing from hftransfer but ``errors``), so the model, export, hub, card
+and training modules can all name the same files without importing each other.
+
+Every write goes through ``atomic_path``: the content lands in a temporary sibling that is renamed
+over the target only once it is complete, so a crash never leaves a half-written file that a later
+run, resume or push would read as finished. ``atomic_dir`` does the same for whole folders.
+
+``RunDescription`` (the transfer recipe a run records) and ``RunResults`` (``all_results.json``)
+are what the trainer writes and the card and report read, as attributes instead of ``.get()`` chains.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import HFTransferError
+
+# ---- what a saved model folder holds --------------------------------------------------------------
+CONFIG_NAME = "hftransfer_config.json"  # hftransfer's own model config: backbone, head, labels, layout
+WEIGHTS_NAME = "model.safetensors"
+NATIVE_CONFIG_NAME = "config.json"  # timm / transformers config, present when the weights use their layout
+ENCODER_CONFIG_NAME = "encoder_config.json"  # the text encoder's transformers config
+CARD_NAME = "README.md"
+
+# ---- what a run's output_dir holds besides the model ---------------------------------------------
+RESULTS_NAME = "all_results.json"
+EVAL_RESULTS_NAME = "eval_results.json"
+PREDICTIONS_NAME = "eval_predictions.jsonl"
+RUN_CONFIG_NAME = "config.yaml"
+CONFUSION_PNG = "confusion_matrix.png"
+CURVES_PNG = "training_curves.png"
+PER_CLASS_CSV = "per_class_metrics.csv"
+CHECKPOINT_DIR = "checkpoints"  # accelerate save_state folders, step_<global step>
+BEST_DIR = "best_model"  # the best epoch so far, copied to output_dir at the end
+SCRATCH_DIR = "scratch"  # --compare_scratch runs
+TMP_SUFFIX = ".tmp"  # unfinished writes; never pushed, never read
+
+
+# ---- atomic writes ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
+
+    The rename is atomic on POSIX file systems, so readers see the old file or the complete new
+    one, never a part. On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_yaml(path: str | Path, data: dict) -> Path:
+    import yaml
+
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def save_safetensors(path: str | Path, tensors: dict, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def copy_file(source: str | Path, target: str | Path) -> Path:
+    with atomic_path(target) as tmp:
+        shutil.copy2(source, tmp)
+    return Path(target)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; it replaces ``path`` (and whatever was there) on success."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = path.with_name(path.name + ".old" + TMP_SUFFIX)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- readers ------------------------------------------------------------------------------------------
+def read_json(path: str | Path, default: Any = None) -> Any:
+    """The parsed file, or ``default`` when it does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping; ``{}`` for a missing or empty file, a one-line error for anything else."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise HFTransferError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise HFTransferError(f"config file '{path}' must hold a mapping of option: value")
+    return data
+
+
+# ---- records -------------------------------------------------------------------------------------------
+class Record:
+    """A dataclass that round-trips through JSON: unknown keys are ignored, missing ones take defaults."""
+
+    NESTED: dict[str, type] = {}  # field -> Record class (a list field holds a list of them)
+
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        if data is None:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for name, kind in cls.NESTED.items():
+            if isinstance(values.get(name), list):
+                values[name] = [kind.from_dict(v) for v in values[name]]
+            elif isinstance(values.get(name), dict):
+                values[name] = kind.from_dict(values[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Phase(Record):
+    """A stretch of epochs with one frozen set (``epochs`` = first and last, 0-based)."""
+
+    epochs: list[int] = field(default_factory=lambda: [0, 0])
+    trainable_backbone_groups: list[str] = field(default_factory=list)
+    frozen_backbone_groups: list[str] = field(default_factory=list)
+    trainable_fraction: float = 0.0
+    head_learning_rate: float | None = None
+    note: str | None = None
+
+
+@dataclass
+class RunDescription(Record):
+    """The transfer recipe of a run, as the card and ``all_results.json["transfer"]`` record it."""
+
+    NESTED = {"phases": Phase}
+
+    modality: str = ""
+    base_model: str = ""
+    weights: str = "pretrained"
+    strategy: str = ""
+    strategy_description: str = ""
+    phases: list[Phase] = field(default_factory=list)
+    learning_rate: float | None = None
+    head_learning_rate: float | None = None
+    layer_decay: float = 1.0
+    weight_decay: float | None = None
+    lr_scheduler: str | None = None
+    regularizer: dict | None = None  # {"name": "L2-SP", "alpha", "beta", "note"} when L2-SP is on
+    label_smoothing: float = 0.0
+    head_dropout: float = 0.0
+    train_norm: bool = False
+    norm_policy: str | None = None  # what happens to BatchNorm statistics, for models that have BatchNorm
+    max_grad_norm: float | None = None
+    mixed_precision: str | None = None
+    seed: int | None = None
+    metric_for_best_model: str = "accuracy"
+    epochs: int | None = None
+    batch_size: int | None = None
+    dataset: str | None = None  # a datasets name, or the training folder / file
+    dataset_name: str | None = None  # set when the data came from --dataset_name
+    dataset_config: str | None = None
+    validation_data: str | None = None  # the validation folder / file, when one was given
+    train_samples: int | None = None
+    eval_samples: int | None = None
+    label_names: list[str] = field(default_factory=list)
+    multi_label: bool = False
+    parameters: int | None = None
+    framework_versions: dict = field(default_factory=dict)
+
+
+@dataclass
+class EpochRecord(Record):
+    epoch: int = 0
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    eval_f1: float | None = None
+
+
+@dataclass
+class ScratchRun(Record):
+    seed: int | None = None
+    accuracy: float | None = None
+    best_epoch: int | None = None
+    train_runtime: float | None = None
+    history: list[EpochRecord] = field(default_factory=list)
+
+    NESTED = {"history": EpochRecord}
+
+
+@dataclass
+class TransferGain(Record):
+    """Pretrained init against same-budget random init on the same eval examples (``--compare_scratch``)."""
+
+    NESTED = {"scratch_runs": ScratchRun}
+    LABELS = {  # card rows, in this order
+        "pretrained_accuracy": "accuracy, pretrained init", "scratch_accuracy": "accuracy, random init (mean)",
+        "gain": "transfer gain", "noise_margin": "noise margin (2 standard errors)",
+        "se_examples": "standard error over eval examples (paired)", "sd_scratch_seeds": "std over from-scratch seeds",
+        "negative_transfer": "negative transfer", "scratch_seeds": "from-scratch seeds",
+    }
+
+    summary: str = ""
+    pretrained_accuracy: float = 0.0
+    scratch_accuracy: float = 0.0
+    gain: float = 0.0
+    noise_margin: float = 0.0
+    se_examples: float = 0.0
+    sd_scratch_seeds: float = 0.0
+    negative_transfer: bool = False
+    scratch_seeds: int = 0
+    scratch_runs: list[ScratchRun] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # further scalars a caller recorded, shown on the card as they are
+
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        if data is None:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return super().from_dict({**data, "extra": {**data.get("extra", {}), **extra}})
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        return {**out, **out.pop("extra")}
+
+
+@dataclass
+class RunResults(Record):
+    """``all_results.json``: the exported epoch's eval metrics, the history and the recipe.
+
+    ``metrics`` holds every ``eval_*`` scalar (accuracy, f1, loss, samples) and is written flat at
+    the top of the file, as transformers' example scripts do.
+    """
+
+    NESTED = {"history": EpochRecord, "transfer": RunDescription, "transfer_gain": TransferGain}
+
+    metrics: dict = field(default_factory=dict)
+    eval_per_class: dict = field(default_factory=dict)  # label name -> precision, recall, f1, support
+    best_epoch: int | None = None
+    epochs: int | None = None
+    train_samples: int | None = None
+    train_runtime: float | None = None
+    total_runtime: float | None = None
+    train_samples_per_second: float | None = None
+    train_loss: float | None = None
+    world_size: int = 1
+    history: list[EpochRecord] = field(default_factory=list)
+    transfer: RunDescription | None = None
+    transfer_gain: TransferGain | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        if data is None:
+            return None
+        metrics = {k: v for k, v in data.items() if k.startswith("eval_") and k != "eval_per_class"}
+        return super().from_dict({**data, "metrics": metrics})
+
+    def to_dict(self) -> dict:
+        out = {**self.metrics, **dataclasses.asdict(self)}
+        del out["metrics"]
+        if out["transfer_gain"] is None:
+            del out["transfer_gain"]
+        return out
+
+    @classmethod
+    def read(cls, output_dir: str | Path) -> "RunResults | None":
+        return cls.from_dict(read_json(Path(output_dir) / RESULTS_NAME))
+
+    def write(self, output_dir: str | Path) -> Path:
+        return write_json(Path(output_dir) / RESULTS_NAME, self.to_dict())

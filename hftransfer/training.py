@@ -1,0 +1,251 @@
+"""The training loop: ``setup`` -> per epoch ``train_one_epoch`` + ``evaluate`` -> export; ``fit`` runs it.
+
+An explicit loop in the style of accelerate's examples, every accelerate call visible. Each epoch
+applies the strategy's frozen set (re-wrapping DDP when it changes), trains with gradient
+accumulation and the phase-aware schedule (``train_step`` is one micro-batch, the same code the
+benchmarks time), evaluates with ``gather_for_metrics`` (each sample counted once however many
+processes), keeps the best model, and ``save_state``s a checkpoint that ``--resume_from_checkpoint``
+continues exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from .card import describe_run
+from .checkpoint import RunState, resume, save_checkpoint
+from .config import TrainConfig, save_config
+from .data import INDEX_COLUMN, DataBundle, load_data
+from .features import fill_feature_cache, uses_feature_cache
+from .loaders import Loaders, create_dataloaders
+from .metrics import ClassificationMetrics
+from .model import TransferModel, create_transfer_model
+from .regularizers import L2SP, decoupled_weight_decay_groups
+from .results import export_run, save_best_epoch
+from .run_files import RUN_CONFIG_NAME, RunResults
+from .runtime import check_ranks_in_sync, rewrap_ddp
+from .strategies import Strategy, TransferScheduler, apply_trainable, param_groups
+
+
+@dataclass
+class TrainingRun:
+    """What ``setup`` prepared for one fit. ``model`` is as prepared (a DDP wrapper in multi-process
+    runs, replaced when the trainable set changes); ``module`` is the bare ``TransferModel``."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    output_dir: Path
+    bundle: DataBundle
+    model: torch.nn.Module
+    module: TransferModel
+    strategy: Strategy
+    group_names: list[str]
+    loaders: Loaders
+    optimizer: torch.optim.Optimizer
+    scheduler: TransferScheduler
+    state: RunState
+    l2sp: L2SP | None
+    with_cache: bool
+    resumed_from: Path | None = None
+
+    def on_cached_features(self, epoch: int) -> bool:
+        """Whether ``epoch`` trains the head on the frozen backbone's stored features."""
+        return self.with_cache and self.strategy.trainable_groups(epoch) == 0
+
+    def eval_loader(self, epoch: int):
+        return self.loaders.cached_eval if self.on_cached_features(epoch) else self.loaders.eval
+
+
+def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle) -> TransferModel:
+    model = create_transfer_model(modality, cfg.model_name_or_path, bundle.id2label, head=cfg.head, weights=cfg.weights,
+                                  multi_label=bundle.multi_label, label_smoothing=cfg.label_smoothing,
+                                  head_hidden_sizes=tuple(cfg.head_hidden_sizes), head_dropout=cfg.head_dropout,
+                                  pooling=cfg.pooling)
+    model.bn_stats = cfg.bn_stats
+    model.backbone.use_fast_layout()
+    return model
+
+
+def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path,
+          data_seed: int | None = None) -> TrainingRun:
+    """Data, model, strategy, loaders, optimizer and schedule, all prepared; resumed if asked to."""
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():
+        bundle = load_data(cfg, modality, data_seed)
+    accelerator.print(f"data: {len(bundle.train)} train / {len(bundle.eval)} eval examples, "
+                      f"{len(bundle.id2label)} labels ({', '.join(list(bundle.id2label.values())[:10])})")
+    model = build_model(cfg, modality, bundle)
+    group_names = [g.name for g in model.layer_groups()[:-1]]
+    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
+    with_cache = uses_feature_cache(cfg, strategy)
+    with accelerator.main_process_first():
+        loaders = create_dataloaders(cfg, bundle, model.backbone, with_cache)
+    apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm)
+    groups = param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay, cfg.layer_decay)
+    optimizer = torch.optim.AdamW(decoupled_weight_decay_groups(groups, cfg.l2sp_active))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    module = accelerator.unwrap_model(model)
+    # after prepare (every rank holds rank 0's weights) and before load_state (a resumed run is still
+    # pulled towards the starting weights, not the checkpoint's)
+    l2sp = L2SP(module, cfg.l2sp_alpha, cfg.l2sp_beta) if cfg.l2sp_active else None
+    loaders.prepare(accelerator)
+    steps_per_epoch = math.ceil(len(loaders.train) / cfg.gradient_accumulation_steps)
+    scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, cfg.num_train_epochs, cfg.learning_rate,
+                                  cfg.warmup_ratio, schedule=cfg.lr_scheduler_type)
+    state = RunState()
+    if cfg.checkpointing_steps != "no" or cfg.resume_from_checkpoint:
+        accelerator.register_for_checkpointing(scheduler, state)
+    run = TrainingRun(cfg, accelerator, output_dir, bundle, model, module, strategy, group_names, loaders, optimizer,
+                      scheduler, state, l2sp, with_cache)
+    if cfg.resume_from_checkpoint:
+        run.resumed_from = resume(accelerator, cfg.resume_from_checkpoint, output_dir, state)
+    return run
+
+
+def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
+               l2sp: L2SP | None = None, max_grad_norm: float = 0.0) -> torch.Tensor:
+    """One micro-batch: loss (+ L2-SP), backward, and, when gradients sync, clipping and the optimizer step.
+
+    Returns the detached loss. The LR scheduler is stepped by the caller, once per optimizer step.
+    """
+    batch.pop(INDEX_COLUMN, None)
+    with accelerator.accumulate(model):
+        loss = model(**batch).loss
+        if l2sp is not None:
+            loss = loss + l2sp(accelerator.unwrap_model(model))
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm > 0:
+            accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def train_one_epoch(run: TrainingRun, epoch: int) -> float:
+    """Train ``epoch`` (from where a mid-epoch checkpoint left it); returns the epoch's mean train loss."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    trainable_groups = run.strategy.trainable_groups(epoch)
+    if apply_trainable(run.module, trainable_groups, cfg.train_norm):
+        run.model = rewrap_ddp(accelerator, run.model)
+    share = run.module.num_parameters(trainable_only=True) / run.module.num_parameters()
+    accelerator.print(f"epoch {epoch + 1}/{cfg.num_train_epochs}: {trainable_groups}/{len(run.group_names)} "
+                      f"backbone groups trainable ({share:.1%} of parameters), "
+                      f"lr head {run.scheduler.get_last_lr()[-1]:.2e}")
+    if run.on_cached_features(epoch):
+        fill_feature_cache(accelerator, run.model, run.loaders, cfg)
+    train_dl = run.loaders.cached_train if run.on_cached_features(epoch) else run.loaders.train
+    run.model.train()
+    train_dl.set_epoch(epoch)
+    skip = state.batches_done
+    if not skip:
+        # each epoch's randomness (augmentation, dropout) is a function of (seed, epoch), not of
+        # everything that ran before, so a run resumed at an epoch boundary repeats it exactly
+        set_seed(cfg.seed + epoch)
+        state.epoch_loss_sum, state.epoch_loss_batches = 0.0, 0
+    loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+    bar = tqdm(loader, total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}", unit="batch",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    for batch in bar:
+        loss = train_step(accelerator, run.model, run.optimizer, batch, run.l2sp, cfg.max_grad_norm).item()
+        state.batches_done += 1
+        state.epoch_loss_sum += loss
+        state.epoch_loss_batches += 1
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if accelerator.sync_gradients:
+            run.scheduler.step()
+            state.global_step += 1
+            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+                save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
+    bar.close()
+    return state.epoch_loss_sum / max(1, state.epoch_loss_batches)
+
+
+def evaluate(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_label: bool) -> tuple[dict, list[dict]]:
+    """Loss, accuracy, macro-F1 over every eval sample exactly once, plus per-sample predictions."""
+    model.eval()
+    metric = ClassificationMetrics(num_labels, multi_label, per_class=True)
+    total_loss, count, records = 0.0, 0, []
+    for batch in eval_dl:
+        index = batch.pop(INDEX_COLUMN)
+        with torch.no_grad():
+            out = model(**batch)
+        preds = (out.logits > 0).long() if multi_label else out.logits.argmax(dim=-1)
+        losses = out.loss.detach().float().repeat(len(index))
+        preds, refs, index, losses = accelerator.gather_for_metrics((preds, batch["labels"], index, losses))
+        refs = refs.long()
+        metric.add_batch(predictions=preds.cpu().numpy(), references=refs.cpu().numpy())
+        total_loss += losses.sum().item()
+        count += len(index)
+        records += [{"index": int(i), "label": r.tolist(), "prediction": p.tolist()} for i, r, p in zip(index, refs, preds)]
+    result = metric.compute()
+    result["loss"] = total_loss / max(1, count)
+    result["samples"] = count
+    return result, records
+
+
+def finish_epoch(run: TrainingRun, epoch: int, train_loss: float, metrics: dict, records: list[dict]) -> None:
+    """Record the epoch, keep the model if it is the best so far, and checkpoint."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    state.epoch, state.batches_done = epoch + 1, 0
+    state.epoch_loss_sum, state.epoch_loss_batches = 0.0, 0
+    state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": metrics["loss"],
+                          "eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"]})
+    accelerator.print(f"epoch {epoch + 1}: train_loss {train_loss:.4f}  eval_loss {metrics['loss']:.4f}  "
+                      f"eval_accuracy {metrics['accuracy']:.4f}  eval_f1 {metrics['f1']:.4f}  ({metrics['samples']} samples)")
+    score = metrics[cfg.metric_for_best_model]
+    if score > state.best_metric:
+        state.best_metric, state.best_epoch = score, epoch + 1
+        if accelerator.is_main_process:
+            save_best_epoch(run.module, run.output_dir, metrics, records)
+    accelerator.wait_for_everyone()
+    if cfg.checkpointing_steps != "no":
+        save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
+
+
+def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
+        data_seed: int | None = None) -> RunResults | None:
+    """Train, evaluate every epoch, and export the best epoch; returns the results (main process).
+
+    ``data_seed`` fixes the held-out split and subsets independently of ``cfg.seed``, so from-scratch
+    runs with other seeds are scored on exactly the same examples.
+    """
+    run = setup(cfg, modality, accelerator, output_dir, data_seed)
+    if run.resumed_from is not None:
+        accelerator.print(f"resumed from {run.resumed_from} at epoch {run.state.epoch}, step {run.state.global_step}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / RUN_CONFIG_NAME)
+    steps_per_epoch = run.scheduler.steps_per_epoch
+    accelerator.print(f"model: {cfg.model_name_or_path} ({run.module.num_parameters() / 1e6:.1f}M parameters, "
+                      f"{len(run.group_names)} layer groups), strategy {cfg.strategy}: {run.strategy.description()}; "
+                      f"{cfg.num_train_epochs} epochs x {steps_per_epoch} steps, "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} thread(s)")
+    description = describe_run(cfg, modality, run.bundle, run.module, run.strategy, run.group_names)
+    start_time, train_time, first_epoch = time.time(), 0.0, run.state.epoch
+    for epoch in range(run.state.epoch, cfg.num_train_epochs):
+        epoch_start = time.time()
+        train_loss = train_one_epoch(run, epoch)
+        train_time += time.time() - epoch_start  # training only (feature extraction included), like Trainer's train_runtime
+        check_ranks_in_sync(accelerator, run.module)
+        metrics, records = evaluate(accelerator, run.model, run.eval_loader(epoch), run.module.num_labels,
+                                    run.module.multi_label)
+        finish_epoch(run, epoch, train_loss, metrics, records)
+    runtime = time.time() - start_time
+    accelerator.wait_for_everyone()
+    results = None
+    if accelerator.is_main_process:
+        timing = {"train_runtime": train_time, "total_runtime": runtime,
+                  "train_samples_per_second": len(run.bundle.train) * (run.state.epoch - first_epoch) / max(train_time, 1e-9)}
+        results = export_run(output_dir, run.state, run.bundle, timing, accelerator.num_processes, description)
+        accelerator.print(f"done in {runtime:.0f}s: best epoch {run.state.best_epoch}, eval_accuracy "
+                          f"{results.metrics['eval_accuracy']:.4f}, eval_f1 {results.metrics['eval_f1']:.4f} -> {output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()  # a following from-scratch run prepares its own model, optimizer and loaders
+    return results
