@@ -10,13 +10,12 @@ the data is synthetic, created once on the device. Per model it times, after war
 
 1. ``recipe``  hftransfer's training step path: ``TimmBackbone(name, weights="random")`` +
    ``LinearHead`` in a ``TransferModel`` (text: ``create_transfer_model("text", folder, ...,
-   pooling="cls")``), channels_last for images, AdamW over hftransfer's ``param_groups``, the
-   ``Accelerator`` that ``hftransfer.trainer.create_accelerator`` builds with
-   ``mixed_precision="bf16"``, ``prepare``, and the loop body of ``hftransfer/trainer.py``
-   (``accumulate``, ``backward``, grad clipping, step, ``zero_grad``, ``loss.item()``, the
-   ``TransferScheduler``); eager, and compiled the recipe's way (``--torch_compile``:
-   ``Accelerator(dynamo_backend="inductor")``; ``torch.compile(model)`` before ``prepare`` if the
-   installed hftransfer has no such option).
+   pooling="cls")``), the backbone's fast layout (channels_last for images), AdamW over hftransfer's
+   ``param_groups``, the ``Accelerator`` that ``hftransfer.runtime.create_accelerator`` builds with
+   ``mixed_precision="bf16"``, ``prepare``, and per batch what ``hftransfer.training.train_one_epoch``
+   does: the library's own ``train_step`` (``accumulate``, ``backward``, grad clipping, step,
+   ``zero_grad``), ``loss.item()`` and the ``TransferScheduler`` step; eager, and compiled the
+   recipe's way (``--torch_compile``: ``Accelerator(dynamo_backend="inductor")``).
 2. ``plain``   the same model in a minimal loop: ``torch.autocast(bf16)``, forward, ``backward``,
    ``AdamW.step``, ``zero_grad``; no clipping, no per-step host sync; eager and compiled.
 3. ``trainer`` ``transformers.Trainer`` (``bf16=True``) on ``AutoModelForImageClassification`` from a
@@ -29,7 +28,6 @@ samples/s and each path's ratio to the compiled plain loop (target: the recipe p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import math
@@ -181,26 +179,22 @@ def timed(step, spec: Spec, args) -> dict:
 
 
 def run_recipe(spec: Spec, args, compiled: bool) -> dict:
-    """hftransfer/trainer.py's setup and loop body, minus data loading, evaluation and checkpoints."""
+    """hftransfer's setup and training loop body (its ``train_step``), minus data loading, evaluation and checkpoints."""
     from hftransfer.config import TrainConfig
+    from hftransfer.runtime import create_accelerator
     from hftransfer.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
-    from hftransfer.trainer import create_accelerator
+    from hftransfer.training import train_step
 
-    # the recipe's own --torch_compile (Accelerator(dynamo_backend="inductor")) where it has one
-    native_compile = "torch_compile" in {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(mixed_precision="bf16", learning_rate=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
-                      strategy="full", **({"torch_compile": compiled} if native_compile else {}))
+                      strategy="full", torch_compile=compiled)
     accelerator = create_accelerator(cfg)
     model = spec.transfer_model()
-    if spec.kind == "image":
-        model = model.to(memory_format=torch.channels_last)
+    model.backbone.use_fast_layout()
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = Strategy(cfg.strategy, len(group_names))
     apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay,
                                                cfg.layer_decay))
-    if compiled and not native_compile:
-        model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     total_steps = args.warmup + args.steps
     scheduler = TransferScheduler(optimizer, strategy, total_steps, 1, cfg.learning_rate, cfg.warmup_ratio,
@@ -209,19 +203,10 @@ def run_recipe(spec: Spec, args, compiled: bool) -> dict:
     totals = {"loss": 0.0, "batches": 0}
 
     def step(batch):
-        batch = dict(batch)
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        totals["loss"] += loss.item()  # trainer.py: the running loss and the progress bar's postfix
+        loss = train_step(accelerator, model, optimizer, dict(batch), None, cfg.max_grad_norm).item()
+        totals["loss"] += loss  # train_one_epoch: the running loss and the progress bar's postfix
         totals["batches"] += 1
-        totals["postfix"] = f"{loss.item():.4f}"
+        totals["postfix"] = f"{loss:.4f}"
         if accelerator.sync_gradients:
             scheduler.step()
 

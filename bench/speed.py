@@ -26,6 +26,12 @@ child (``os.wait4``), final eval accuracy; then hftransfer-vs-Trainer ratios aga
 Data: full-size hymenoptera photos (``train/ants/imageNotFound.gif``, a junk placeholder, is left out
 of both sides) and a seeded subset of rotten_tomatoes from ``../shared/data``; the repo's ``data/``
 (160 px photos, same sentences) when that is missing.
+
+A fourth comparison, ``step``, runs in this process: the library's own ``hftransfer.training.train_step``
+(what every recipe epoch calls per batch: ``accelerator.accumulate``, backward, clipping, AdamW step)
+against a bare forward / backward / AdamW step, on the same ``TransferModel`` (the backbone's fast
+layout on both sides), the same pre-made batches and threads, alternating blocks of steps; it shows
+what the library's step costs over the compute itself.
 """
 from __future__ import annotations
 
@@ -72,6 +78,10 @@ COMPARISONS = {
     "image_linear_probe": Comparison("image_linear_probe", "image", "linear_probe", 10, 32, 1e-2, 10.0),
     "text_full": Comparison("text_full", "text", "full", 1, 32, 5e-5, 1.5),
 }
+STEP_MODELS = {"image": IMAGE_MODEL, "text": TEXT_MODEL}
+STEP_BATCH, STEP_SEQ_LEN = 32, 64
+
+
 # batch 16: at least 2 optimizer steps, since the Trainer's warmup makes its first step one at lr 0
 QUICK = {"image_train_per_class": 16, "image_val_per_class": 8, "text_train": 96, "text_eval": 64, "epochs": 1, "batch_size": 16}
 
@@ -403,11 +413,91 @@ def build_report(args, argv: list[str], info: dict, data: dict, results: dict, r
     return "\n".join(lines) + "\n"
 
 
+# ---- the training step, in process ---------------------------------------------------------------
+def step_batches(modality: str, model, n: int) -> list[dict]:
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    labels = lambda: torch.randint(0, 2, (STEP_BATCH,), generator=g)  # noqa: E731
+    if modality == "image":
+        size = model.backbone.data_config["input_size"]
+        return [{"pixel_values": torch.randint(0, 256, (STEP_BATCH, *size), generator=g, dtype=torch.uint8),
+                 "labels": labels()} for _ in range(n)]
+    vocab = model.backbone.tokenizer.vocab_size
+    return [{"input_ids": torch.randint(1000, vocab, (STEP_BATCH, STEP_SEQ_LEN), generator=g),
+             "attention_mask": torch.ones(STEP_BATCH, STEP_SEQ_LEN, dtype=torch.long), "labels": labels()}
+            for _ in range(n)]
+
+
+def step_comparison(args) -> dict:
+    """Seconds per step: ``train_step`` (accelerate-prepared) vs a bare loop, same model and batches."""
+    import torch
+
+    from hftransfer import create_transfer_model
+    from hftransfer.config import TrainConfig
+    from hftransfer.runtime import create_accelerator
+    from hftransfer.training import train_step
+
+    torch.set_num_threads(args.threads)
+    accelerator = create_accelerator(TrainConfig(mixed_precision="no"))
+    out = {}
+    for modality, name in STEP_MODELS.items():
+        sides = {}
+        for side in ("hftransfer", "bare"):
+            torch.manual_seed(0)
+            model = create_transfer_model(modality, name, {0: "a", 1: "b"}, pooling="mean")
+            model.backbone.use_fast_layout()
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+            if side == "hftransfer":
+                model, optimizer = accelerator.prepare(model, optimizer)
+            sides[side] = (model, optimizer)
+        batches = step_batches(modality, accelerator.unwrap_model(sides["hftransfer"][0]), 2)
+
+        def hftransfer_step(batch, model=sides["hftransfer"][0], optimizer=sides["hftransfer"][1]):
+            train_step(accelerator, model, optimizer, dict(batch), None, max_grad_norm=1.0).item()
+
+        def bare_step(batch, model=sides["bare"][0], optimizer=sides["bare"][1]):
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.item()
+
+        times = {"hftransfer": [], "bare": []}
+        for block in range(args.step_blocks + 1):  # block 0 warms both up and is not counted
+            order = (("hftransfer", hftransfer_step), ("bare", bare_step))
+            for side, step in (order if block % 2 else order[::-1]):
+                for i in range(args.steps_per_block):
+                    start = time.perf_counter()
+                    step(batches[i % len(batches)])
+                    if block:
+                        times[side].append(time.perf_counter() - start)
+        h, b = statistics.median(times["hftransfer"]), statistics.median(times["bare"])
+        out[modality] = {"model": name, "hftransfer_s": h, "bare_s": b, "ratio": b / h, "steps": len(times["bare"])}
+        print(f"step {modality}: train_step {h:.3f} s, bare loop {b:.3f} s per step of {STEP_BATCH} "
+              f"-> train_step speed {b / h:.2f}x of the bare loop")
+        accelerator.free_memory()
+    return out
+
+
+def format_step_table(step: dict) -> str:
+    lines = ["| model | batch | train_step s/step | bare loop s/step | train_step speed vs bare | steps each |",
+             "|---|---|---|---|---|---|"]
+    for modality, r in step.items():
+        shape = f"{STEP_BATCH}" + (f" x {STEP_SEQ_LEN} tokens" if modality == "text" else " images")
+        lines.append(f"| {r['model']} | {shape} | {r['hftransfer_s']:.3f} | {r['bare_s']:.3f} | {r['ratio']:.2f}x | {r['steps']} |")
+    return "\n".join(lines)
+
+
 # ---- main ---------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke test: tiny subsets, 1 epoch each")
-    p.add_argument("--only", default=",".join(COMPARISONS), help=f"comma-separated subset of {', '.join(COMPARISONS)}")
+    p.add_argument("--only", default=",".join([*COMPARISONS, "step"]),
+                   help=f"comma-separated subset of {', '.join(COMPARISONS)}, step")
+    p.add_argument("--step_blocks", type=int, default=2, help="step comparison: timed blocks per side (alternating)")
+    p.add_argument("--steps_per_block", type=int, default=3, help="step comparison: steps per block")
     p.add_argument("--repeats", type=int, default=1, help="runs per side (medians reported; the order alternates)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
     p.add_argument("--seed", type=int, default=42)
@@ -433,10 +523,11 @@ def parse_args(argv=None):
     p.add_argument("--no_record", action="store_true", help="do not append to --results_md")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in COMPARISONS]
+    unknown = [n for n in names if n not in COMPARISONS and n != "step"]
     if unknown or not names:
-        p.error(f"--only: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(COMPARISONS)}")
-    args.names = names
+        p.error(f"--only: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(COMPARISONS)}, step")
+    args.step = "step" in names
+    args.names = [n for n in names if n != "step"]
     return args
 
 
@@ -467,6 +558,7 @@ def main(argv=None) -> int:
             feature_cache = "--feature_cache" in help_text
             print(f"hftransfer --feature_cache: {'accepted, passing auto' if feature_cache else 'not accepted by the recipe yet, not passed'}")
 
+        step = step_comparison(args) if args.step else None
         results = {}
         for name in args.names:
             cmp = COMPARISONS[name]
@@ -483,6 +575,8 @@ def main(argv=None) -> int:
         rows = table_rows(results)
         print()
         print(format_text_table(rows))
+        if step:
+            print("\n" + format_step_table(step))
         print("\nspeed-up = hftransfer relative to Trainer (> 1: hftransfer faster); wall = whole subprocess, "
               "train = train samples x epochs / train_runtime; RSS ratio = hftransfer / Trainer peak RSS.")
         failed = any(r["verdict"] is None for r in results.values())
@@ -490,9 +584,13 @@ def main(argv=None) -> int:
         if record:
             info = machine_info()
             report = build_report(args, argv, info, data, results, rows, feature_cache, started, loads)
+            if step:
+                report += ("\nTraining step in process (`hftransfer.training.train_step` vs a bare forward/backward/AdamW "
+                           "step, same TransferModel in its fast layout, same batches, fp32, "
+                           f"{args.threads} threads, medians):\n\n{format_step_table(step)}\n")
             append_results_md(Path(args.results_md), report)
             print(f"appended to {args.results_md}")
-        (work / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (work / "results.json").write_text(json.dumps({**results, "step": step}, indent=2, default=str) + "\n")
         return 1 if failed else 0
     finally:
         if args.keep or args.workdir or failed:

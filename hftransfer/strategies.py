@@ -38,6 +38,12 @@ DESCRIPTIONS = {
 STRATEGIES = tuple(DESCRIPTIONS)
 
 
+def describe_strategy(name: str, **settings) -> str:
+    """``DESCRIPTIONS[name]`` with its settings filled in; a setting not given reads as its flag (README, --help)."""
+    fields = ("unfreeze_top_k", "unfreeze_every", "lp_epochs")
+    return DESCRIPTIONS[name].format(**{f: settings.get(f, f"`--{f}`") for f in fields})
+
+
 @dataclass
 class Strategy:
     name: str
@@ -54,8 +60,8 @@ class Strategy:
 
     def description(self) -> str:
         """One sentence on what this strategy does with its settings."""
-        return DESCRIPTIONS[self.name].format(unfreeze_top_k=self.unfreeze_top_k, unfreeze_every=self.unfreeze_every,
-                                              lp_epochs=self.lp_epochs)
+        return describe_strategy(self.name, unfreeze_top_k=self.unfreeze_top_k, unfreeze_every=self.unfreeze_every,
+                                 lp_epochs=self.lp_epochs)
 
     def trainable_groups(self, epoch: int) -> int:
         """Number of backbone layer groups, from the top, that train during ``epoch`` (0-based)."""

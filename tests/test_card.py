@@ -2,54 +2,16 @@
 
 Run folders are assembled the way the trainer leaves them (save_pretrained, ``describe_run``'s recipe
 inside all_results.json, ``save_config``'s config.yaml) without training, to stay fast; the recipe
-test in test_push.py checks the card of a real run. ``make_run_dir`` is shared with test_push.py.
+test in test_push.py checks the card of a real run. ``make_run_dir`` comes from builders.py.
 """
 from __future__ import annotations
-
-import json
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from builders import TEXT_LABELS, image_model, make_run_dir, text_model
 from hftransfer.card import build_model_card, card_context, write_model_card
-from hftransfer.config import TrainConfig, save_config
-from hftransfer.strategies import Strategy
-from hftransfer.trainer import describe_run
-from test_export import TEXT_LABELS, image_model, text_model
-
-
-def make_run_dir(out: Path, model, modality: str, extra_results: dict | None = None, **cfg_kwargs) -> Path:
-    """A finished run's output_dir: model files, all_results.json (with the recipe), config.yaml, checkpoints."""
-    defaults = dict(model_name_or_path="test_efficientnet", weights="random", strategy="lp_ft", layer_decay=0.8,
-                    num_train_epochs=3, learning_rate=1e-4, head_learning_rate=1e-3, per_device_train_batch_size=4,
-                    output_dir=str(out))
-    if modality == "image":
-        defaults.update(train_dir=str(out.parent / "data" / "train"), validation_dir=str(out.parent / "data" / "val"))
-    cfg = TrainConfig(**{**defaults, **cfg_kwargs})
-    group_names = [g.name for g in model.layer_groups()[:-1]]
-    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
-    bundle = SimpleNamespace(train=range(12), eval=range(9), id2label=model.id2label, multi_label=model.multi_label)
-    transfer = describe_run(cfg, modality, bundle, model, strategy, group_names)
-    model.save_pretrained(out)
-    save_config(cfg, out / "config.yaml")
-    labels = list(model.id2label.values())
-    per_class = {label: {"precision": 0.5 + 0.1 * i, "recall": 0.75, "f1": 0.6, "support": 3} for i, label in enumerate(labels)}
-    history = [{"epoch": e, "train_loss": 1.0 / e, "eval_loss": 0.9 / e, "eval_accuracy": 0.5 + 0.1 * e,
-                "eval_f1": 0.4 + 0.1 * e} for e in range(1, cfg.num_train_epochs + 1)]
-    results = {"eval_accuracy": 0.7777777777777778, "eval_f1": 0.7, "eval_loss": 0.3, "eval_samples": 9,
-               "eval_per_class": per_class, "best_epoch": 3, "epochs": cfg.num_train_epochs, "train_samples": 12,
-               "train_runtime": 12.3, "train_loss": 0.33, "world_size": 1, "history": history, "transfer": transfer,
-               **(extra_results or {})}
-    (out / "all_results.json").write_text(json.dumps(results, indent=2))
-    (out / "eval_predictions.jsonl").write_text('{"index": 0, "label": 1, "prediction": 1}\n')
-    (out / "checkpoints" / "step_3").mkdir(parents=True)
-    (out / "checkpoints" / "step_3" / "optimizer.bin").write_bytes(b"\0" * 64)
-    (out / "best_model").mkdir()
-    (out / "best_model" / "model.safetensors").write_bytes(b"\0" * 64)
-    return out
 
 
 def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):
@@ -60,15 +22,18 @@ def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):
     text = path.read_text()
 
     meta = metadata_load(path)
-    assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-classification"
-    assert meta["license"] == "other" and "base_model" not in meta  # random init: nothing was transferred
+    assert meta["library_name"] == "timm"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert meta["license"] == "other"
+    assert "base_model" not in meta  # random init: nothing was transferred
     assert {"hftransfer", "transfer-learning", "image-classification", "timm"} <= set(meta["tags"])
     name, results = model_index_to_eval_results(meta["model-index"])
     assert name == "tiny-img"
     assert {(r.metric_type, r.metric_value) for r in results} == {("accuracy", 0.7778), ("f1", 0.7)}
     assert {(r.task_type, r.dataset_type, r.dataset_name) for r in results} == {("image-classification", "imagefolder", "data/train")}
     card = ModelCard.load(path)  # parses the metadata strictly, as the Hub client does
-    assert card.data.library_name == "timm" and card.data.eval_results[0].metric_type == "accuracy"
+    assert card.data.library_name == "timm"
+    assert card.data.eval_results[0].metric_type == "accuracy"
 
     body = card.text
     for needle in [
@@ -89,7 +54,8 @@ def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):
     assert "Did transfer help" not in body
     assert f"{model.num_parameters():,} in total" in body
     assert str(tmp_path) not in text  # no local absolute paths in a public card
-    assert "checkpoints" not in body and "best_model" not in body
+    assert "checkpoints" not in body
+    assert "best_model" not in body
 
     assert write_model_card(out).read_text() == text  # deterministic: an unchanged run re-pushes as a no-op
 
@@ -100,8 +66,10 @@ def test_text_card_without_native_layout_says_so_and_names_hub_base_model_and_da
                        weights="pretrained", pooling="mean", strategy="gradual", unfreeze_every=2, layer_decay=1.0,
                        dataset_name="rotten_tomatoes", label_smoothing=0.1)
     meta = metadata_load(write_model_card(out, repo_id="org/rt-minilm"))
-    assert meta["library_name"] == "hftransfer" and meta["pipeline_tag"] == "text-classification"
-    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2" and meta["license"] == "apache-2.0"
+    assert meta["library_name"] == "hftransfer"
+    assert meta["pipeline_tag"] == "text-classification"
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["license"] == "apache-2.0"
     assert meta["datasets"] == ["rotten_tomatoes"]
     assert model_index_to_eval_results(meta["model-index"])[1][0].dataset_type == "rotten_tomatoes"
     body = ModelCard.load(out / "README.md").text
@@ -110,13 +78,15 @@ def test_text_card_without_native_layout_says_so_and_names_hub_base_model_and_da
                    "[rotten_tomatoes](https://huggingface.co/datasets/rotten_tomatoes)", "`negative`, `positive`",
                    'TransferModel.from_pretrained("org/rt-minilm")']:
         assert needle in body, needle
-    assert "Per-layer learning rates" not in body and "AutoModelForSequenceClassification" not in body
+    assert "Per-layer learning rates" not in body
+    assert "AutoModelForSequenceClassification" not in body
 
 
 def test_pretrained_timm_base_model_and_license_come_from_its_pretrained_cfg(tmp_path):
     out = make_run_dir(tmp_path / "run", image_model(), "image", weights="pretrained")
     data = build_model_card(out).data
-    assert data.base_model == "timm/test_efficientnet.r160_in1k" and data.license == "apache-2.0"
+    assert data.base_model == "timm/test_efficientnet.r160_in1k"
+    assert data.license == "apache-2.0"
     assert card_context(out)["repo_id"] == "<your-username>/run"
 
 
@@ -132,17 +102,22 @@ def test_transfer_gain_block_renders_only_when_results_have_it(tmp_path):
                 "| transfer gain | 0.3000 |", "| negative transfer | false |", "| from-scratch seeds | 1 |",
                 "| extra note | kept |"):
         assert row in section, row
-    assert "scratch_runs" not in section and "scratch runs" not in section  # per-run lists stay in all_results.json
+    assert "scratch_runs" not in section
+    assert "scratch runs" not in section  # per-run lists stay in all_results.json
 
 
 def test_card_of_a_bare_saved_model_has_metadata_but_no_results(tmp_path, tiny_bert):
     model = text_model(tiny_bert, pooling="pooler")
     out = model.save_pretrained(tmp_path / "m")
     card = ModelCard.load(write_model_card(out, repo_id="user/bert-clf"))
-    assert card.data.library_name == "transformers" and card.data.eval_results is None
-    assert "model-index" not in card.data.to_dict() and "## Results" not in card.text
-    assert "BertForSequenceClassification" in card.text and 'pipeline("text-classification", model="user/bert-clf")' in card.text
-    assert list(TEXT_LABELS.values()) == ["negative", "positive"] and "`negative`, `positive`" in card.text
+    assert card.data.library_name == "transformers"
+    assert card.data.eval_results is None
+    assert "model-index" not in card.data.to_dict()
+    assert "## Results" not in card.text
+    assert "BertForSequenceClassification" in card.text
+    assert 'pipeline("text-classification", model="user/bert-clf")' in card.text
+    assert list(TEXT_LABELS.values()) == ["negative", "positive"]
+    assert "`negative`, `positive`" in card.text
 
 
 def test_card_needs_a_saved_model(tmp_path):

@@ -2,10 +2,11 @@
 import json
 
 import pytest
-from conftest import make_image_folder, make_text_file
 
+from builders import make_image_folder, make_text_file
 from hftransfer import HFTransferError
-from hftransfer.data import INDEX_COLUMN, decode_images, load_raw_splits, prepare_splits
+from hftransfer.data import INDEX_COLUMN, load_raw_splits, prepare_splits
+from hftransfer.preprocessing import decode_images
 
 
 def text_bundle(train, val=None, **kw):
@@ -16,8 +17,10 @@ def text_bundle(train, val=None, **kw):
 def test_image_folder_labels_from_subfolders(image_data):
     raw = load_raw_splits("image", train_dir=str(image_data["train"]), validation_dir=str(image_data["val"]))
     bundle = prepare_splits(raw, "image", "label")
-    assert bundle.id2label == {0: "cats", 1: "dogs"} and not bundle.multi_label
-    assert len(bundle.train) == 12 and len(bundle.eval) == 10
+    assert bundle.id2label == {0: "cats", 1: "dogs"}
+    assert not bundle.multi_label
+    assert len(bundle.train) == 12
+    assert len(bundle.eval) == 10
     assert sorted(bundle.eval[INDEX_COLUMN]) == list(range(10))
     assert set(bundle.train.column_names) == {"image", "labels", INDEX_COLUMN}
 
@@ -25,7 +28,8 @@ def test_image_folder_labels_from_subfolders(image_data):
 def test_string_labels_and_held_out_validation(text_data):
     bundle = text_bundle(text_data["train"], validation_fraction=0.25, seed=3)
     assert bundle.id2label == {0: "neg", 1: "pos"}
-    assert len(bundle.train) == 18 and len(bundle.eval) == 6
+    assert len(bundle.train) == 18
+    assert len(bundle.eval) == 6
     again = text_bundle(text_data["train"], validation_fraction=0.25, seed=3)
     assert again.eval["text"] == bundle.eval["text"]  # the held-out split is reproducible
 
@@ -34,14 +38,16 @@ def test_label_names_override_and_max_samples(text_data):
     bundle = text_bundle(text_data["train"], text_data["val"], label_names=["negative", "positive"],
                          max_train_samples=5, max_eval_samples=4)
     assert bundle.id2label == {0: "negative", 1: "positive"}
-    assert len(bundle.train) == 5 and len(bundle.eval) == 4
+    assert len(bundle.train) == 5
+    assert len(bundle.eval) == 4
 
 
 def test_multi_label_rows_become_multi_hot(tmp_path):
     rows = [{"text": "a b", "label": ["x", "y"]}, {"text": "c", "label": ["y"]}, {"text": "d", "label": []}]
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 3))
     bundle = text_bundle(tmp_path / "t.jsonl", validation_fraction=0.34)
-    assert bundle.multi_label and bundle.id2label == {0: "x", 1: "y"}
+    assert bundle.multi_label
+    assert bundle.id2label == {0: "x", 1: "y"}
     assert all(len(v) == 2 and set(v) <= {0.0, 1.0} for v in bundle.train["labels"])
 
 
@@ -105,7 +111,8 @@ def test_decode_images_shrinks_once_and_keeps_small_images(tmp_path):
     raw = load_raw_splits("image", train_dir=str(tmp_path / "train"))
     decoded = decode_images(raw["train"], "image", shorter_side=256)
     sizes = sorted(im.size for im in decoded["image"])
-    assert sizes == [(40, 30), (341, 256)] and all(im.mode == "RGB" for im in decoded["image"])
+    assert sizes == [(40, 30), (341, 256)]
+    assert all(im.mode == "RGB" for im in decoded["image"])
 
 
 def test_uint8_pipeline_matches_timm_normalization():
@@ -116,7 +123,7 @@ def test_uint8_pipeline_matches_timm_normalization():
     from PIL import Image
 
     from hftransfer import create_backbone
-    from hftransfer.data import image_transforms
+    from hftransfer.preprocessing import image_transforms
 
     backbone = create_backbone("image", "test_efficientnet", weights="random").eval()
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
@@ -124,6 +131,7 @@ def test_uint8_pipeline_matches_timm_normalization():
     as_uint8 = image_transforms(cfg, False, as_uint8=True)(image)
     as_float = image_transforms(cfg, False)(image)
     reference = timm.data.create_transform(**cfg, is_training=False)(image)
-    assert as_uint8.dtype == torch.uint8 and torch.allclose(as_float, reference, atol=0.02)
+    assert as_uint8.dtype == torch.uint8
+    assert torch.allclose(as_float, reference, atol=0.02)
     with torch.no_grad():
         assert torch.allclose(backbone(pixel_values=as_uint8[None]), backbone(pixel_values=as_float[None]), atol=1e-4)

@@ -3,82 +3,19 @@
 Every model hftransfer trains (any head, pooling) must reload strictly with equal logits; models
 with a native equivalent must also load in plain timm, transformers (TimmWrapper /
 AutoModelForSequenceClassification) and ``pipeline`` with the same logits and label names. All
-models are tiny and randomly initialised; nothing is downloaded. The helpers here are shared with
-test_card.py and test_push.py; ``tiny_bert`` comes from conftest.py.
+models are tiny and randomly initialised; nothing is downloaded. The model builders come from
+builders.py; ``tiny_bert`` comes from conftest.py.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from hftransfer import HFTransferError, TransferModel, create_transfer_model
-from hftransfer.data import image_transforms
-
-LABELS = {0: "ants", 1: "bees", 2: "wasps"}
-TEXT_LABELS = {0: "negative", 1: "positive"}
-TEXTS = ["the movie was good", "a bad plot", "not very great actor"]
-WORDS = "the a good bad movie film great awful plot actor was is not very".split()
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=99)
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def noise_image(seed: int = 0, size: int = 48) -> Image.Image:
-    return Image.fromarray((np.random.RandomState(seed).rand(size, size, 3) * 255).astype("uint8"))
-
-
-def make_encoder_folder(folder: Path, model_type: str = "bert", seed: int = 0, **overrides) -> Path:
-    """A transformers encoder of any family (random weights) with a BERT word-piece tokenizer built locally."""
-    from transformers import AutoConfig, AutoModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab + [f"w{i}" for i in range(TINY["vocab_size"] - len(vocab))]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **{**TINY, **overrides})
-    AutoModel.from_config(config).save_pretrained(folder)
-    return folder
-
-
-def randomize_head(model: TransferModel, seed: int = 1) -> TransferModel:
-    """Non-trivial head weights, so a swapped or dropped classifier cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model.eval()
-
-
-def image_model(name: str = "test_efficientnet", head: str = "linear", labels=LABELS, **kwargs) -> TransferModel:
-    torch.manual_seed(0)
-    return randomize_head(create_transfer_model("image", name, labels, head=head, weights="random", **kwargs))
-
-
-def text_model(folder: Path, pooling: str = "pooler", head: str = "linear", labels=TEXT_LABELS, **kwargs) -> TransferModel:
-    torch.manual_seed(0)
-    return randomize_head(create_transfer_model("text", str(folder), labels, head=head, pooling=pooling, **kwargs))
-
-
-def image_inputs(model: TransferModel, seeds=(0, 1)) -> torch.Tensor:
-    """The eval preprocessing hftransfer trains with (timm's resize + center crop + normalize)."""
-    transform = image_transforms(model.backbone.data_config, False)
-    return torch.stack([transform(noise_image(s)) for s in seeds])
-
-
-def text_inputs(model: TransferModel) -> dict:
-    return dict(model.backbone.tokenizer(TEXTS, return_tensors="pt", padding=True))
-
-
-def logits_of(model: TransferModel, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        if isinstance(inputs, dict):
-            return model(**inputs).logits
-        return model(pixel_values=inputs).logits
+from builders import (LABELS, TEXT_LABELS, TEXTS, ScaledHead, image_inputs, image_model, logits_of,
+                      make_encoder_folder, noise_image, text_inputs, text_model)
+from hftransfer import HFTransferError, TransferModel
 
 
 # ---------------------------------------------------------------------------------------------- timm
@@ -95,18 +32,24 @@ def test_timm_linear_head_saves_timm_layout_that_timm_transformers_and_pipeline_
 
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "hftransfer_config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())
-    assert config["architecture"] == arch and config["num_classes"] == 3 and config["label_names"] == list(LABELS.values())
-    assert config["num_features"] == model.backbone.feature_dim and "pretrained_cfg" in config
+    assert config["architecture"] == arch
+    assert config["num_classes"] == 3
+    assert config["label_names"] == list(LABELS.values())
+    assert config["num_features"] == model.backbone.feature_dim
+    assert "pretrained_cfg" in config
     assert "num_classes" not in config.get("model_args", {})  # TimmWrapper passes num_classes itself
     record = json.loads((out / "hftransfer_config.json").read_text())
-    assert record["weights_format"] == "timm" and record["native"]["library"] == "timm"
+    assert record["weights_format"] == "timm"
+    assert record["native"]["library"] == "timm"
     with safe_open(str(out / "model.safetensors"), "pt") as f:  # one copy, timm's own key names
         keys = set(f.keys())
-    assert f"{classifier}.weight" in keys and not any(k.startswith(("backbone.", "head.fc")) for k in keys)
+    assert f"{classifier}.weight" in keys
+    assert not any(k.startswith(("backbone.", "head.fc")) for k in keys)
 
     reloaded = TransferModel.from_pretrained(out)
     assert torch.equal(logits_of(reloaded, pixels), expected)
-    assert reloaded.id2label == LABELS and reloaded.config()["head"] == model.config()["head"]
+    assert reloaded.id2label == LABELS
+    assert reloaded.config()["head"] == model.config()["head"]
 
     native = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     with torch.no_grad():
@@ -163,10 +106,13 @@ def test_bert_pooler_linear_saves_transformers_layout_that_auto_model_and_pipeli
 
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
-    assert config["id2label"] == {"0": "negative", "1": "positive"} and config["label2id"] == {"negative": 0, "positive": 1}
-    assert config["problem_type"] == "single_label_classification" and config["classifier_dropout"] == 0.1
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert config["problem_type"] == "single_label_classification"
+    assert config["classifier_dropout"] == 0.1
     assert json.loads((out / "hftransfer_config.json").read_text())["weights_format"] == "transformers"
-    assert len(list(out.glob("*.safetensors"))) == 1 and (out / "tokenizer_config.json").is_file()
+    assert len(list(out.glob("*.safetensors"))) == 1
+    assert (out / "tokenizer_config.json").is_file()
 
     reloaded = TransferModel.from_pretrained(out)
     assert torch.equal(logits_of(reloaded, inputs), expected)
@@ -209,18 +155,6 @@ def test_other_encoders_with_an_exact_sequence_classifier_export_natively(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------- hftransfer layout
-class ScaledHead(torch.nn.Module):
-    """A user-defined head: importable by its qualified name, so from_pretrained rebuilds it."""
-
-    def __init__(self, in_features: int, num_labels: int):
-        super().__init__()
-        self.proj = torch.nn.Linear(in_features, num_labels)
-        self.scale = torch.nn.Parameter(torch.tensor(2.0))
-
-    def forward(self, x):
-        return self.proj(x) * self.scale
-
-
 @pytest.mark.parametrize("case, reason", [
     ("image-mlp", "mlp head has no equivalent in timm"),
     ("image-custom", "custom head has no equivalent"),
@@ -245,8 +179,10 @@ def test_models_without_native_equivalent_keep_hftransfer_layout_and_round_trip(
     out = model.save_pretrained(tmp_path / "m")
 
     record = json.loads((out / "hftransfer_config.json").read_text())
-    assert record["weights_format"] == "hftransfer" and reason in record["native_unavailable"]
-    assert not (out / "config.json").exists() and len(list(out.glob("*.safetensors"))) == 1
+    assert record["weights_format"] == "hftransfer"
+    assert reason in record["native_unavailable"]
+    assert not (out / "config.json").exists()
+    assert len(list(out.glob("*.safetensors"))) == 1
     reloaded = TransferModel.from_pretrained(out)
     assert torch.equal(logits_of(reloaded, inputs), expected)
     assert type(reloaded.head) is type(model.head)
@@ -269,6 +205,7 @@ def test_mismatched_weights_fail_with_one_line(tmp_path):
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(HFTransferError, match="do not match") as err:
         TransferModel.from_pretrained(out)
-    assert "\n" not in str(err.value) and "head.fc.bias" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert "head.fc.bias" in str(err.value)
     with pytest.raises(HFTransferError, match="no hftransfer_config.json"):
         TransferModel.from_pretrained(tmp_path)

@@ -1,38 +1,45 @@
 """Frozen-feature cache and length-grouped batches."""
+import pytest
 import torch
-from conftest import read_results, run_recipe
 from safetensors.torch import load_file
 
-from hftransfer.data import LengthGroupedSampler
+from builders import IMAGE_TINY_MODEL, image_data_args, read_results, run_recipe
+from hftransfer.loaders import LengthGroupedSampler
 
-TINY = ["--model_name_or_path", "test_efficientnet", "--weights", "random", "--per_device_train_batch_size", "4",
+TINY = [*IMAGE_TINY_MODEL, "--per_device_train_batch_size", "4",
         "--per_device_eval_batch_size", "4", "--head_learning_rate", "0.05", "--strategy", "linear_probe",
         "--num_train_epochs", "3", "--augment", "false"]
 
 
 def run_probe(image_data, out, *extra):
-    proc = run_recipe("image_cls", *TINY, "--train_dir", image_data["train"], "--validation_dir", image_data["val"],
-                      "--output_dir", out, *extra)
+    proc = run_recipe("image_cls", *TINY, *image_data_args(image_data, out), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, read_results(out), load_file(out / "checkpoints" / sorted((out / "checkpoints").iterdir())[-1].name / "model.safetensors")
 
 
+@pytest.mark.integration
 def test_cached_linear_probe_matches_the_uncached_one(tmp_path, image_data):
     cached_proc, cached, cached_w = run_probe(image_data, tmp_path / "cached")
     plain_proc, plain, plain_w = run_probe(image_data, tmp_path / "plain", "--feature_cache", "off")
-    assert "feature cache: train (12, " in cached_proc.stdout and "feature cache" not in plain_proc.stdout
-    assert cached["eval_accuracy"] == plain["eval_accuracy"] and cached["eval_samples"] == plain["eval_samples"] == 10
+    assert "feature cache: train (12, " in cached_proc.stdout
+    assert "feature cache" not in plain_proc.stdout
+    assert cached["eval_accuracy"] == plain["eval_accuracy"]
+    assert cached["eval_samples"] == plain["eval_samples"] == 10
     assert abs(cached["eval_loss"] - plain["eval_loss"]) < 1e-4
     assert torch.allclose(cached_w["head.fc.weight"], plain_w["head.fc.weight"], atol=1e-4)
 
 
+@pytest.mark.integration
 def test_disk_cache_is_reused_across_runs(tmp_path, image_data):
     cache = tmp_path / "features"
     first, r1, _ = run_probe(image_data, tmp_path / "a", "--feature_cache_dir", cache, "--feature_cache_dtype", "float16")
     second, r2, _ = run_probe(image_data, tmp_path / "b", "--feature_cache_dir", cache, "--feature_cache_dtype", "float16")
-    assert "extracted" in first.stdout and "loaded" in second.stdout and "extracted" not in second.stdout
+    assert "extracted" in first.stdout
+    assert "loaded" in second.stdout
+    assert "extracted" not in second.stdout
     assert len(list(cache.glob("*.safetensors"))) == 2
-    assert r1["eval_accuracy"] == r2["eval_accuracy"] and abs(r1["eval_loss"] - r2["eval_loss"]) < 1e-6
+    assert r1["eval_accuracy"] == r2["eval_accuracy"]
+    assert abs(r1["eval_loss"] - r2["eval_loss"]) < 1e-6
 
 
 def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_lengths():

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import time
 import types
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from builders import TINY_ENCODER, run_python
 from hub_fixtures import hub  # noqa: F401  (pytest fixture)
 from hub_server import git_blob_sha1
 
@@ -72,7 +71,8 @@ def test_upload_folder_then_download_gives_identical_bytes(hub, tmp_path):
     files = _make_folder(tmp_path / "src")
 
     commit = api.upload_folder(repo_id="user/tiny", folder_path=tmp_path / "src", commit_message="add files")
-    assert len(commit.oid) == 40 and commit.oid == api.model_info("user/tiny").sha
+    assert len(commit.oid) == 40
+    assert commit.oid == api.model_info("user/tiny").sha
 
     for name, content in files.items():
         path = hf_hub_download("user/tiny", name, cache_dir=tmp_path / "cache1")
@@ -85,11 +85,13 @@ def test_upload_folder_then_download_gives_identical_bytes(hub, tmp_path):
     # regular file: ETag is the git blob sha1; LFS file: X-Linked-Etag is the sha256
     regular = get_hf_file_metadata(hf_hub_url("user/tiny", "config.json"))
     lfs = get_hf_file_metadata(hf_hub_url("user/tiny", "model.safetensors"))
-    assert regular.etag == git_blob_sha1(files["config.json"]) and regular.commit_hash == commit.oid
+    assert regular.etag == git_blob_sha1(files["config.json"])
+    assert regular.commit_hash == commit.oid
     assert lfs.etag == hashlib.sha256(files["model.safetensors"]).hexdigest()
     assert lfs.size == len(files["model.safetensors"])
     stored = hub.server.repo("user/tiny").resolve("main").files
-    assert stored["model.safetensors"].lfs and not stored["config.json"].lfs
+    assert stored["model.safetensors"].lfs
+    assert not stored["config.json"].lfs
 
     # the token goes only in the Authorization header, and never to the LFS storage URL
     assert all(r.headers.get("authorization") == f"Bearer {hub.token}"
@@ -112,13 +114,15 @@ def test_tree_revision_and_refs_endpoints(hub, tmp_path):
     deep = {e.path for e in api.list_repo_tree("user/tree", recursive=True)}
     assert deep == top | {"sub/a.txt"}
     assert api.list_repo_files("user/tree", revision=commit.oid) == [".gitattributes", "b.txt", "sub/a.txt"]
-    assert api.file_exists("user/tree", "sub/a.txt") and not api.file_exists("user/tree", "nope.txt")
+    assert api.file_exists("user/tree", "sub/a.txt")
+    assert not api.file_exists("user/tree", "nope.txt")
     assert api.repo_info("user/tree", revision=commit.oid[:10]).sha == commit.oid
     refs = api.list_repo_refs("user/tree")
     assert [(b.name, b.target_commit) for b in refs.branches] == [("main", commit.oid)]
     assert api.whoami()["name"] == "user"
 
 
+@pytest.mark.integration
 def test_subprocess_env_reaches_the_server(hub):
     api = HfApi()
     api.create_repo("user/sub")
@@ -126,7 +130,7 @@ def test_subprocess_env_reaches_the_server(hub):
     code = ("from huggingface_hub import hf_hub_download\n"
             "print(open(hf_hub_download('user/sub', 'a.txt')).read())")
     env = {"PATH": "/usr/bin:/bin", **hub.env}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    out = run_python("-c", code, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "hello"
     assert Path(hub.env["HF_HOME"], "hub", "models--user--sub").is_dir()
@@ -152,14 +156,17 @@ def test_raw_protocol_headers_range_and_error_codes(hub):
         return response, response.read()
 
     response, body = call("HEAD", "/user/raw/resolve/main/w.bin")
-    assert response.status == 200 and body == b""
+    assert response.status == 200
+    assert body == b""
     assert response.headers["X-Repo-Commit"] == sha
     assert response.headers["X-Linked-Etag"] == f'"{hashlib.sha256(blob).hexdigest()}"'
     assert response.headers["X-Linked-Size"] == response.headers["Content-Length"] == str(len(blob))
     response, body = call("HEAD", f"/user/raw/resolve/{sha}/t.txt")
-    assert response.headers["ETag"] == f'"{git_blob_sha1(b"text")}"' and "X-Linked-Etag" not in response.headers
+    assert response.headers["ETag"] == f'"{git_blob_sha1(b"text")}"'
+    assert "X-Linked-Etag" not in response.headers
     response, body = call("GET", "/user/raw/resolve/main/w.bin", Range="bytes=1000-")
-    assert response.status == 206 and body == blob[1000:]
+    assert response.status == 206
+    assert body == blob[1000:]
     assert response.headers["Content-Range"] == f"bytes 1000-{len(blob) - 1}/{len(blob)}"
     for path, code in [("/user/nope/resolve/main/w.bin", "RepoNotFound"),
                        ("/user/raw/resolve/v2/w.bin", "RevisionNotFound"),
@@ -201,7 +208,8 @@ def test_timm_push_and_load_back(hub):
     assert loaded.num_classes == 3
     pushed = {e.path for e in HfApi().list_repo_tree("user/timm-tiny")}
     assert {"config.json", "model.safetensors", "README.md"} <= pushed
-    assert hub.server.errors == [] and hub.server.unrouted == []
+    assert hub.server.errors == []
+    assert hub.server.unrouted == []
 
 
 # ----------------------------------------------------------------------------- (c) transformers
@@ -209,8 +217,7 @@ def test_transformers_push_and_from_pretrained(hub):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                        vocab_size=99, num_labels=3)
+    config = BertConfig(**TINY_ENCODER, num_labels=3)
     model = BertForSequenceClassification(config).eval()
     model.push_to_hub("user/bert-tiny")
 
@@ -219,7 +226,8 @@ def test_transformers_push_and_from_pretrained(hub):
     with torch.no_grad():
         assert torch.equal(model(input_ids).logits, loaded(input_ids).logits)
     assert hub.server.repo("user/bert-tiny").resolve("main").files["model.safetensors"].lfs
-    assert hub.server.errors == [] and hub.server.unrouted == []
+    assert hub.server.errors == []
+    assert hub.server.unrouted == []
 
 
 # ----------------------------------------------------------------------------- (d) PRs and branches
@@ -229,7 +237,9 @@ def test_create_pr_and_branch_revisions(hub):
     base = api.upload_file(path_or_fileobj=b"v1", path_in_repo="f.txt", repo_id="user/revs")
 
     pr = api.upload_file(path_or_fileobj=b"v2", path_in_repo="f.txt", repo_id="user/revs", create_pr=True)
-    assert pr.pr_num == 1 and pr.pr_revision == "refs/pr/1" and pr.pr_url.endswith("/discussions/1")
+    assert pr.pr_num == 1
+    assert pr.pr_revision == "refs/pr/1"
+    assert pr.pr_url.endswith("/discussions/1")
     assert Path(hf_hub_download("user/revs", "f.txt", revision="refs/pr/1")).read_bytes() == b"v2"
     assert Path(hf_hub_download("user/revs", "f.txt")).read_bytes() == b"v1"
     assert api.repo_info("user/revs").sha == base.oid
@@ -280,7 +290,8 @@ def test_reupload_of_unchanged_files_sends_no_lfs_put_and_no_commit(hub, tmp_pat
 
     (tmp_path / "src" / "config.json").write_text('{"hidden": 5}')
     changed = api.upload_folder(repo_id="user/noop", folder_path=tmp_path / "src")
-    assert changed.oid != first.oid and _lfs_puts(hub.server) == []
+    assert changed.oid != first.oid
+    assert _lfs_puts(hub.server) == []
     (commit_request,) = hub.server.requests_to("POST", "/commit/")
     sent = [json.loads(line) for line in commit_request.body.splitlines()]
     assert [(op["key"], op["value"].get("path")) for op in sent[1:]] == [("file", "config.json")]
@@ -291,7 +302,8 @@ def test_wrong_token_gets_401_and_is_not_echoed(hub, tmp_path):
     hub.server.require_token = "hf_the_right_token"
     with pytest.raises(HfHubHTTPError) as err:
         HfApi().create_repo("user/denied")
-    assert err.value.response.status_code == 401 and hub.token not in str(err.value)
+    assert err.value.response.status_code == 401
+    assert hub.token not in str(err.value)
     with pytest.raises(HfHubHTTPError) as err:
         hf_hub_download("user/denied", "x.txt")
     assert err.value.response.status_code == 401

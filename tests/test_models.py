@@ -1,9 +1,8 @@
 """Backbone adapters, heads and TransferModel, on tiny local models and on the bundled real weights."""
 import pytest
 import torch
-from conftest import BUNDLED_IMAGES
-from torch import nn
 
+from builders import BUNDLED_IMAGES, ScaledHead, tiny_image_transfer_model
 from hftransfer import HFTransferError, MLPHead, TransferModel, create_backbone, create_transfer_model
 from hftransfer.heads import classification_loss
 from hftransfer.offline import bundled_timm_state_dict, remap_lukemelas_efficientnet
@@ -18,7 +17,8 @@ def test_timm_backbone_contract():
     groups = backbone.layer_groups()
     names = [n for n, _ in backbone.named_parameters()]
     assert sorted(p for g in groups for p in g.params) == sorted(names)  # a partition of all parameters
-    assert len(groups) >= 3 and "patch_embed" in groups[0].name
+    assert len(groups) >= 3
+    assert "patch_embed" in groups[0].name
 
 
 def test_unknown_timm_model_suggests_names():
@@ -35,7 +35,8 @@ def test_text_backbone_mean_pooling_ignores_padding(tiny_bert):
         a = backbone(**alone)
         b = backbone(**padded)
     assert torch.allclose(a[0], b[0], atol=1e-5)
-    assert backbone.feature_dim == 32 and backbone.encoder.pooler is None  # unused pooler dropped
+    assert backbone.feature_dim == 32
+    assert backbone.encoder.pooler is None  # unused pooler dropped
 
 
 def test_text_backbone_groups_and_pooling_options(tiny_bert):
@@ -59,18 +60,6 @@ def test_heads_and_losses():
     assert multi == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([[1.0, 1.0], [0.0, 1.0]])).item())
 
 
-class ScaledHead(nn.Module):
-    """A user-defined head: any nn.Module mapping features to logits."""
-
-    def __init__(self, in_features, num_labels):
-        super().__init__()
-        self.proj = nn.Linear(in_features, num_labels)
-        self.scale = nn.Parameter(torch.tensor(2.0))
-
-    def forward(self, x):
-        return self.proj(x) * self.scale
-
-
 @pytest.mark.parametrize("head", ["linear", "mlp", "custom"])
 def test_save_and_load_round_trip(tmp_path, tiny_bert, head):
     torch.manual_seed(0)
@@ -81,20 +70,22 @@ def test_save_and_load_round_trip(tmp_path, tiny_bert, head):
     batch = model.backbone.tokenizer(["good film", "a very dull plot"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, loaded(**batch).logits, atol=1e-6)
-    assert loaded.id2label == LABELS and type(loaded.head) is type(model.head)
+    assert loaded.id2label == LABELS
+    assert type(loaded.head) is type(model.head)
 
 
 def test_image_round_trip_and_labels(tmp_path):
-    torch.manual_seed(0)
-    model = create_transfer_model("image", "test_efficientnet", {0: "x", 1: "y"}, weights="random", multi_label=True).eval()
+    model = tiny_image_transfer_model({0: "x", 1: "y"}, multi_label=True).eval()
     model.save_pretrained(tmp_path / "m")
     loaded = TransferModel.from_pretrained(tmp_path / "m")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(pixel_values=x).logits, loaded(pixel_values=x).logits, atol=1e-6)
-    assert loaded.multi_label and loaded.label2id == {"x": 0, "y": 1}
+    assert loaded.multi_label
+    assert loaded.label2id == {"x": 0, "y": 1}
 
 
+@pytest.mark.integration
 def test_bundled_efficientnet_loads_strictly_and_matches_every_key():
     import timm
 
@@ -105,6 +96,7 @@ def test_bundled_efficientnet_loads_strictly_and_matches_every_key():
         remap_lukemelas_efficientnet({"_blocks.0._weird.weight": torch.zeros(1), "_blocks.0._project_conv.weight": torch.zeros(4, 1, 1, 1)})
 
 
+@pytest.mark.integration
 def test_bundled_efficientnet_is_really_imagenet_pretrained():
     """Zero-shot: the ImageNet 'ant' (310) vs 'bee' (309) logits separate the bundled val photos."""
     import timm
@@ -126,6 +118,7 @@ def test_bundled_efficientnet_is_really_imagenet_pretrained():
     assert correct / total >= 0.9
 
 
+@pytest.mark.integration
 def test_bundled_minilm_is_really_pretrained():
     """Sentence embeddings from the bundled encoder put paraphrases closer than unrelated sentences."""
     backbone = create_backbone("text", "all-MiniLM-L6-v2", pooling="mean").eval()
@@ -133,4 +126,5 @@ def test_bundled_minilm_is_really_pretrained():
     with torch.no_grad():
         e = torch.nn.functional.normalize(backbone(**backbone.tokenizer(texts, padding=True, return_tensors="pt")), dim=-1)
     assert (e[0] @ e[1]) > (e[0] @ e[2]) + 0.3
-    assert backbone.feature_dim == 384 and len(backbone.layer_groups()) == 7
+    assert backbone.feature_dim == 384
+    assert len(backbone.layer_groups()) == 7

@@ -8,23 +8,21 @@ token) and the recipes' --push_to_hub flags end to end.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import metadata_load
 
+from builders import (IMAGE_TINY_MODEL, LABELS, ROOT, TEXT_LABELS, TEXTS, image_data_args, image_model, logits_of,
+                      make_run_dir, noise_image, run_python, text_inputs, text_model)
 from hftransfer import HFTransferError, TransferModel
-from hftransfer.data import image_transforms
+from hftransfer.preprocessing import image_transforms
 from hftransfer.hub import main, push_output_dir
 from hub_server import HubError
-from test_card import make_run_dir
-from test_export import LABELS, TEXT_LABELS, TEXTS, image_model, logits_of, noise_image, text_inputs, text_model
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 LOADER = r'''
 """Load pushed models with timm / transformers only; hftransfer is made unimportable first."""
@@ -105,6 +103,7 @@ def image_run(tmp_path) -> tuple[Path, TransferModel]:
 
 
 # ---------------------------------------------------------------------------------------------- round trip
+@pytest.mark.integration
 def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline(hub, tmp_path, image_run, tiny_bert):
     image_dir, image_net = image_run
     text_net = text_model(tiny_bert, pooling="pooler")
@@ -122,7 +121,8 @@ def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline
     assert not any(p.startswith(("checkpoints/", "best_model/")) for p in pushed)
     assert hub.server.repo("user/img").resolve("main").files["model.safetensors"].lfs
     card = metadata_load(image_dir / "README.md")
-    assert card["library_name"] == "timm" and pushed["README.md"] == (image_dir / "README.md").read_bytes()
+    assert card["library_name"] == "timm"
+    assert pushed["README.md"] == (image_dir / "README.md").read_bytes()
     assert 'hf-hub:user/img"' in pushed["README.md"].decode()  # the card names the repo it was pushed to
     _assert_no_token(hub, files=pushed)
     _assert_no_token(hub, files=_repo_files(hub, "user/txt"))
@@ -134,8 +134,7 @@ def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline
                                 "text": {"repo": "user/txt", "texts": TEXTS}}))
     script = tmp_path / "load_without_hftransfer.py"
     script.write_text(LOADER)
-    proc = subprocess.run([sys.executable, str(script), str(jobs)], cwd=tmp_path, env=_env(hub),
-                          capture_output=True, text=True, timeout=120)
+    proc = run_python(script, jobs, cwd=tmp_path, env=_env(hub), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -163,7 +162,8 @@ def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline
     # and back into hftransfer straight from the Hub (snapshot_download), strictly, with equal logits
     from_hub = TransferModel.from_pretrained("user/img")
     assert torch.equal(logits_of(from_hub, pixels), logits_of(image_net, pixels))
-    assert hub.server.errors == [] and hub.server.unrouted == []
+    assert hub.server.errors == []
+    assert hub.server.unrouted == []
 
 
 def test_model_push_to_hub_round_trips_and_reports_the_url(hub):
@@ -171,7 +171,8 @@ def test_model_push_to_hub_round_trips_and_reports_the_url(hub):
     url = model.push_to_hub("user/mlp")
     assert url.startswith(f"{hub.url}/user/mlp/commit/")
     files = _repo_files(hub, "user/mlp")
-    assert {"README.md", "model.safetensors", "hftransfer_config.json"} <= set(files) and "config.json" not in files
+    assert {"README.md", "model.safetensors", "hftransfer_config.json"} <= set(files)
+    assert "config.json" not in files
     assert b"No native timm equivalent" in files["README.md"]
     reloaded = TransferModel.from_pretrained("user/mlp")
     pixels = torch.randn(1, 3, 64, 64)
@@ -179,15 +180,18 @@ def test_model_push_to_hub_round_trips_and_reports_the_url(hub):
 
 
 # ---------------------------------------------------------------------------------------------- revisions
-def test_revision_create_pr_and_unchanged_repush(hub, image_run, capsys):
+def test_revision_create_pr_and_unchanged_repush(hub, image_run, caplog):
+    caplog.set_level(logging.INFO, logger="hftransfer")
     run_dir, _ = image_run
     first = push_output_dir(run_dir, "user/revs", False, None, False)
     main_sha = hub.server.repo("user/revs").refs["main"]
     hub.server.requests.clear()
 
     again = push_output_dir(run_dir, "user/revs", False, None, False)
-    assert again == first and "nothing changed" in capsys.readouterr().out
-    assert hub.server.requests_to("POST", "/commit/") == [] and hub.server.requests_to("PUT", "/lfs-upload/") == []
+    assert again == first
+    assert "nothing changed" in caplog.text
+    assert hub.server.requests_to("POST", "/commit/") == []
+    assert hub.server.requests_to("PUT", "/lfs-upload/") == []
     assert hub.server.repo("user/revs").refs["main"] == main_sha
 
     main(["--hub_revision", "experiment", str(run_dir), "--hub_model_id", "user/revs"])  # the retry command line
@@ -225,7 +229,8 @@ def test_repush_in_another_layout_never_leaves_a_stale_native_config(hub, tmp_pa
 # ---------------------------------------------------------------------------------------------- failures
 def _assert_one_line(err: pytest.ExceptionInfo, hub, *needles: str) -> str:
     message = str(err.value)
-    assert "\n" not in message and hub.token not in message
+    assert "\n" not in message
+    assert hub.token not in message
     for needle in needles:
         assert needle in message, message
     return message
@@ -275,21 +280,21 @@ def test_push_refuses_a_folder_that_contains_the_token(hub, image_run):
     (run_dir / "notes.txt").write_text(f"my token is {hub.token}\n")
     with pytest.raises(HFTransferError, match="notes.txt' contains your Hugging Face token") as err:
         push_output_dir(run_dir, "user/leak", False, None, False)
-    assert hub.token not in str(err.value) and ("model", "user/leak") not in hub.server.repos
+    assert hub.token not in str(err.value)
+    assert ("model", "user/leak") not in hub.server.repos
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-def _recipe(name: str, args: list[str], hub) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO_ROOT / "recipes" / name), *args], cwd=REPO_ROOT, env=_env(hub),
-                          capture_output=True, text=True, timeout=300)
+def _recipe(name: str, args: list, hub) -> subprocess.CompletedProcess:
+    return run_python(ROOT / "recipes" / name, *args, cwd=ROOT, env=_env(hub), timeout=300)
 
 
+@pytest.mark.integration
 def test_image_recipe_pushes_the_run_with_its_card(hub, tmp_path, image_data):
     out = tmp_path / "run"
-    proc = _recipe("image_cls.py", ["--model_name_or_path", "test_efficientnet", "--weights", "random",
-                                    "--train_dir", str(image_data["train"]), "--validation_dir", str(image_data["val"]),
+    proc = _recipe("image_cls.py", [*IMAGE_TINY_MODEL, *image_data_args(image_data, out),
                                     "--strategy", "linear_probe", "--num_train_epochs", "1",
-                                    "--per_device_train_batch_size", "4", "--output_dir", str(out),
+                                    "--per_device_train_batch_size", "4",
                                     "--push_to_hub", "--hub_model_id", "user/x"], hub)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("model", "user/x") in hub.server.repos, "the recipe ran but pushed nothing: is --push_to_hub wired?"
@@ -298,13 +303,16 @@ def test_image_recipe_pushes_the_run_with_its_card(hub, tmp_path, image_data):
             "config.yaml"} <= set(files)
     assert not any(p.startswith(("checkpoints/", "best_model/")) for p in files)
     meta = metadata_load(out / "README.md")
-    assert meta["library_name"] == "timm" and meta["model-index"][0]["name"] == "x"
+    assert meta["library_name"] == "timm"
+    assert meta["model-index"][0]["name"] == "x"
     card = files["README.md"].decode()
     assert card.encode() == (out / "README.md").read_bytes()
-    assert "`linear_probe`" in card and "| 1 | 1 | none | `model.conv_stem+bn1` ... " in card  # all groups frozen
+    assert "`linear_probe`" in card
+    assert "| 1 | 1 | none | `model.conv_stem+bn1` ... " in card  # all groups frozen
     _assert_no_token(hub, proc.stdout, proc.stderr, files=files, folder=out)
 
 
+@pytest.mark.integration
 def test_text_recipe_push_failure_exits_nonzero_with_one_line_and_a_complete_output_dir(hub, tmp_path, tiny_bert,
                                                                                         text_data):
     out = tmp_path / "run"
@@ -315,7 +323,9 @@ def test_text_recipe_push_failure_exits_nonzero_with_one_line_and_a_complete_out
                                    "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/txt"], hub)
     assert proc.returncode != 0, "the push should have failed with 401: is --push_to_hub wired?"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "401" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "401" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert {"model.safetensors", "config.json", "hftransfer_config.json", "tokenizer.json", "all_results.json",
             "config.yaml", "README.md"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "hftransfer_config.json").read_text())["weights_format"] == "transformers"

@@ -2,33 +2,25 @@
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import BUNDLED_IMAGES, ROOT, run_recipe
 
+from builders import BUNDLED_IMAGES, ROOT, image_data_args, run_python, run_recipe, save_tiny_timm_weights
 from hftransfer.config import RankConfig, load_config
 from hftransfer.errors import HFTransferError
 from hftransfer.rank import check_modalities, parse_candidate, rank_backbones
 
 
 def hftransfer_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "hftransfer", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return run_python("-m", "hftransfer", *args, timeout=timeout, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """Two different tiny timm backbones with fixed weights (stand-ins for pretrained checkpoints)."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
     root = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), root / "effnet.safetensors")
-    save_file(timm.create_model("test_vit", num_classes=0).state_dict(), root / "vit.safetensors")
+    save_tiny_timm_weights(root / "effnet.safetensors", "test_efficientnet", seed=0)
+    save_tiny_timm_weights(root / "vit.safetensors", "test_vit", seed=None)  # the RNG continues from effnet's
     return root
 
 
@@ -65,6 +57,7 @@ def test_modalities_must_agree_with_each_other_and_the_data():
     assert check_modalities([image, parse_candidate("random:test_vit")], "image") == "image"
 
 
+@pytest.mark.integration
 def test_rank_cli_writes_sorted_table_and_the_recipe_reuses_its_features(tmp_path, image_data, tiny_weights):
     out, cache = tmp_path / "rank", tmp_path / "cache"
     effnet = f"test_efficientnet={tiny_weights / 'effnet.safetensors'}"
@@ -82,12 +75,13 @@ def test_rank_cli_writes_sorted_table_and_the_recipe_reuses_its_features(tmp_pat
     assert [r["candidate"] for r in rows] == [r["candidate"] for r in ranking]
     assert float(rows[0]["logme"]) == pytest.approx(ranking[0]["logme"])
     assert (out / "rank.png").read_bytes()[:4] == b"\x89PNG"
-    assert "LogME" in proc.stdout and all(c in proc.stdout for c in candidates)
+    assert "LogME" in proc.stdout
+    assert all(c in proc.stdout for c in candidates)
     assert len(list(cache.glob("train-*.safetensors"))) == 3
 
     # a linear probe on the same data with the same backbone loads the ranked features instead of recomputing them
     run = run_recipe("image_cls", "--model_name_or_path", "test_efficientnet", "--weights", tiny_weights / "effnet.safetensors",
-                     "--train_dir", image_data["train"], "--validation_dir", image_data["val"], "--output_dir", tmp_path / "probe",
+                     *image_data_args(image_data, tmp_path / "probe"),
                      "--strategy", "linear_probe", "--num_train_epochs", "1", "--feature_cache_dir", cache)
     assert run.returncode == 0, run.stderr[-3000:]
     train_line = next(line for line in run.stdout.splitlines() if line.startswith("feature cache: train"))
@@ -111,18 +105,23 @@ def test_rank_text_encoders_through_the_python_api(tmp_path, text_data, tiny_ber
     assert (tmp_path / "rank" / "rank.json").is_file()
 
 
+@pytest.mark.integration
 def test_rank_cli_errors_are_one_line(tmp_path, image_data, text_data):
     proc = hftransfer_cli("rank", "--candidates", "test_vit", "--train_file", text_data["train"],
                           "--output_dir", tmp_path / "r")
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
         "error: the candidates are image backbones but the data is text (--train_file): pass matching data"]
     proc = hftransfer_cli("rank", "--train_dir", image_data["train"], "--output_dir", tmp_path / "r")
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: no candidates")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: no candidates")
     proc = hftransfer_cli("nonsense")
-    assert proc.returncode == 2 and "usage: hftransfer <command>" in proc.stderr
+    assert proc.returncode == 2
+    assert "usage: hftransfer <command>" in proc.stderr
     assert hftransfer_cli("--help").returncode == 0
 
 
+@pytest.mark.integration
 def test_rank_puts_real_pretrained_backbone_above_random_init(tmp_path):
     """The bundled ImageNet EfficientNet-Lite0 must beat its own random init on the bundled ants/bees photos."""
     cfg = load_config(["--candidates", "random:tf_efficientnet_lite0", "tf_efficientnet_lite0",

@@ -2,17 +2,12 @@
 
 import pytest
 import torch
-from conftest import read_results, run_recipe
 from safetensors.torch import load_file
 
+from builders import IMAGE_TINY, image_args, read_results, run_recipe, save_tiny_timm_weights
 from hftransfer import TransferModel
 
-IMAGE_TINY = ["--model_name_or_path", "test_efficientnet", "--weights", "random", "--per_device_train_batch_size", "4",
-              "--per_device_eval_batch_size", "4", "--head_learning_rate", "0.01"]
-
-
-def image_args(image_data, out, *extra):
-    return [*IMAGE_TINY, "--train_dir", image_data["train"], "--validation_dir", image_data["val"], "--output_dir", out, *extra]
+pytestmark = pytest.mark.integration  # every test runs a recipe in a fresh interpreter
 
 
 def test_image_recipe_end_to_end(tmp_path, image_data):
@@ -20,13 +15,18 @@ def test_image_recipe_end_to_end(tmp_path, image_data):
     proc = run_recipe("image_cls", *image_args(image_data, out, "--num_train_epochs", "2", "--strategy", "partial"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
-    assert results["eval_samples"] == 10 and 0 <= results["eval_accuracy"] <= 1 and "eval_f1" in results
-    assert results["epochs"] == 2 and len(results["history"]) == 2
+    assert results["eval_samples"] == 10
+    assert 0 <= results["eval_accuracy"] <= 1
+    assert "eval_f1" in results
+    assert results["epochs"] == 2
+    assert len(results["history"]) == 2
     assert results["transfer"]["phases"][0]["frozen_backbone_groups"]  # partial: the bottom stays frozen
-    assert (out / "config.yaml").is_file() and (out / "hftransfer_config.json").is_file()
+    assert (out / "config.yaml").is_file()
+    assert (out / "hftransfer_config.json").is_file()
     model = TransferModel.from_pretrained(out)
     assert model.id2label == {0: "cats", 1: "dogs"}
-    assert "eval_accuracy" in proc.stdout and "Traceback" not in proc.stderr
+    assert "eval_accuracy" in proc.stdout
+    assert "Traceback" not in proc.stderr
 
 
 def test_text_recipe_end_to_end(tmp_path, text_data, tiny_bert):
@@ -46,18 +46,15 @@ def test_text_recipe_end_to_end(tmp_path, text_data, tiny_bert):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert [line.split(",")[0] for line in (out / "per_class_metrics.csv").read_text().splitlines()] == ["label", "neg", "pos"]
     card = (out / "README.md").read_text()
-    assert "![confusion matrix" in card and "### Per class" in card and "Did transfer help" not in card
+    assert "![confusion matrix" in card
+    assert "### Per class" in card
+    assert "Did transfer help" not in card
 
 
 def test_lp_ft_hand_off_and_exact_resume(tmp_path, image_data):
     """Probe epoch leaves the backbone (weights and BN statistics) untouched; fine-tuning then moves it;
     resuming from the probe checkpoint reproduces the uninterrupted run."""
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    init = timm.create_model("test_efficientnet", num_classes=0).state_dict()
-    save_file(init, tmp_path / "init.safetensors")
+    init = save_tiny_timm_weights(tmp_path / "init.safetensors")
     common = ["--strategy", "lp_ft", "--lp_epochs", "1", "--save_total_limit", "0", "--num_train_epochs", "2",
               "--weights", tmp_path / "init.safetensors"]
     full = tmp_path / "full"
@@ -89,7 +86,8 @@ def test_gradual_resume_restores_frozen_set_and_learning_rates(tmp_path, image_d
     resumed = tmp_path / "resumed"
     proc = run_recipe("image_cls", *image_args(image_data, resumed, *common, "--resume_from_checkpoint", ckpts[0]))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1/6 backbone groups trainable" in proc.stdout and "2/6 backbone groups trainable" in proc.stdout
+    assert "1/6 backbone groups trainable" in proc.stdout
+    assert "2/6 backbone groups trainable" in proc.stdout
     a = load_file(ckpts[-1] / "model.safetensors")
     b = load_file(resumed / "checkpoints" / ckpts[-1].name / "model.safetensors")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
@@ -97,12 +95,7 @@ def test_gradual_resume_restores_frozen_set_and_learning_rates(tmp_path, image_d
 
 
 def test_l2sp_keeps_the_backbone_near_its_start(tmp_path, image_data):
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    init = timm.create_model("test_efficientnet", num_classes=0).state_dict()
-    save_file(init, tmp_path / "init.safetensors")
+    init = save_tiny_timm_weights(tmp_path / "init.safetensors")
     common = ["--strategy", "full", "--num_train_epochs", "2", "--learning_rate", "0.01",
               "--weights", tmp_path / "init.safetensors"]
     distance = {}
@@ -129,7 +122,8 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, image_data, args,
     proc = run_recipe("image_cls", *image_args(image_data, out), *args)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and match in lines[0], proc.stderr[-2000:]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert match in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (out / "all_results.json").exists()
 
@@ -140,7 +134,9 @@ def test_corrupt_image_in_the_data(tmp_path, image_data):
     shutil.copytree(image_data["train"], tmp_path / "train")
     (tmp_path / "train" / "dogs" / "x.jpg").write_text("not really a jpeg")
     proc = run_recipe("image_cls", *IMAGE_TINY, "--train_dir", tmp_path / "train", "--output_dir", tmp_path / "run")
-    assert proc.returncode == 2 and "cannot read image" in proc.stderr and "x.jpg" in proc.stderr
+    assert proc.returncode == 2
+    assert "cannot read image" in proc.stderr
+    assert "x.jpg" in proc.stderr
     assert not (tmp_path / "run" / "all_results.json").exists()
 
 
@@ -149,7 +145,8 @@ def test_existing_output_dir_needs_resume_or_overwrite(tmp_path, image_data):
     out.mkdir()
     (out / "something").write_text("x")
     proc = run_recipe("image_cls", *image_args(image_data, out))
-    assert proc.returncode == 2 and "--resume_from_checkpoint latest" in proc.stderr
+    assert proc.returncode == 2
+    assert "--resume_from_checkpoint latest" in proc.stderr
 
 
 def test_default_image_job_runs_on_bundled_data_with_real_weights(tmp_path):
@@ -159,7 +156,8 @@ def test_default_image_job_runs_on_bundled_data_with_real_weights(tmp_path):
                       "--strategy", "linear_probe", "--per_device_train_batch_size", "16", "--output_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
-    assert results["transfer"]["base_model"] == "tf_efficientnet_lite0" and results["eval_samples"] == 48
+    assert results["transfer"]["base_model"] == "tf_efficientnet_lite0"
+    assert results["eval_samples"] == 48
     assert results["eval_accuracy"] >= 0.8  # pretrained features separate ants from bees after a few steps
 
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from builders import tiny_image_transfer_model
 from hftransfer import HFTransferError, create_transfer_model
 from hftransfer.regularizers import L2SP, decoupled_weight_decay_groups
 from hftransfer.strategies import param_groups
@@ -14,8 +15,7 @@ ALPHA, BETA = 0.3, 0.07
 
 @pytest.fixture
 def model():
-    torch.manual_seed(0)
-    return create_transfer_model("image", "test_efficientnet", LABELS, weights="random")
+    return tiny_image_transfer_model(LABELS)
 
 
 def backbone_params(model):
@@ -40,7 +40,9 @@ def test_snapshot_covers_every_backbone_parameter_and_no_buffer(model):
     assert len(list(l2sp.buffers())) == len(l2sp.names) < len(list(model.backbone.state_dict()))
     for name, param in backbone_params(model).items():
         ref = l2sp.reference(name)
-        assert torch.equal(ref, param) and ref.data_ptr() != param.data_ptr() and not ref.requires_grad
+        assert torch.equal(ref, param)
+        assert ref.data_ptr() != param.data_ptr()
+        assert not ref.requires_grad
 
 
 def test_penalty_matches_hand_computation_for_known_perturbations(model):
@@ -54,7 +56,8 @@ def test_penalty_matches_hand_computation_for_known_perturbations(model):
     head = squares(model.head.fc.weight) + squares(model.head.fc.bias)
     expected = ALPHA / 2 * drift + BETA / 2 * head
     value = l2sp(model)
-    assert value.shape == () and value.dtype == torch.float32
+    assert value.shape == ()
+    assert value.dtype == torch.float32
     assert value.item() == pytest.approx(expected, rel=1e-5)
     assert value.item() == pytest.approx(hand_penalty(model, l2sp, ALPHA, BETA), rel=1e-5)
     assert L2SP(model, ALPHA, 0.0)(model).item() == 0.0
@@ -84,7 +87,8 @@ def test_gradient_is_alpha_drift_on_backbone_and_beta_w_on_head(model):
 def test_zero_at_init_without_head_term(model):
     l2sp = L2SP(model, ALPHA, 0.0)
     value = l2sp(model)
-    assert value.item() == 0.0 and value.dtype == torch.float32
+    assert value.item() == 0.0
+    assert value.dtype == torch.float32
     value.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     assert L2SP(model, 0.0, 0.0)(model).item() == 0.0
@@ -103,7 +107,8 @@ def test_float32_and_correct_in_bfloat16(model):
 
     native = L2SP(model, ALPHA, 0.0)
     assert native.reference("backbone.model.conv_stem.weight").dtype == torch.bfloat16
-    assert native(model).item() == 0.0 and native(model).dtype == torch.float32
+    assert native(model).item() == 0.0
+    assert native(model).dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert l2sp(model).dtype == torch.float32
 
@@ -111,7 +116,8 @@ def test_float32_and_correct_in_bfloat16(model):
 def test_references_stay_fixed_while_the_model_trains(model):
     l2sp = L2SP(model, ALPHA, BETA)
     before = {n: l2sp.reference(n).clone() for n in l2sp.names}
-    assert list(l2sp.parameters()) == [] and l2sp.state_dict() == {}
+    assert list(l2sp.parameters()) == []
+    assert l2sp.state_dict() == {}
     model_ptrs = {p.data_ptr() for p in model.parameters()}
     assert not any(ref.data_ptr() in model_ptrs for ref in l2sp.buffers())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -146,9 +152,11 @@ def test_decoupled_weight_decay_groups_zeroes_decay_only_when_active(model):
 
     active = param_groups(model, 1e-3, 1e-2, weight_decay=0.05)
     out = decoupled_weight_decay_groups(active, l2sp_active=True)
-    assert out is active and all(g["weight_decay"] == 0.0 for g in out)
+    assert out is active
+    assert all(g["weight_decay"] == 0.0 for g in out)
     assert [{k: v for k, v in g.items() if k != "weight_decay"} for g in out] == \
            [{k: v for k, v in g.items() if k != "weight_decay"} for g in snapshot]
-    assert any(g["is_head"] for g in out) and any(not g["is_head"] for g in out)
+    assert any(g["is_head"] for g in out)
+    assert any(not g["is_head"] for g in out)
     optimizer = torch.optim.AdamW(out)
     assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import read_results, run_recipe
 
+from builders import IMAGE_TINY_MODEL, read_results, run_recipe, save_tiny_timm_weights
 from hftransfer.errors import HFTransferError
 from hftransfer.report import confusion_matrix, transfer_gain, write_report
 
@@ -49,15 +49,15 @@ def test_transfer_gain_matches_hand_computation(tmp_path):
     diff = correct_pre - correct_s
     se = diff.std(ddof=1) / math.sqrt(20)
     sd = np.std([0.5, 0.8], ddof=1)
-    assert gain["pretrained_accuracy"] == pytest.approx(0.9)
-    assert gain["scratch_accuracy"] == pytest.approx(0.65)
-    assert gain["gain"] == pytest.approx(0.25)
-    assert gain["se_examples"] == pytest.approx(se)
-    assert gain["sd_scratch_seeds"] == pytest.approx(sd)
-    assert gain["noise_margin"] == pytest.approx(2 * math.sqrt(se ** 2 + sd ** 2 * 1.5))
-    assert gain["negative_transfer"] is (0.25 <= gain["noise_margin"])
-    assert [r["seed"] for r in gain["scratch_runs"]] == [1, 2]
-    assert "+0.2500" in gain["summary"]
+    assert gain.pretrained_accuracy == pytest.approx(0.9)
+    assert gain.scratch_accuracy == pytest.approx(0.65)
+    assert gain.gain == pytest.approx(0.25)
+    assert gain.se_examples == pytest.approx(se)
+    assert gain.sd_scratch_seeds == pytest.approx(sd)
+    assert gain.noise_margin == pytest.approx(2 * math.sqrt(se ** 2 + sd ** 2 * 1.5))
+    assert gain.negative_transfer is (0.25 <= gain.noise_margin)
+    assert [r.seed for r in gain.scratch_runs] == [1, 2]
+    assert "+0.2500" in gain.summary
 
 
 def test_transfer_gain_verdicts(tmp_path):
@@ -65,12 +65,17 @@ def test_transfer_gain_verdicts(tmp_path):
     perfect = _fake_run(tmp_path / "perfect", labels, labels)
     chance = _fake_run(tmp_path / "chance", labels, [0] * 100)
     helped = transfer_gain(perfect, [chance])
-    assert helped["gain"] == pytest.approx(0.5) and not helped["negative_transfer"]
-    assert helped["summary"].count("Transfer helped") == 1
+    assert helped.gain == pytest.approx(0.5)
+    assert not helped.negative_transfer
+    assert helped.summary.count("Transfer helped") == 1
     same = transfer_gain(chance, [_fake_run(tmp_path / "chance2", labels, [0] * 100)])
-    assert same["gain"] == 0 and same["negative_transfer"] and "within the noise margin" in same["summary"]
+    assert same.gain == 0
+    assert same.negative_transfer
+    assert "within the noise margin" in same.summary
     worse = transfer_gain(chance, [perfect])
-    assert worse["gain"] == pytest.approx(-0.5) and worse["negative_transfer"] and "random init did better" in worse["summary"]
+    assert worse.gain == pytest.approx(-0.5)
+    assert worse.negative_transfer
+    assert "random init did better" in worse.summary
 
 
 def test_transfer_gain_refuses_runs_scored_on_other_examples(tmp_path):
@@ -93,20 +98,19 @@ def test_write_report_files(tmp_path):
     (run / "all_results.json").write_text(json.dumps(results))
     written = {p.name for p in write_report(run)}
     assert written == {"confusion_matrix.png", "training_curves.png", "per_class_metrics.csv"}
-    assert _is_png(run / "confusion_matrix.png") and _is_png(run / "training_curves.png")
+    assert _is_png(run / "confusion_matrix.png")
+    assert _is_png(run / "training_curves.png")
     rows = (run / "per_class_metrics.csv").read_text().splitlines()
-    assert rows[0] == "label,precision,recall,f1,support" and rows[2] == "b,0.5000,1.0000,0.6667,4" and len(rows) == 4
+    assert rows[0] == "label,precision,recall,f1,support"
+    assert rows[2] == "b,0.5000,1.0000,0.6667,4"
+    assert len(rows) == 4
 
 
+@pytest.mark.integration
 def test_recipe_compares_with_scratch_and_reports(tmp_path, image_data):
     """--compare_scratch: a from-scratch twin on the same eval examples, the gain in results and card,
     plots in output_dir; a resumed run keeps the finished scratch run instead of retraining it."""
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    save_file(timm.create_model("test_efficientnet", num_classes=0).state_dict(), tmp_path / "init.safetensors")
+    save_tiny_timm_weights(tmp_path / "init.safetensors")
     out = tmp_path / "run"
     args = ["--model_name_or_path", "test_efficientnet", "--weights", tmp_path / "init.safetensors",
             "--train_dir", image_data["train"], "--validation_dir", image_data["val"], "--output_dir", out,
@@ -115,32 +119,38 @@ def test_recipe_compares_with_scratch_and_reports(tmp_path, image_data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
     gain = results["transfer_gain"]
-    assert gain["scratch_seeds"] == 2 and len(gain["scratch_runs"]) == 2
-    assert [r["seed"] for r in gain["scratch_runs"]] == [42, 43]
-    assert gain["pretrained_accuracy"] == pytest.approx(results["eval_accuracy"])
-    assert gain["gain"] == pytest.approx(results["eval_accuracy"] - np.mean([r["accuracy"] for r in gain["scratch_runs"]]))
-    assert isinstance(gain["negative_transfer"], bool)
+    assert gain.scratch_seeds == 2
+    assert len(gain.scratch_runs) == 2
+    assert [r.seed for r in gain.scratch_runs] == [42, 43]
+    assert gain.pretrained_accuracy == pytest.approx(results["eval_accuracy"])
+    assert gain.gain == pytest.approx(results["eval_accuracy"] - np.mean([r["accuracy"] for r in gain.scratch_runs]))
+    assert isinstance(gain.negative_transfer, bool)
     for seed in (42, 43):
         scratch = read_results(out / "scratch" / f"seed_{seed}")
-        assert scratch["transfer"]["weights"] == "random" and scratch["transfer"]["strategy"] == "full"
-        assert scratch["epochs"] == 2 and scratch["eval_samples"] == results["eval_samples"]
+        assert scratch["transfer"]["weights"] == "random"
+        assert scratch["transfer"]["strategy"] == "full"
+        assert scratch["epochs"] == 2
+        assert scratch["eval_samples"] == results["eval_samples"]
         assert not (out / "scratch" / f"seed_{seed}" / "best_model").exists()
     for name in ("confusion_matrix.png", "training_curves.png"):
         assert _is_png(out / name)
     assert (out / "per_class_metrics.csv").read_text().startswith("label,precision")
     card = (out / "README.md").read_text()
-    assert "## Did transfer help?" in card and "transfer gain" in card
-    assert "](confusion_matrix.png)" in card and "](training_curves.png)" in card
+    assert "## Did transfer help?" in card
+    assert "transfer gain" in card
+    assert "](confusion_matrix.png)" in card
+    assert "](training_curves.png)" in card
     assert "from-scratch run 2/2" in proc.stdout
 
     again = run_recipe("image_cls", *args, "--resume_from_checkpoint", "latest")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already done") == 2
-    assert read_results(out)["transfer_gain"]["gain"] == pytest.approx(gain["gain"])
+    assert read_results(out)["transfer_gain"]["gain"] == pytest.approx(gain.gain)
 
 
+@pytest.mark.integration
 def test_compare_scratch_rejects_random_weights(tmp_path, image_data):
-    proc = run_recipe("image_cls", "--model_name_or_path", "test_efficientnet", "--weights", "random",
+    proc = run_recipe("image_cls", *IMAGE_TINY_MODEL,
                       "--train_dir", image_data["train"], "--output_dir", tmp_path / "run", "--compare_scratch")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --compare_scratch")

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from builders import tiny_image_transfer_model
 from hftransfer import HFTransferError, create_transfer_model
 from hftransfer.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
 
@@ -12,8 +13,7 @@ LABELS = {0: "a", 1: "b", 2: "c"}
 
 @pytest.fixture
 def image_model():
-    torch.manual_seed(0)
-    return create_transfer_model("image", "test_efficientnet", LABELS, weights="random")
+    return tiny_image_transfer_model(LABELS)
 
 
 def trainable_groups(model):
@@ -47,7 +47,8 @@ def test_apply_trainable_freezes_from_the_bottom(modality, tiny_bert, image_mode
     groups = [g.name for g in model.layer_groups()]
     backbone = groups[:-1]
     apply_trainable(model, 0)
-    assert trainable_groups(model) == ["head"] and frozen_groups(model) == backbone
+    assert trainable_groups(model) == ["head"]
+    assert frozen_groups(model) == backbone
     apply_trainable(model, 2)
     assert trainable_groups(model) == backbone[-2:] + ["head"]
     assert frozen_groups(model) == backbone[:-2]
@@ -61,8 +62,10 @@ def test_train_norm_keeps_norm_layers_trainable_in_frozen_groups(image_model):
     named = dict(image_model.named_parameters())
     bn = [n for n in named if ".bn1." in n]
     convs = [n for n in named if "conv" in n and n.endswith("weight")]
-    assert bn and all(named[n].requires_grad for n in bn)
-    assert convs and not any(named[n].requires_grad for n in convs)
+    assert bn
+    assert all(named[n].requires_grad for n in bn)
+    assert convs
+    assert not any(named[n].requires_grad for n in convs)
 
 
 def test_frozen_batchnorm_statistics_do_not_drift(image_model):
@@ -71,7 +74,8 @@ def test_frozen_batchnorm_statistics_do_not_drift(image_model):
     image_model.train()
     before = [b.running_mean.clone() for b in bn_layers(image_model)]
     frozen_flags = [not b.weight.requires_grad for b in bn_layers(image_model)]
-    assert any(frozen_flags) and not all(frozen_flags)
+    assert any(frozen_flags)
+    assert not all(frozen_flags)
     x = torch.randn(4, 3, 32, 32) * 3 + 2
     image_model(pixel_values=x, labels=torch.tensor([0, 1, 2, 0])).loss.backward()
     after = [b.running_mean for b in bn_layers(image_model)]
@@ -86,7 +90,8 @@ def test_bn_stats_all_keeps_every_batchnorm_in_eval(image_model):
     image_model.bn_stats = "all"
     image_model.train()
     bns = [m for m in image_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert bns and not any(m.training for m in bns)
+    assert bns
+    assert not any(m.training for m in bns)
     assert image_model.head.training
 
 

@@ -79,7 +79,8 @@ def test_logme_evidence_is_the_marginal_likelihood(n, d, tol):
     y = (labels == 1).astype(np.float64)
     evidence, alpha, beta = _logme_single(F, y, max_iter=10_000, tol=tol)
     lo, hi = _PRECISION_RANGE
-    assert lo < alpha < hi and lo < beta < hi  # interior optimum, not a clamp
+    assert lo < alpha < hi
+    assert lo < beta < hi  # interior optimum, not a clamp
     assert rel_close(evidence, marginal_log_density(F, y, alpha, beta), 1e-9)
 
 
@@ -229,7 +230,8 @@ def test_separating_features_score_higher_than_noise(num_classes):
 def test_perfect_features_give_large_finite_logme():
     labels = np.arange(10) % 2
     scores = transferability_scores(np.eye(2)[labels], labels)
-    assert math.isfinite(scores["logme"]) and scores["logme"] > 5.0
+    assert math.isfinite(scores["logme"])
+    assert scores["logme"] > 5.0
     assert scores["h_score"] == pytest.approx(1.0, rel=1e-9)
 
 
@@ -243,9 +245,11 @@ def test_finite_when_d_exceeds_n(d, num_classes):
     labels = np.arange(20) % num_classes
     F = rng.normal(size=(20, d)) + 0.5 * rng.normal(size=(num_classes, d))[labels]
     per_class = logme_per_class(F, labels)
-    assert per_class.shape == (num_classes,) and np.isfinite(per_class).all()
+    assert per_class.shape == (num_classes,)
+    assert np.isfinite(per_class).all()
     h = h_score(F, labels)
-    assert math.isfinite(h) and 0.0 < h < num_classes - 1
+    assert math.isfinite(h)
+    assert 0.0 < h < num_classes - 1
 
 
 @pytest.mark.parametrize("n,d", [(50, 8), (20, 300)])
@@ -284,7 +288,8 @@ def test_constant_columns_do_not_change_h_score():
 def test_transferability_scores_dict():
     F, labels = small_case(30, 5, seed=13, num_classes=3)
     scores = transferability_scores(F, labels)
-    assert tuple(scores) == METRICS and all(isinstance(v, float) for v in scores.values())
+    assert tuple(scores) == METRICS
+    assert all(isinstance(v, float) for v in scores.values())
     assert scores == {"logme": logme(F, labels), "h_score": h_score(F, labels)}
     assert all(HIGHER_IS_BETTER[m] for m in METRICS)
 
