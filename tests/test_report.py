@@ -119,12 +119,12 @@ def test_recipe_compares_with_scratch_and_reports(tmp_path, image_data):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
     gain = results["transfer_gain"]
-    assert gain.scratch_seeds == 2
-    assert len(gain.scratch_runs) == 2
-    assert [r.seed for r in gain.scratch_runs] == [42, 43]
-    assert gain.pretrained_accuracy == pytest.approx(results["eval_accuracy"])
-    assert gain.gain == pytest.approx(results["eval_accuracy"] - np.mean([r["accuracy"] for r in gain.scratch_runs]))
-    assert isinstance(gain.negative_transfer, bool)
+    assert gain["scratch_seeds"] == 2
+    assert len(gain["scratch_runs"]) == 2
+    assert [r["seed"] for r in gain["scratch_runs"]] == [42, 43]
+    assert gain["pretrained_accuracy"] == pytest.approx(results["eval_accuracy"])
+    assert gain["gain"] == pytest.approx(results["eval_accuracy"] - np.mean([r["accuracy"] for r in gain["scratch_runs"]]))
+    assert isinstance(gain["negative_transfer"], bool)
     for seed in (42, 43):
         scratch = read_results(out / "scratch" / f"seed_{seed}")
         assert scratch["transfer"]["weights"] == "random"
@@ -145,7 +145,7 @@ def test_recipe_compares_with_scratch_and_reports(tmp_path, image_data):
     again = run_recipe("image_cls", *args, "--resume_from_checkpoint", "latest")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already done") == 2
-    assert read_results(out)["transfer_gain"]["gain"] == pytest.approx(gain.gain)
+    assert read_results(out)["transfer_gain"]["gain"] == pytest.approx(gain["gain"])
 
 
 @pytest.mark.integration
