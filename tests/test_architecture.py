@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hftransfer"
 # bottom to top, as docs/architecture.md lists them (there top to bottom)
 LAYERS = [
     {"data", "metrics", "transferability", "run_files", "errors"},
-    {"backbones", "heads", "preprocessing", "offline"},
+    {"backbones", "backbone_base", "timm_backbone", "text_backbone", "heads", "preprocessing", "offline"},
     {"hub", "card", "card_sections", "export", "report"},
     {"model"},
     {"strategies", "regularizers", "features"},
