@@ -84,7 +84,7 @@ def native_layout(model) -> tuple[NativeLayout | None, str]:
     """The native layout of ``model`` and ``""``, or ``None`` and why there is none (one sentence)."""
     if type(model.head) is not LinearHead:
         kind = model.head_config.get("type", "custom")
-        return None, (f"the {kind} head has no equivalent in {'timm' if model.modality == 'image' else 'transformers'}, "
+        return None, (f"the {kind} head has no equivalent in {model.backbone.library}, "
                       "whose classifiers are a single linear layer")
     if sorted(model.id2label) != list(range(model.num_labels)):
         return None, "label ids are not 0..n-1, which native label lists require"
