@@ -25,11 +25,42 @@ from .run_files import read_yaml, write_yaml
 from .strategies import STRATEGIES
 
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
+METRICS = ("accuracy", "f1", "loss", "eval_accuracy", "eval_f1", "eval_loss")
 PATH_FIELDS = ("train_dir", "validation_dir", "train_file", "validation_file")
 
 
-def _f(default, help: str, choices: tuple | None = None):
-    metadata = {"help": help, "choices": choices}
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers of an option: ``lo < v`` (or ``<=`` when ``lo_inclusive``), likewise for ``hi``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_inclusive: bool = True
+    hi_inclusive: bool = True
+
+    def __contains__(self, v) -> bool:
+        ok_lo = self.lo is None or (v >= self.lo if self.lo_inclusive else v > self.lo)
+        ok_hi = self.hi is None or (v <= self.hi if self.hi_inclusive else v < self.hi)
+        return ok_lo and ok_hi
+
+    def __str__(self) -> str:
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>=' if self.lo_inclusive else '>'} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<=' if self.hi_inclusive else '<'} {self.hi:g}")
+        return "a number " + " and ".join(parts)
+
+
+POSITIVE = Range(0, lo_inclusive=False)
+AT_LEAST_ONE = Range(1)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, hi_inclusive=False)  # [0, 1)
+OPEN_FRACTION = Range(0, 1, lo_inclusive=False, hi_inclusive=False)  # (0, 1)
+
+
+def _f(default, help: str, choices: tuple | None = None, valid: Range | None = None):
+    metadata = {"help": help, "choices": choices, "valid": valid}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -48,9 +79,12 @@ class Options:
     def validate(self) -> "Options":
         """Check every value before the run touches anything; one ``HFTransferError`` line per problem."""
         for f in fields(self):
-            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            value, choices, valid = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("valid")
             if choices and value is not None and value not in choices:
                 raise HFTransferError(f"unknown {f.name} '{value}' (--{f.name}): use one of {', '.join(map(str, choices))}")
+            for v in (value if isinstance(value, list) else [value]):
+                if valid is not None and v is not None and v not in valid:
+                    raise HFTransferError(f"--{f.name} {v} is out of range: use {valid}")
         return self
 
 
@@ -60,8 +94,10 @@ class SessionOptions(Options):
 
     config: Optional[str] = _f(None, "YAML file with any of these options; flags override it")
     seed: int = _f(42, "random seed")
-    num_threads: Optional[int] = _f(None, "torch threads per process on CPU (default: cores / local processes)")
-    dataloader_num_workers: Optional[int] = _f(None, "loader worker processes (default: by core count)")
+    num_threads: Optional[int] = _f(None, "torch threads per process on CPU (default: cores / local processes)",
+                                    valid=AT_LEAST_ONE)
+    dataloader_num_workers: Optional[int] = _f(None, "loader worker processes (default: by core count)",
+                                               valid=NON_NEGATIVE)
 
 
 @dataclass
@@ -78,18 +114,52 @@ class DataOptions(Options):
     text_column_name: str = _f("text", "column holding the texts")
     label_column_name: str = _f("label", "column holding the labels (a list per row = multi-label)")
     label_names: Optional[list[str]] = _f(None, "names for the labels in sorted order, e.g. negative positive")
-    validation_fraction: float = _f(0.15, "fraction of train held out when no validation split is given")
-    max_train_samples: Optional[int] = _f(None, "truncate training data (random subset, seeded)")
-    max_eval_samples: Optional[int] = _f(None, "truncate validation data (random subset, seeded)")
-    max_seq_length: int = _f(128, "text: truncate longer sequences (batches are padded dynamically)")
+    validation_fraction: float = _f(0.15, "fraction of train held out (stratified) when no validation split is given",
+                                    valid=OPEN_FRACTION)
+    max_train_samples: Optional[int] = _f(None, "truncate training data (random subset, seeded)", valid=AT_LEAST_ONE)
+    max_eval_samples: Optional[int] = _f(None, "truncate validation data (random subset, seeded)", valid=AT_LEAST_ONE)
+    max_seq_length: int = _f(128, "text: truncate longer sequences (batches are padded dynamically)", valid=Range(2))
+    text_encoding: str = _f("auto", "text files' encoding: auto (UTF-8, else detected and said so) or a codec name "
+                            "such as utf-8, cp1252, latin-1")
     decode_size: Optional[int] = _f(None, "image: decode once, shrinking the shorter side to this many pixels "
-                                    "(default: the model's eval resize size, e.g. 256 for 224 inputs; 0 = keep size)")
-    per_device_eval_batch_size: int = _f(64, "evaluation (and feature extraction) batch size per process")
+                                    "(default: the model's eval resize size, e.g. 256 for 224 inputs; 0 = keep size)",
+                                    valid=NON_NEGATIVE)
+    per_device_eval_batch_size: int = _f(64, "evaluation (and feature extraction) batch size per process",
+                                         valid=AT_LEAST_ONE)
     feature_cache_dir: Optional[str] = _f(None, "also keep cached features on disk here, reused across runs")
     feature_cache_dtype: str = _f("float32", "float32 or float16 (half the memory)", ("float32", "float16"))
 
     def uses_own_data(self) -> bool:
         return any(getattr(self, name) for name in DATA_SOURCE_FIELDS)
+
+    def validate(self) -> "DataOptions":
+        super().validate()
+        if self.train_dir and self.train_file:
+            raise HFTransferError("--train_dir and --train_file both name training data: pass one of them")
+        for flag, partner in (("validation_dir", "train_dir"), ("validation_file", "train_file")):
+            if getattr(self, flag) and not getattr(self, partner) and not self.dataset_name:
+                raise HFTransferError(f"--{flag} is given without --{partner}: pass the training data too")
+        for flag in ("train_dir", "validation_dir"):
+            path = getattr(self, flag)
+            if path and not Path(path).is_dir():
+                what = "is a file" if Path(path).exists() else "does not exist"
+                raise HFTransferError(f"--{flag} '{path}' {what}: pass a folder with one subfolder per class")
+        for flag in ("train_file", "validation_file"):
+            path = getattr(self, flag)
+            if path and not Path(path).is_file():
+                what = "is a folder" if Path(path).exists() else "does not exist"
+                raise HFTransferError(f"--{flag} '{path}' {what}: pass an existing CSV/TSV/JSON/JSONL file")
+        if self.feature_cache_dir and Path(self.feature_cache_dir).is_file():
+            raise HFTransferError(f"--feature_cache_dir '{self.feature_cache_dir}' is a file: pass a folder (created if missing)")
+        if self.text_encoding != "auto":
+            import codecs
+
+            try:
+                codecs.lookup(self.text_encoding)
+            except LookupError:
+                raise HFTransferError(f"--text_encoding '{self.text_encoding}' is not a known codec: use auto, utf-8, "
+                                      "cp1252, latin-1, utf-16, ...") from None
+        return self
 
 
 @dataclass
@@ -97,10 +167,10 @@ class ModelOptions(Options):
     model_name_or_path: str = _f("", "timm model name / hf-hub:repo (image) or transformers model id / folder (text)")
     weights: str = _f("pretrained", "pretrained (bundled offline copy when installed, else the Hub), random, or a state-dict file")
     head: str = _f("linear", "classification head: linear or mlp", ("linear", "mlp"))
-    head_hidden_sizes: list[int] = _f([512], "hidden sizes of the mlp head")
-    head_dropout: float = _f(0.0, "dropout before the head's layers")
+    head_hidden_sizes: list[int] = _f([512], "hidden sizes of the mlp head", valid=AT_LEAST_ONE)
+    head_dropout: float = _f(0.0, "dropout before the head's layers", valid=FRACTION)
     pooling: str = _pooling()
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)", valid=FRACTION)
 
 
 @dataclass
@@ -108,17 +178,18 @@ class AugmentationOptions(Options):
     """How training batches differ from evaluation ones."""
 
     augment: bool = _f(True, "image: random crop/flip/jitter while training (false = eval transform)")
-    crop_scale: list[float] = _f([0.08, 1.0], "image: RandomResizedCrop scale range for training")
-    color_jitter: float = _f(0.4, "image: color jitter strength for training (0 = off)")
+    crop_scale: list[float] = _f([0.08, 1.0], "image: RandomResizedCrop scale range for training",
+                                 valid=Range(0, 1, lo_inclusive=False))
+    color_jitter: float = _f(0.4, "image: color jitter strength for training (0 = off)", valid=NON_NEGATIVE)
     group_by_length: bool = _f(True, "text: batch sentences of similar length together (less padding)")
 
 
 @dataclass
 class StrategyOptions(Options):
     strategy: str = _f("full", "full, linear_probe, partial, gradual or lp_ft", STRATEGIES)
-    unfreeze_top_k: int = _f(2, "partial: number of top backbone groups that train")
-    unfreeze_every: int = _f(1, "gradual: epochs between unfreezing one more group")
-    lp_epochs: int = _f(1, "lp_ft: epochs of linear probing before fine-tuning everything")
+    unfreeze_top_k: int = _f(2, "partial: number of top backbone groups that train", valid=NON_NEGATIVE)
+    unfreeze_every: int = _f(1, "gradual: epochs between unfreezing one more group", valid=AT_LEAST_ONE)
+    lp_epochs: int = _f(1, "lp_ft: epochs of linear probing before fine-tuning everything", valid=NON_NEGATIVE)
     train_norm: bool = _f(False, "keep normalization layers trainable inside frozen groups")
     bn_stats: str = _f("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or none", BN_STATS)
     feature_cache: str = _f("auto", "auto: compute frozen-backbone features once for epochs where the whole backbone "
@@ -127,18 +198,21 @@ class StrategyOptions(Options):
 
 @dataclass
 class OptimizationOptions(Options):
-    learning_rate: float = _f(1e-4, "backbone learning rate (peak)")
-    head_learning_rate: Optional[float] = _f(None, "head learning rate (default: 10x learning_rate)")
-    layer_decay: float = _f(1.0, "layer-wise LR decay: group i of n gets lr * decay^(n-1-i); 1 = off")
-    l2sp_alpha: float = _f(0.0, "L2-SP: pull of the backbone towards its pretrained weights, alpha/2*||w-w0||^2 (0 = off)")
-    l2sp_beta: float = _f(0.0, "L2-SP: plain L2 on the new head, beta/2*||w_head||^2 (used when L2-SP is on)")
-    weight_decay: float = _f(0.01, "AdamW weight decay (never on biases and norm weights)")
+    learning_rate: float = _f(1e-4, "backbone learning rate (peak)", valid=POSITIVE)
+    head_learning_rate: Optional[float] = _f(None, "head learning rate (default: 10x learning_rate)", valid=POSITIVE)
+    layer_decay: float = _f(1.0, "layer-wise LR decay: group i of n gets lr * decay^(n-1-i); 1 = off",
+                            valid=Range(0, 1, lo_inclusive=False))
+    l2sp_alpha: float = _f(0.0, "L2-SP: pull of the backbone towards its pretrained weights, alpha/2*||w-w0||^2 (0 = off)",
+                           valid=NON_NEGATIVE)
+    l2sp_beta: float = _f(0.0, "L2-SP: plain L2 on the new head, beta/2*||w_head||^2 (used when L2-SP is on)",
+                          valid=NON_NEGATIVE)
+    weight_decay: float = _f(0.01, "AdamW weight decay (never on biases and norm weights)", valid=NON_NEGATIVE)
     lr_scheduler_type: str = _f("cosine", "cosine, linear or constant, after linear warmup", ("cosine", "linear", "constant"))
-    warmup_ratio: float = _f(0.1, "fraction of each phase spent warming up")
-    num_train_epochs: int = _f(3, "training epochs")
-    per_device_train_batch_size: int = _f(32, "batch size per process")
-    gradient_accumulation_steps: int = _f(1, "batches per optimizer step")
-    max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)")
+    warmup_ratio: float = _f(0.1, "fraction of each phase spent warming up", valid=FRACTION)
+    num_train_epochs: int = _f(3, "training epochs", valid=AT_LEAST_ONE)
+    per_device_train_batch_size: int = _f(32, "batch size per process", valid=AT_LEAST_ONE)
+    gradient_accumulation_steps: int = _f(1, "batches per optimizer step", valid=AT_LEAST_ONE)
+    max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)", valid=NON_NEGATIVE)
     mixed_precision: Optional[str] = _f(None, "no, fp16 or bf16 (default: accelerate's setting, else bf16 on "
                                         "GPUs that support it and no on CPU)", ("no", "fp16", "bf16"))
     torch_compile: bool = _f(False, "compile the model with torch.compile (inductor); pays off on GPUs and long runs")
@@ -158,8 +232,10 @@ class ComparisonOptions(Options):
 
     compare_scratch: bool = _f(False, "also train the same architecture from random init with the same budget and "
                                "report the transfer gain (all_results.json, model card)")
-    scratch_learning_rate: float = _f(1e-3, "peak learning rate of the from-scratch runs (backbone and head)")
-    scratch_seeds: int = _f(1, "from-scratch runs (seeds seed, seed+1, ...); 2+ measure seed noise for the verdict")
+    scratch_learning_rate: float = _f(1e-3, "peak learning rate of the from-scratch runs (backbone and head)",
+                                      valid=POSITIVE)
+    scratch_seeds: int = _f(1, "from-scratch runs (seeds seed, seed+1, ...); 2+ measure seed noise for the verdict",
+                            valid=AT_LEAST_ONE)
 
 
 @dataclass
@@ -167,12 +243,20 @@ class RunOptions(Options):
     """Where the run lives on disk and how it checkpoints, resumes and picks the exported epoch."""
 
     output_dir: str = _f("outputs/run", "where the model, checkpoints and results go")
-    overwrite_output_dir: bool = _f(False, "delete what output_dir holds from an earlier run and start afresh")
+    overwrite_output_dir: bool = _f(False, "replace what output_dir holds from an earlier run (deleted only once the new "
+                                    "run has loaded its data and model; ignored with --resume_from_checkpoint)")
     resume_from_checkpoint: Optional[str] = _f(None, "a checkpoint folder, or 'latest' in output_dir")
     checkpointing_steps: str = _f("epoch", "'epoch', a number of optimizer steps, or 'no'")
-    save_total_limit: int = _f(2, "checkpoints kept (older ones are deleted)")
-    metric_for_best_model: str = _f("accuracy", "accuracy or f1: picks the exported epoch", ("accuracy", "f1"))
-    ddp_timeout: int = _f(1800, "seconds a process waits for the others before failing")
+    save_total_limit: int = _f(2, "complete checkpoints kept (older ones are deleted; 0 = keep all)", valid=NON_NEGATIVE)
+    metric_for_best_model: str = _f("accuracy", "picks the exported epoch: accuracy or f1 (higher is better) or loss "
+                                    "(lower is better); an eval_ prefix is accepted", METRICS)
+    ddp_timeout: int = _f(1800, "seconds a process waits for the others before failing", valid=AT_LEAST_ONE)
+
+    @property
+    def best_metric(self) -> tuple[str, bool]:
+        """(metric name without ``eval_``, whether higher is better) of ``metric_for_best_model``."""
+        name = self.metric_for_best_model.removeprefix("eval_")
+        return name, name != "loss"
 
     @property
     def checkpoint_every(self) -> int:
@@ -198,14 +282,27 @@ class TrainConfig(HubOptions, RunOptions, ComparisonOptions, OptimizationOptions
     """Everything a recipe run takes."""
 
     def validate(self) -> "TrainConfig":
+        """Every value and combination, before the run reads, writes or deletes anything."""
         super().validate()
         steps = str(self.checkpointing_steps)
         if steps not in ("epoch", "no") and not (steps.isdigit() and int(steps) > 0):
             raise HFTransferError(f"--checkpointing_steps '{steps}' is not valid: use epoch, no or a number of steps")
+        if not self.model_name_or_path:
+            raise HFTransferError("no model: pass --model_name_or_path (a timm name or a transformers model id / folder)")
+        if self.weights not in ("pretrained", "random") and not Path(self.weights).is_file():
+            raise HFTransferError(f"--weights '{self.weights}' is not pretrained, random or an existing state-dict file")
         if self.compare_scratch and self.weights == "random":
             raise HFTransferError("--compare_scratch compares pretrained weights with random init, but --weights is already random")
-        if self.scratch_seeds < 1:
-            raise HFTransferError(f"--scratch_seeds {self.scratch_seeds}: use 1 or more")
+        if self.crop_scale and (len(self.crop_scale) != 2 or self.crop_scale[0] > self.crop_scale[1]):
+            raise HFTransferError(f"--crop_scale {' '.join(map(str, self.crop_scale))}: pass two numbers, low high, "
+                                  "with 0 < low <= high <= 1")
+        out = Path(self.output_dir)
+        if out.exists() and not out.is_dir():
+            raise HFTransferError(f"--output_dir '{out}' is a file: pass a folder (created if missing)")
+        resume = self.resume_from_checkpoint
+        if resume and resume != "latest" and not Path(resume).is_dir():
+            raise HFTransferError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint folder "
+                                  f"(e.g. {out}/checkpoints/step_N) or latest")
         return self
 
 
@@ -223,6 +320,14 @@ class RankConfig(DataOptions, SessionOptions):
                                "random:NAME = random init (a sanity floor), NAME=FILE = weights from a state-dict file")
     output_dir: str = _f("outputs/rank", "where rank.csv, rank.json and rank.png go")
     pooling: str = _pooling()
+
+    def validate(self) -> "RankConfig":
+        super().validate()
+        if not self.candidates:
+            raise HFTransferError("no candidates: pass --candidates NAME [NAME ...] (timm names or text encoder ids)")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise HFTransferError(f"--output_dir '{self.output_dir}' is a file: pass a folder (created if missing)")
+        return self
 
     def train_config(self, model_name_or_path: str, weights: str) -> TrainConfig:
         """The recipe config that reads the same data the same way (so the feature cache keys match)."""
@@ -294,8 +399,9 @@ def _coerce(name: str, value, hints: dict):
 
 
 def load_config(argv: list[str] | None, defaults: dict | None = None, description: str = "", config_cls=TrainConfig,
-                prog: str | None = None):
-    """Merge dataclass defaults < recipe ``defaults`` < ``--config`` YAML < explicit flags, then validate."""
+                prog: str | None = None, validate: bool = True):
+    """Merge dataclass defaults < recipe ``defaults`` < ``--config`` YAML < explicit flags, then ``validate()``
+    (``validate=False``: only parse and type-check, e.g. to inspect a config whose data is elsewhere)."""
     parser = build_parser(description, config_cls, prog)
     cli = vars(parser.parse_args(argv))
     user = {**read_config_file(cli.get("config")), **cli}
@@ -307,7 +413,8 @@ def load_config(argv: list[str] | None, defaults: dict | None = None, descriptio
     if unknown:
         raise HFTransferError(f"unknown option(s) {', '.join(unknown)} in the config: see --help for the valid names")
     hints = typing.get_type_hints(config_cls)
-    return config_cls(**{k: _coerce(k, v, hints) for k, v in values.items()}).validate()
+    cfg = config_cls(**{k: _coerce(k, v, hints) for k, v in values.items()})
+    return cfg.validate() if validate else cfg
 
 
 def read_config_file(path: str | None) -> dict:

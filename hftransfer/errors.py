@@ -20,13 +20,22 @@ class HFTransferError(Exception):
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn an ``HFTransferError`` into one ``error:`` line on stderr (first process only) and exit 2."""
+    """Turn an ``HFTransferError`` into one ``error:`` line on stderr (first process only) and exit 2;
+    an interrupted run (an exception with ``exit_code``, e.g. ``runtime.RunInterrupted``) into its
+    one line and 128 + signal."""
+    first = os.environ.get("LOCAL_RANK", "0") == "0"  # every rank fails alike: say it once
     try:
         yield
     except HFTransferError as e:
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # every rank fails alike: say it once
+        if first:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(USAGE_EXIT_CODE)
+    except Exception as e:
+        if not hasattr(e, "exit_code"):
+            raise
+        if first:
+            print(str(e), file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 def show_progress_messages() -> None:

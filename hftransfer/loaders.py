@@ -31,6 +31,12 @@ class Loaders:
     cached_eval: DataLoader | None = None
     preprocessing: str = ""
     fingerprints: dict[str, str] = field(default_factory=dict)
+    pipeline: object = None  # the backbone's preprocessing pipeline (its augmentation is seeded per epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Before iterating the training loader of ``epoch``: the augmentation draws for that epoch."""
+        if self.pipeline is not None:
+            self.pipeline.set_epoch(epoch)
 
     def prepare(self, accelerator) -> None:
         """``accelerator.prepare`` every loader, in a fixed order so checkpoints line up on resume."""
@@ -44,17 +50,20 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
     workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
     pipeline = backbone.data_pipeline(cfg)
     common = {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": pipeline.collate}
+    # the training loader's workers are forked anew each epoch, so they see the epoch its augmentation uses
+    train_common = {**common, "persistent_workers": False}
     column = bundle.input_column
     train, evaluation = pipeline.prepare(bundle.train, column, "train"), pipeline.prepare(bundle.eval, column, "eval")
     lengths = pipeline.lengths(train) if cfg.group_by_length else None
     sampler = LengthGroupedSampler(lengths, cfg.per_device_train_batch_size, seed=cfg.seed) if lengths else None
     loaders = Loaders(
         train=DataLoader(pipeline.train_view(train, column), batch_size=cfg.per_device_train_batch_size,
-                         shuffle=sampler is None, sampler=sampler, **common),
+                         shuffle=sampler is None, sampler=sampler, **train_common),
         eval=DataLoader(pipeline.eval_view(evaluation, column), batch_size=cfg.per_device_eval_batch_size,
                         shuffle=False, **common),
         preprocessing=pipeline.key,
         fingerprints={"train": train._fingerprint, "eval": evaluation._fingerprint},
+        pipeline=pipeline,
     )
     if with_cache:
         loaders.train_extract = DataLoader(pipeline.eval_view(train, column), batch_size=cfg.per_device_eval_batch_size,

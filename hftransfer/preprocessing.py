@@ -2,10 +2,10 @@
 
 A backbone hands out its pipeline (``Backbone.data_pipeline``), so the loaders never ask which
 modality they serve. Every pipeline prepares a split once (``prepare``: images decoded and shrunk,
-texts tokenized, both cached on disk by ``datasets``), then gives a training view (augmented images)
-and an evaluation view of it, a collate function, the example lengths used for length-grouped
-batching (or ``None``), and ``key``: a string that changes whenever the features of a frozen backbone
-would, for the feature cache.
+texts tokenized, both cached on disk by ``datasets``), then gives a training view (augmented images,
+seeded per example and epoch: ``set_epoch``) and an evaluation view of it, a collate function, the
+example lengths used for length-grouped batching (or ``None``), and ``key``: a string that changes
+whenever the features of a frozen backbone would, for the feature cache.
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ class ImagePipeline:
     """
 
     def __init__(self, data_config: dict, decode_size: int | None = None, crop_scale=(0.08, 1.0),
-                 color_jitter: float = 0.4, augment: bool = True):
+                 color_jitter: float = 0.4, augment: bool = True, seed: int = 0):
         self.shorter_side = decode_size if decode_size is not None else resize_size(data_config)
-        self.train_transform = image_transforms(data_config, True, crop_scale, color_jitter=color_jitter or None,
-                                                augment=augment, as_uint8=True)
+        self.augmentation = SeededAugmentation(image_transforms(data_config, True, crop_scale, as_uint8=True,
+                                                                color_jitter=color_jitter or None, augment=augment), seed)
         self.eval_transform = image_transforms(data_config, False, as_uint8=True)
         self.key = repr(self.eval_transform)
 
@@ -39,7 +39,10 @@ class ImagePipeline:
         return decode_images(ds, column, self.shorter_side or None, desc=f"decoding {split} images")
 
     def train_view(self, ds: datasets.Dataset, column: str) -> datasets.Dataset:
-        return with_image_transform(ds, column, self.train_transform)
+        return with_image_transform(ds, column, self.augmentation)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.augmentation.epoch = epoch
 
     def eval_view(self, ds: datasets.Dataset, column: str) -> datasets.Dataset:
         return with_image_transform(ds, column, self.eval_transform)
@@ -72,6 +75,9 @@ class TextPipeline:
 
     def lengths(self, ds: datasets.Dataset) -> list[int]:
         return [len(ids) for ids in ds["input_ids"]]
+
+    def set_epoch(self, epoch: int) -> None:
+        pass  # nothing random in text preprocessing
 
 
 def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = None,
@@ -135,11 +141,36 @@ def image_transforms(data_config: dict, train: bool, crop_scale=(0.08, 1.0), hfl
     return v2.Compose(steps)
 
 
+class SeededAugmentation:
+    """Random augmentation whose draws for example ``i`` in epoch ``e`` depend on (seed, e, i) only.
+
+    Each example is transformed under its own seed (the global RNG is forked and restored around
+    it), so the augmentation of a batch does not depend on what ran before it: a run resumed in the
+    middle of an epoch, or one whose loader workers see examples in another order, augments every
+    example exactly as the uninterrupted run did. ``epoch`` is set by the loop before each epoch.
+    """
+
+    def __init__(self, transform, seed: int):
+        self.transform, self.seed, self.epoch = transform, seed, 0
+
+    def __call__(self, image, index: int):
+        import random
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(random.Random(f"{self.seed}/{self.epoch}/{index}").getrandbits(63))
+            return self.transform(image)
+
+
 def with_image_transform(ds: datasets.Dataset, column: str, transform) -> datasets.Dataset:
-    """Apply ``transform`` on access (fresh augmentation every epoch), yielding ``pixel_values``."""
+    """Apply ``transform`` on access, yielding ``pixel_values``; a ``SeededAugmentation`` gets each example's index."""
+    seeded = isinstance(transform, SeededAugmentation)
 
     def apply(batch):
-        out = {"pixel_values": [transform(im if im.mode == "RGB" else im.convert("RGB")) for im in batch[column]]}
+        images = [im if im.mode == "RGB" else im.convert("RGB") for im in batch[column]]
+        if seeded:
+            out = {"pixel_values": [transform(im, int(i)) for im, i in zip(images, batch[INDEX_COLUMN])]}
+        else:
+            out = {"pixel_values": [transform(im) for im in images]}
         for key in ("labels", INDEX_COLUMN):
             if key in batch:
                 out[key] = batch[key]

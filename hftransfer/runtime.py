@@ -67,3 +67,92 @@ def check_ranks_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> No
     gathered = accelerator.gather(sums[None])
     if not torch.allclose(gathered, gathered[:1].expand_as(gathered), rtol=1e-6, atol=1e-6):
         raise RuntimeError("model weights differ between processes: gradient synchronization is broken")
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (every process gets the same answer)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.gather(torch.tensor([int(flag)], device=accelerator.device)).max().item())
+
+
+def step_seed(seed: int, epoch: int, batch: int, process: int = 0) -> int:
+    """The RNG seed of one training batch (dropout and any other randomness in the step).
+
+    A function of (seed, epoch, batch, process) alone, so a run resumed at any batch draws exactly
+    what the uninterrupted run drew there, whatever ran before it.
+    """
+    import random
+
+    return random.Random(f"{seed}/{epoch}/{batch}/{process}").getrandbits(63)
+
+
+class RunInterrupted(Exception):
+    """SIGTERM / SIGINT stopped the run; ``checkpoint`` is where it was saved (None: nothing to save yet)."""
+
+    def __init__(self, signum: int, epoch: int | None = None, step: int | None = None, checkpoint=None):
+        self.signum, self.epoch, self.step, self.checkpoint = signum, epoch, step, checkpoint
+        super().__init__(self.message())
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+
+    def message(self) -> str:
+        import signal
+
+        name = signal.Signals(self.signum).name
+        if self.checkpoint is None:
+            return f"interrupted by {name} before training started: nothing to save"
+        return (f"interrupted by {name} at epoch {self.epoch + 1}, step {self.step}: checkpoint saved to "
+                f"{self.checkpoint}; continue with --resume_from_checkpoint latest")
+
+
+class StopSignals:
+    """SIGTERM (what SLURM and Kubernetes send before preempting) and SIGINT (Ctrl-C) as a stop request.
+
+    Inside the training loop a signal only sets a flag: the loop finishes the optimizer step, saves a
+    checkpoint and raises ``RunInterrupted``. Before the loop there is nothing to save, so the run
+    stops at once. A second Ctrl-C aborts immediately. ``requested`` agrees across processes, so every
+    rank of a distributed run stops after the same step.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_training = False
+        self._previous = {}
+
+    def install(self) -> "StopSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signal handlers only work there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+        import sys
+
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            print("aborted by a second Ctrl-C: nothing saved", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        if not self.in_training:
+            raise RunInterrupted(signum)
+
+    def requested(self, accelerator: Accelerator) -> int:
+        """The signal every process agrees to stop for (0: keep going)."""
+        signum = self.signum or 0
+        if accelerator.num_processes > 1:
+            flag = torch.tensor([signum], device=accelerator.device)
+            signum = int(accelerator.gather(flag).max().item())
+        return signum

@@ -10,7 +10,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .checkpoint import prepare_output_dir
+from .checkpoint import check_output_dir
 from .report import transfer_gain
 from .run_files import BEST_DIR, PREDICTIONS_NAME, RESULTS_NAME, RUN_CONFIG_NAME, SCRATCH_DIR, RunResults, read_yaml
 from .training import fit
@@ -37,7 +37,7 @@ def scratch_run_done(scratch_cfg) -> bool:
 
 
 def compare_with_scratch(cfg, modality: str, accelerator, output_dir: Path, threads: int,
-                         results: RunResults | None) -> None:
+                         results: RunResults | None, stop=None) -> None:
     """Train (or reuse) the from-scratch twins, then record the transfer gain in ``results`` and on disk."""
     scratch_dirs = []
     for k in range(cfg.scratch_seeds):
@@ -48,8 +48,8 @@ def compare_with_scratch(cfg, modality: str, accelerator, output_dir: Path, thre
             continue
         accelerator.print(f"from-scratch run {k + 1}/{cfg.scratch_seeds} (random init, seed {scratch_cfg.seed}, "
                           f"same budget) -> {scratch_cfg.output_dir}")
-        prepare_output_dir(scratch_cfg.output_dir, True, False, accelerator.is_main_process)
-        fit(scratch_cfg, modality, accelerator, Path(scratch_cfg.output_dir), threads, data_seed=cfg.seed)
+        check_output_dir(scratch_cfg.output_dir, True, False)  # an unfinished earlier attempt is replaced
+        fit(scratch_cfg, modality, accelerator, Path(scratch_cfg.output_dir), threads, data_seed=cfg.seed, stop=stop)
         if accelerator.is_main_process:  # no resume for scratch runs: the exported copy is all that is needed
             shutil.rmtree(Path(scratch_cfg.output_dir) / BEST_DIR, ignore_errors=True)
     if accelerator.is_main_process:

@@ -84,7 +84,7 @@ class TimmBackbone(Backbone):
         from .preprocessing import ImagePipeline
 
         return ImagePipeline(self.data_config, options.decode_size, options.crop_scale, options.color_jitter,
-                             options.augment)
+                             options.augment, seed=options.seed)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled features of normalized float images, or of uint8 images normalized here, on the device."""

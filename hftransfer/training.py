@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .card import describe_run
-from .checkpoint import RunState, resume, save_checkpoint
+from .checkpoint import RunState, clear_earlier_run, holds_earlier_run, resume, save_checkpoint
 from .config import TrainConfig, save_config
 from .data import INDEX_COLUMN, DataBundle, load_data
 from .features import fill_feature_cache, uses_feature_cache
@@ -30,7 +30,7 @@ from .model import TransferModel, create_transfer_model
 from .regularizers import L2SP, decoupled_weight_decay_groups
 from .results import export_run, save_best_epoch
 from .run_files import RUN_CONFIG_NAME, RunResults
-from .runtime import check_ranks_in_sync, rewrap_ddp
+from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, rewrap_ddp, step_seed
 from .strategies import Strategy, TransferScheduler, apply_trainable, param_groups
 
 
@@ -53,6 +53,7 @@ class TrainingRun:
     state: RunState
     l2sp: L2SP | None
     with_cache: bool
+    stop: StopSignals
     resumed_from: Path | None = None
 
     def on_cached_features(self, epoch: int) -> bool:
@@ -74,7 +75,7 @@ def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle) -> Transfer
 
 
 def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path,
-          data_seed: int | None = None) -> TrainingRun:
+          data_seed: int | None = None, stop: StopSignals | None = None) -> TrainingRun:
     """Data, model, strategy, loaders, optimizer and schedule, all prepared; resumed if asked to."""
     set_seed(cfg.seed)
     with accelerator.main_process_first():
@@ -100,10 +101,9 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, cfg.num_train_epochs, cfg.learning_rate,
                                   cfg.warmup_ratio, schedule=cfg.lr_scheduler_type)
     state = RunState()
-    if cfg.checkpointing_steps != "no" or cfg.resume_from_checkpoint:
-        accelerator.register_for_checkpointing(scheduler, state)
+    accelerator.register_for_checkpointing(scheduler, state)  # also with --checkpointing_steps no: SIGTERM saves one
     run = TrainingRun(cfg, accelerator, output_dir, bundle, model, module, strategy, group_names, loaders, optimizer,
-                      scheduler, state, l2sp, with_cache)
+                      scheduler, state, l2sp, with_cache, stop or StopSignals())
     if cfg.resume_from_checkpoint:
         run.resumed_from = resume(accelerator, cfg.resume_from_checkpoint, output_dir, state)
     return run
@@ -143,16 +143,17 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
     train_dl = run.loaders.cached_train if run.on_cached_features(epoch) else run.loaders.train
     run.model.train()
     train_dl.set_epoch(epoch)
+    run.loaders.set_epoch(epoch)
     skip = state.batches_done
     if not skip:
-        # each epoch's randomness (augmentation, dropout) is a function of (seed, epoch), not of
-        # everything that ran before, so a run resumed at an epoch boundary repeats it exactly
-        set_seed(cfg.seed + epoch)
         state.epoch_loss_sum, state.epoch_loss_batches = 0.0, 0
     loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
     bar = tqdm(loader, total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}", unit="batch",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     for batch in bar:
+        # the step's randomness (dropout) depends on (seed, epoch, batch) only, and augmentation on
+        # (seed, epoch, example): a run resumed at any batch repeats the uninterrupted one exactly
+        torch.manual_seed(step_seed(cfg.seed, epoch, state.batches_done, accelerator.process_index))
         loss = train_step(accelerator, run.model, run.optimizer, batch, run.l2sp, cfg.max_grad_norm).item()
         state.batches_done += 1
         state.epoch_loss_sum += loss
@@ -163,6 +164,7 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
             state.global_step += 1
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
                 save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
+            stop_if_requested(run, epoch)
     bar.close()
     return state.epoch_loss_sum / max(1, state.epoch_loss_batches)
 
@@ -199,29 +201,49 @@ def finish_epoch(run: TrainingRun, epoch: int, train_loss: float, metrics: dict,
                           "eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"]})
     accelerator.print(f"epoch {epoch + 1}: train_loss {train_loss:.4f}  eval_loss {metrics['loss']:.4f}  "
                       f"eval_accuracy {metrics['accuracy']:.4f}  eval_f1 {metrics['f1']:.4f}  ({metrics['samples']} samples)")
-    score = metrics[cfg.metric_for_best_model]
-    if score > state.best_metric:
+    name, higher_is_better = cfg.best_metric
+    score = metrics[name]
+    if state.best_metric is None or (score > state.best_metric if higher_is_better else score < state.best_metric):
         state.best_metric, state.best_epoch = score, epoch + 1
         if accelerator.is_main_process:
             save_best_epoch(run.module, run.output_dir, metrics, records)
     accelerator.wait_for_everyone()
     if cfg.checkpointing_steps != "no":
         save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
+    stop_if_requested(run, epoch + 1, saved=cfg.checkpointing_steps != "no")
+
+
+def stop_if_requested(run: TrainingRun, epoch: int, saved: bool = False) -> None:
+    """After a SIGTERM / SIGINT on any process: checkpoint (unless just done) and raise ``RunInterrupted``."""
+    signum = run.stop.requested(run.accelerator)
+    if not signum:
+        return
+    from .run_files import CHECKPOINT_DIR
+
+    path = run.output_dir / CHECKPOINT_DIR / f"step_{run.state.global_step}"
+    if not saved:
+        path = save_checkpoint(run.accelerator, run.output_dir, run.state, run.cfg.save_total_limit)
+    raise RunInterrupted(signum, min(epoch, run.cfg.num_train_epochs - 1), run.state.global_step, path)
 
 
 def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
-        data_seed: int | None = None) -> RunResults | None:
+        data_seed: int | None = None, stop: StopSignals | None = None) -> RunResults | None:
     """Train, evaluate every epoch, and export the best epoch; returns the results (main process).
 
     ``data_seed`` fixes the held-out split and subsets independently of ``cfg.seed``, so from-scratch
     runs with other seeds are scored on exactly the same examples.
     """
-    run = setup(cfg, modality, accelerator, output_dir, data_seed)
+    run = setup(cfg, modality, accelerator, output_dir, data_seed, stop)
     if run.resumed_from is not None:
         accelerator.print(f"resumed from {run.resumed_from} at epoch {run.state.epoch}, step {run.state.global_step}")
     if accelerator.is_main_process:
+        if cfg.overwrite_output_dir and not cfg.resume_from_checkpoint and holds_earlier_run(output_dir):
+            # only now that data and model loaded: a command that fails earlier leaves the old run intact
+            accelerator.print(f"replacing the earlier run in {output_dir} (--overwrite_output_dir)")
+            clear_earlier_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / RUN_CONFIG_NAME)
+    accelerator.wait_for_everyone()
     steps_per_epoch = run.scheduler.steps_per_epoch
     accelerator.print(f"model: {cfg.model_name_or_path} ({run.module.num_parameters() / 1e6:.1f}M parameters, "
                       f"{len(run.group_names)} layer groups), strategy {cfg.strategy}: {run.strategy.description()}; "
@@ -229,6 +251,7 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
                       f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} thread(s)")
     description = describe_run(cfg, modality, run.bundle, run.module, run.strategy, run.group_names)
     start_time, train_time, first_epoch = time.time(), 0.0, run.state.epoch
+    run.stop.in_training = True  # from here a signal means: checkpoint at the next step, then stop
     for epoch in range(run.state.epoch, cfg.num_train_epochs):
         epoch_start = time.time()
         train_loss = train_one_epoch(run, epoch)
