@@ -1,18 +1,26 @@
 """Data: ``datasets`` inputs -> checked, labelled train/eval splits.
 
 Inputs are a Hub (or local script) dataset name, a class-per-subfolder image folder, or CSV/JSON(L)
-text files. Every problem a user can fix (missing column, empty split, unreadable image, a
-validation label never seen in training) raises :class:`HFTransferError` before training starts.
+text files (checked row by row and decoded first: ``text_files``). Every problem a user can fix
+(missing column, a single class, empty split, unreadable image, a validation label never seen in
+training) raises :class:`HFTransferError` before training starts. Rows whose input or label is empty
+are skipped, and the count is printed; the held-out validation split is stratified by label.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, DatasetDict
 
 from .errors import HFTransferError
+from .text_files import SUFFIXES, check_text_file
+
+logger = logging.getLogger(__name__)
 
 INDEX_COLUMN = "__index__"
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
@@ -30,7 +38,7 @@ class DataBundle:
 
 
 def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, train_dir=None, validation_dir=None,
-                    train_file=None, validation_file=None, cache_dir=None) -> DatasetDict:
+                    train_file=None, validation_file=None, cache_dir=None, text_encoding: str = "auto") -> DatasetDict:
     """Load the user's data as a DatasetDict, translating loader failures into one-line errors."""
     if dataset_name:
         try:
@@ -46,7 +54,8 @@ def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, 
         files = {"train": _image_folder_pattern(train_dir, "--train_dir")}
         if validation_dir:
             files["validation"] = _image_folder_pattern(validation_dir, "--validation_dir")
-        return _load("imagefolder", files, cache_dir)
+        folders = {"train": train_dir, **({"validation": validation_dir} if validation_dir else {})}
+        return _label_single_class_folders(_load("imagefolder", files, cache_dir), folders)
     if not train_file:
         raise HFTransferError("no training data: pass --train_file (CSV/JSON/JSONL) or --dataset_name")
     files = {"train": _existing_file(train_file, "--train_file")}
@@ -55,11 +64,26 @@ def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, 
     extensions = {Path(f).suffix.lower() for f in files.values()}
     if len(extensions) > 1:
         raise HFTransferError(f"--train_file and --validation_file have different formats ({', '.join(extensions)}): use one format")
-    loader = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}.get(extensions.pop())
+    loader = SUFFIXES.get(extensions.pop())
     if loader is None:
         raise HFTransferError(f"unsupported text file type '{Path(train_file).suffix}': use .csv, .tsv, .json or .jsonl")
+    files = {split: as_utf8(path, check_text_file(path, text_encoding)) for split, path in files.items()}
     kwargs = {"delimiter": "\t"} if Path(train_file).suffix.lower() == ".tsv" else {}
     return _load(loader, files, cache_dir, **kwargs)
+
+
+def as_utf8(path: str, encoding: str) -> str:
+    """``path`` itself when it is UTF-8, else a UTF-8 copy (kept by content hash, so ``datasets`` caches it)."""
+    if encoding.replace("_", "-").lower() in ("utf-8", "utf8", "ascii"):
+        return path
+    raw = Path(path).read_bytes()
+    copy = Path(datasets.config.HF_DATASETS_CACHE) / "hftransfer_utf8" / (
+        f"{Path(path).stem}-{hashlib.sha1(raw).hexdigest()[:16]}{Path(path).suffix}")
+    if not copy.is_file():
+        from .run_files import write_text
+
+        write_text(copy, raw.decode(encoding))
+    return str(copy)
 
 
 def _load(builder: str, data_files: dict, cache_dir, **kwargs) -> DatasetDict:
@@ -76,9 +100,21 @@ def _image_folder_pattern(path: str, flag: str) -> str:
     p = Path(path)
     if not p.is_dir():
         raise HFTransferError(f"{flag} '{path}' is not a directory: pass a folder with one subfolder per class")
-    if not any(child.is_dir() for child in p.iterdir()):
+    classes = sorted(child.name for child in p.iterdir() if child.is_dir() and not child.name.startswith("."))
+    if not classes:
         raise HFTransferError(f"{flag} '{path}' has no class subfolders: put images in {path}/<class_name>/")
     return str(p / "**")
+
+
+def _label_single_class_folders(raw: DatasetDict, folders: dict[str, str]) -> DatasetDict:
+    """``imagefolder`` adds no label column when there is one class folder; add it, so that the one-class
+    case is reported as such (``prepare_splits``) instead of as a missing column."""
+    for split, folder in folders.items():
+        classes = sorted(c.name for c in Path(folder).iterdir() if c.is_dir() and not c.name.startswith("."))
+        if len(classes) == 1 and "label" not in raw[split].column_names:
+            labelled = raw[split].add_column("label", [0] * len(raw[split]))
+            raw[split] = labelled.cast_column("label", ClassLabel(names=classes))
+    return raw
 
 
 def _existing_file(path: str, flag: str) -> str:
@@ -99,6 +135,7 @@ def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, valid
             raise HFTransferError(
                 f"column '{column}' not found in the training data (columns: {', '.join(train.column_names)}): pass {flag}"
             )
+    train = drop_empty_rows(train, input_column, label_column, "train")
     if len(train) == 0:
         raise HFTransferError("the training split is empty: provide at least one example per class")
 
@@ -111,18 +148,14 @@ def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, valid
             )
         if len(train) < 2:
             raise HFTransferError("only one training example: need at least two to hold out a validation split")
-        stratify = label_column if isinstance(label_feature, ClassLabel) else None
-        try:
-            split = train.train_test_split(test_size=validation_fraction, seed=seed, stratify_by_column=stratify)
-        except ValueError:  # too few examples of some class to stratify
-            split = train.train_test_split(test_size=validation_fraction, seed=seed)
-        train, eval_ds = split["train"], split["test"]
+        train, eval_ds = hold_out(train, label_column, validation_fraction, seed)
     else:
         eval_ds = raw[eval_name]
         if label_column not in eval_ds.column_names or input_column not in eval_ds.column_names:
             raise HFTransferError(
                 f"the '{eval_name}' split lacks column '{label_column}' or '{input_column}' (columns: {', '.join(eval_ds.column_names)})"
             )
+        eval_ds = drop_empty_rows(eval_ds, input_column, label_column, eval_name)
     if len(eval_ds) == 0:
         raise HFTransferError("the validation split is empty: provide validation examples or a larger --validation_fraction")
 
@@ -145,6 +178,58 @@ def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, valid
     train = train.remove_columns([c for c in train.column_names if c not in keep])
     eval_ds = eval_ds.remove_columns([c for c in eval_ds.column_names if c not in keep])
     return DataBundle(train, eval_ds, id2label, multi_label, input_column)
+
+
+def _is_empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def drop_empty_rows(ds: datasets.Dataset, input_column: str, label_column: str, split: str) -> datasets.Dataset:
+    """Skip rows whose input or label is missing or blank, saying how many and which (images and text alike).
+
+    An empty list of labels is kept: in multi-label data it means "none of the labels".
+    """
+    view = ds.select_columns([input_column, label_column])
+    if isinstance(view.features[input_column], datasets.Image):
+        view = view.cast_column(input_column, datasets.Image(decode=False))  # read paths, do not decode
+    empty = [i for i, (x, y) in enumerate(zip(view[input_column], view[label_column]))
+             if _is_empty(y) or (x is None if isinstance(x, dict) or x is None else _is_empty(x))]
+    if not empty:
+        return ds
+    shown = ", ".join(str(i + 1) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+    logger.warning(f"skipped {len(empty)} of {len(ds)} {split} rows with an empty {input_column} or {label_column} "
+                   f"(row {shown})")
+    keep = sorted(set(range(len(ds))) - set(empty))
+    return ds.select(keep)
+
+
+def hold_out(train: datasets.Dataset, label_column: str, fraction: float, seed: int) -> tuple:
+    """Split off ``fraction`` of ``train`` as validation, stratified by label (seeded).
+
+    Every class keeps at least one training example, so a class with a single example stays in
+    training. Multi-label data is split at random.
+    """
+    rng = np.random.default_rng(seed)
+    labels = train[label_column]
+    if labels and isinstance(labels[0], list):
+        order = rng.permutation(len(train))
+        n_eval = max(1, round(fraction * len(train)))
+        return train.select(sorted(order[n_eval:])), train.select(sorted(order[:n_eval]))
+    by_class: dict = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    eval_idx = []
+    for label in sorted(by_class, key=str):
+        members = rng.permutation(by_class[label])
+        eval_idx += list(members[: min(len(members) - 1, round(fraction * len(members)))])
+    if not eval_idx:  # tiny data: take one example of the largest class
+        largest = max(by_class.values(), key=len)
+        if len(largest) < 2:
+            raise HFTransferError("every class has a single example, so none can be held out for validation: pass "
+                                  "validation data (--validation_dir / --validation_file) or more examples")
+        eval_idx = [int(rng.choice(largest))]
+    eval_set = set(int(i) for i in eval_idx)
+    return (train.select([i for i in range(len(train)) if i not in eval_set]), train.select(sorted(eval_set)))
 
 
 def _label_encoding(train, eval_ds, label_column, feature, multi_label, label_names):
@@ -181,6 +266,10 @@ def _label_encoding(train, eval_ds, label_column, feature, multi_label, label_na
         lookup = {v: i for i, v in enumerate(values)}
         names = [str(v) for v in values]
         to_id = lookup.__getitem__
+    if len(names) < 2 and not multi_label:
+        only = f" ('{names[0]}')" if names else ""
+        raise HFTransferError(f"the training data has only one class{only}: classification needs at least two, "
+                              "add examples of another class")
     if label_names:
         if len(label_names) != len(names):
             raise HFTransferError(f"--label_names has {len(label_names)} names but the data has {len(names)} labels ({', '.join(names)})")
@@ -212,7 +301,8 @@ def load_data(options, modality: str, data_seed: int | None = None) -> DataBundl
     """
     input_column = options.image_column_name if modality == "image" else options.text_column_name
     raw = load_raw_splits(modality, options.dataset_name, options.dataset_config_name, options.train_dir,
-                          options.validation_dir, options.train_file, options.validation_file)
+                          options.validation_dir, options.train_file, options.validation_file,
+                          text_encoding=getattr(options, "text_encoding", "auto"))
     return prepare_splits(raw, input_column, options.label_column_name, options.validation_fraction,
                           options.seed if data_seed is None else data_seed, options.max_train_samples,
                           options.max_eval_samples, options.label_names)
