@@ -51,11 +51,8 @@ def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, 
     if modality == "image":
         if not train_dir:
             raise HFTransferError("no training data: pass --train_dir (class-per-subfolder images) or --dataset_name")
-        files = {"train": _image_folder_pattern(train_dir, "--train_dir")}
-        if validation_dir:
-            files["validation"] = _image_folder_pattern(validation_dir, "--validation_dir")
         folders = {"train": train_dir, **({"validation": validation_dir} if validation_dir else {})}
-        return _label_single_class_folders(_load("imagefolder", files, cache_dir), folders)
+        return _load_image_folders(folders, cache_dir)
     if not train_file:
         raise HFTransferError("no training data: pass --train_file (CSV/JSON/JSONL) or --dataset_name")
     files = {"train": _existing_file(train_file, "--train_file")}
@@ -96,25 +93,39 @@ def _load(builder: str, data_files: dict, cache_dir, **kwargs) -> DatasetDict:
         ) from None
 
 
-def _image_folder_pattern(path: str, flag: str) -> str:
+def _load_image_folders(folders: dict[str, str], cache_dir) -> DatasetDict:
+    """One ``imagefolder`` load per split, with one label set: the union of every split's class folders.
+
+    Loading the splits together would make ``imagefolder`` drop the labels whenever the folders sit
+    at different depths (``data/train`` and ``/elsewhere/val``); a single class folder would leave no
+    label column at all, where the one-class case should be reported as such.
+    """
+    classes = {split: _class_folders(folder, f"--{split}_dir") for split, folder in folders.items()}
+    names = sorted(set().union(*classes.values()))
+    out = {}
+    for split, folder in folders.items():
+        ds = _load("imagefolder", {split: str(Path(folder) / "**")}, cache_dir)[split]
+        own = classes[split]
+        if "label" in ds.column_names:
+            remap = {i: names.index(name) for i, name in enumerate(ds.features["label"].names)}
+            ds = ds.map(lambda y: {"label": [remap[v] for v in y]}, input_columns="label", batched=True,
+                        features=datasets.Features({**ds.features, "label": ClassLabel(names=names)}),
+                        desc=f"labelling {split} images")
+        else:  # imagefolder adds no label column for a single class folder
+            ds = ds.add_column("label", [names.index(own[0])] * len(ds))
+            ds = ds.cast_column("label", ClassLabel(names=names))
+        out[split] = ds
+    return DatasetDict(out)
+
+
+def _class_folders(path: str, flag: str) -> list[str]:
     p = Path(path)
     if not p.is_dir():
         raise HFTransferError(f"{flag} '{path}' is not a directory: pass a folder with one subfolder per class")
     classes = sorted(child.name for child in p.iterdir() if child.is_dir() and not child.name.startswith("."))
     if not classes:
         raise HFTransferError(f"{flag} '{path}' has no class subfolders: put images in {path}/<class_name>/")
-    return str(p / "**")
-
-
-def _label_single_class_folders(raw: DatasetDict, folders: dict[str, str]) -> DatasetDict:
-    """``imagefolder`` adds no label column when there is one class folder; add it, so that the one-class
-    case is reported as such (``prepare_splits``) instead of as a missing column."""
-    for split, folder in folders.items():
-        classes = sorted(c.name for c in Path(folder).iterdir() if c.is_dir() and not c.name.startswith("."))
-        if len(classes) == 1 and "label" not in raw[split].column_names:
-            labelled = raw[split].add_column("label", [0] * len(raw[split]))
-            raw[split] = labelled.cast_column("label", ClassLabel(names=classes))
-    return raw
+    return classes
 
 
 def _existing_file(path: str, flag: str) -> str:

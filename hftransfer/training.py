@@ -164,6 +164,7 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
             state.global_step += 1
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
                 save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
+            crash_test_hooks(state.global_step, accelerator.is_main_process)
             stop_if_requested(run, epoch)
     bar.close()
     return state.epoch_loss_sum / max(1, state.epoch_loss_batches)
@@ -211,6 +212,19 @@ def finish_epoch(run: TrainingRun, epoch: int, train_loss: float, metrics: dict,
     if cfg.checkpointing_steps != "no":
         save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
     stop_if_requested(run, epoch + 1, saved=cfg.checkpointing_steps != "no")
+
+
+def crash_test_hooks(step: int, is_main_process: bool) -> None:
+    """For the crash and preemption tests: ``HFTRANSFER_TEST_KILL_AT_STEP=N`` SIGKILLs every process after
+    optimizer step N; ``HFTRANSFER_TEST_SIGNAL_AT_STEP=N:TERM`` sends the main process SIGTERM (or INT) there."""
+    import os
+    import signal
+
+    if os.environ.get("HFTRANSFER_TEST_KILL_AT_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+    at, _, name = os.environ.get("HFTRANSFER_TEST_SIGNAL_AT_STEP", "").partition(":")
+    if at == str(step) and is_main_process:
+        os.kill(os.getpid(), getattr(signal, f"SIG{name or 'TERM'}"))
 
 
 def stop_if_requested(run: TrainingRun, epoch: int, saved: bool = False) -> None:

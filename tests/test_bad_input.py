@@ -1,0 +1,212 @@
+"""The bad-input matrix: every mistake a user can make ends as exit 2 with exactly one ``error:`` line,
+no traceback, and an earlier run in the same output_dir untouched (even with --overwrite_output_dir).
+
+The recipes and ``hftransfer rank`` run in this process (``cli.run_recipe`` / ``cli.main``, what the
+scripts call), so the matrix stays fast; test_recipes.py checks the same path in fresh interpreters.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from builders import IMAGE_TINY, ROOT, make_image_folder, make_text_file
+
+from hftransfer import cli
+from hftransfer.checkpoint import RunLock
+
+EARLIER = {"all_results.json": '{"eval_accuracy": 0.99}\n', "model.safetensors": "weights of the earlier run",
+           "config.yaml": "seed: 1\n"}
+
+
+@pytest.fixture
+def earlier_run(tmp_path) -> Path:
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, content in EARLIER.items():
+        (out / name).write_text(content)
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    """Tiny good and bad inputs, made once."""
+    root = tmp_path_factory.mktemp("inputs")
+    make_image_folder(root / "img" / "train")
+    make_image_folder(root / "img" / "val", per_class=3, seed=1)
+    make_image_folder(root / "one_class", classes=("cats",))
+    (root / "flat").mkdir()
+    (root / "flat" / "x.png").write_bytes((root / "img" / "train" / "cats" / "0.png").read_bytes())
+    make_image_folder(root / "corrupt", per_class=2)  # another depth than img/val: labels must still load
+    (root / "corrupt" / "cats" / "x.jpg").write_bytes(b"not an image")
+    make_text_file(root / "train.csv")
+    make_text_file(root / "val.csv", n=8, seed=1)
+    (root / "fields.csv").write_text("text,label\ngood,pos\nbad movie, really,neg\nfine,pos\n")
+    (root / "broken.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"\n')
+    (root / "latin.csv").write_bytes("text,label\ncaf\xe9 good,pos\nawful,neg\n".encode("latin-1"))
+    (root / "one_class.csv").write_text("text,label\ngood,pos\nfine,pos\ngreat,pos\n")
+    (root / "unseen_val.csv").write_text("text,label\ngood,pos\nbad,meh\n")
+    (root / "train.parquetx").write_text("x")
+    (root / "val.jsonl").write_text('{"text": "good", "label": "pos"}\n')
+    (root / "a_file").write_text("not a folder")
+    (root / "unknown_key.yaml").write_text("learning_rat: 0.1\n")
+    return {k: str(v) for k, v in {
+        "train": root / "img" / "train", "val": root / "img" / "val", "one_class": root / "one_class",
+        "flat": root / "flat", "corrupt": root / "corrupt", "train_csv": root / "train.csv", "val_csv": root / "val.csv",
+        "fields": root / "fields.csv", "broken": root / "broken.jsonl", "latin": root / "latin.csv",
+        "one_class_csv": root / "one_class.csv", "unseen_val": root / "unseen_val.csv",
+        "parquetx": root / "train.parquetx", "val_jsonl": root / "val.jsonl", "a_file": root / "a_file",
+        "unknown_key": root / "unknown_key.yaml"}.items()}
+
+
+IMAGE_CASES = [  # (extra flags, words the error line must contain); {name} = a path from ``files``
+    (["--learning_rate", "-1"], "--learning_rate -1.0 is out of range"),
+    (["--learning_rate", "0"], "--learning_rate 0.0 is out of range: use a number > 0"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0 is out of range"),
+    (["--per_device_eval_batch_size", "-3"], "--per_device_eval_batch_size -3 is out of range"),
+    (["--num_train_epochs", "0"], "--num_train_epochs 0 is out of range: use a number >= 1"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0 is out of range"),
+    (["--warmup_ratio", "1.5"], "--warmup_ratio 1.5 is out of range"),
+    (["--validation_fraction", "1"], "--validation_fraction 1.0 is out of range"),
+    (["--layer_decay", "1.5"], "--layer_decay 1.5 is out of range: use a number > 0 and <= 1"),
+    (["--head_dropout", "1.0"], "--head_dropout 1.0 is out of range"),
+    (["--label_smoothing", "-0.1"], "--label_smoothing -0.1 is out of range"),
+    (["--weight_decay", "-1"], "--weight_decay -1.0 is out of range"),
+    (["--max_grad_norm", "-1"], "--max_grad_norm -1.0 is out of range"),
+    (["--unfreeze_every", "0"], "--unfreeze_every 0 is out of range"),
+    (["--scratch_seeds", "0"], "--scratch_seeds 0 is out of range"),
+    (["--head_hidden_sizes", "64", "0", "--head", "mlp"], "--head_hidden_sizes 0 is out of range"),
+    (["--metric_for_best_model", "auc"], "unknown metric_for_best_model 'auc'"),
+    (["--checkpointing_steps", "epoch5"], "--checkpointing_steps 'epoch5' is not valid"),
+    (["--checkpointing_steps", "0"], "--checkpointing_steps '0' is not valid"),
+    (["--strategy", "best"], "unknown strategy 'best'"),
+    (["--bn_stats", "sometimes"], "unknown bn_stats 'sometimes'"),
+    (["--feature_cache", "maybe"], "unknown feature_cache 'maybe'"),
+    (["--lr_scheduler_type", "step"], "unknown lr_scheduler_type 'step'"),
+    (["--mixed_precision", "fp8"], "unknown mixed_precision 'fp8'"),
+    (["--head", "conv"], "unknown head 'conv'"),
+    (["--learning_rat", "0.1"], "unrecognized arguments: --learning_rat"),
+    (["--num_train_epochs", "many"], "invalid int value: 'many'"),
+    (["--train_norm", "perhaps"], "expected true or false"),
+    (["--crop_scale", "0.9", "0.2"], "--crop_scale 0.9 0.2"),
+    (["--output_dir", "{a_file}"], "is a file"),
+    (["--train_dir", "/nonexistent/train"], "--train_dir '/nonexistent/train' does not exist"),
+    (["--train_dir", "{a_file}"], "is a file"),
+    (["--train_file", "{train_csv}"], "--train_dir and --train_file both name training data"),
+    (["--weights", "/nonexistent.safetensors"], "--weights '/nonexistent.safetensors' is not pretrained, random"),
+    (["--resume_from_checkpoint", "/nonexistent/step_3"], "--resume_from_checkpoint '/nonexistent/step_3' is not a folder"),
+    (["--resume_from_checkpoint", "latest"], "no checkpoint to resume from"),
+    (["--config", "/nonexistent.yaml"], "config file '/nonexistent.yaml' not found"),
+    (["--config", "{unknown_key}"], "unknown option(s) learning_rat"),
+    (["--compare_scratch"], "--compare_scratch compares pretrained weights with random init"),
+    (["--model_name_or_path", "resnet5O"], "unknown timm model 'resnet5O'"),
+    (["--train_dir", "{one_class}", "--validation_dir", "{one_class}"], "only one class ('cats')"),
+    (["--train_dir", "{flat}", "--validation_dir", "{val}"], "has no class subfolders"),
+    (["--label_column_name", "category"], "column 'category' not found"),
+    (["--train_dir", "{corrupt}", "--validation_dir", "{val}"], "cannot read image"),
+]
+
+TEXT_CASES = [
+    (["--train_file", "{fields}", "--validation_file", "{val_csv}"], "fields.csv:3: 3 field(s), but the header has 2"),
+    (["--train_file", "{broken}", "--validation_file", "{val_jsonl}"], "broken.jsonl:2: not valid JSON"),
+    (["--train_file", "{latin}", "--text_encoding", "utf-8", "--validation_file", "{val_csv}"],
+     "byte 0xe9 at offset 14 is not utf-8"),
+    (["--train_file", "{one_class_csv}", "--validation_file", "{one_class_csv}"], "only one class ('pos')"),
+    (["--train_file", "{train_csv}", "--validation_file", "{unseen_val}"], "validation label(s) meh never occur"),
+    (["--train_file", "{parquetx}"], "unsupported text file type '.parquetx'"),
+    (["--train_file", "{train_csv}", "--validation_file", "{val_jsonl}"], "have different formats"),
+    (["--train_file", "{train_csv}", "--text_encoding", "klingon"], "--text_encoding 'klingon' is not a known codec"),
+    (["--train_file", "{train_csv}", "--max_seq_length", "1"], "--max_seq_length 1 is out of range"),
+    (["--train_file", "{train_csv}", "--pooling", "max"], "unknown pooling 'max'"),
+    (["--train_file", "{train_csv}", "--model_name_or_path", "/nonexistent/encoder"], "could not load text encoder"),
+    (["--train_file", "{train_csv}", "--label_names", "a", "b", "c"], "--label_names has 3 names but the data has 2"),
+]
+
+RANK_CASES = [
+    ([], "no candidates"),
+    (["--candidates", "test_efficientnet", "--learning_rate", "0.1"], "unrecognized arguments: --learning_rate"),
+    (["--candidate", "test_efficientnet"], "unrecognized arguments: --candidate"),
+    (["--candidates", "test_efficientnet", "{tiny_bert}"], "candidates mix modalities"),
+    (["--candidates", "test_efficientnet", "--output_dir", "{a_file}"], "is a file"),
+    (["--candidates", "test_efficientnet", "--per_device_eval_batch_size", "0"], "is out of range"),
+]
+
+
+def _fill(args: list, paths: dict) -> list:
+    return [a.format(**paths) if isinstance(a, str) else a for a in args]
+
+
+def assert_one_error_line(capsys, exit_info, match: str) -> str:
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-2000:]
+    assert match in lines[0], lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def assert_untouched(out: Path) -> None:
+    assert sorted(p.name for p in out.iterdir()) == sorted(EARLIER)
+    for name, content in EARLIER.items():
+        assert (out / name).read_text() == content, name
+
+
+@pytest.mark.parametrize("extra,match", IMAGE_CASES, ids=[c[1][:40] for c in IMAGE_CASES])
+def test_image_recipe_bad_input(extra, match, files, earlier_run, capsys):
+    argv = [*IMAGE_TINY, "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir", earlier_run,
+            "--overwrite_output_dir", *_fill(extra, files)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_recipe("image", ROOT / "recipes" / "configs" / "image_cls.yaml", list(map(str, argv)))
+    assert_one_error_line(capsys, exit_info, match)
+    assert_untouched(earlier_run)
+
+
+@pytest.mark.parametrize("extra,match", TEXT_CASES, ids=[c[1][:40] for c in TEXT_CASES])
+def test_text_recipe_bad_input(extra, match, files, tiny_bert, earlier_run, capsys):
+    argv = ["--model_name_or_path", tiny_bert, "--per_device_train_batch_size", "4", "--output_dir", earlier_run,
+            "--overwrite_output_dir", *_fill(extra, files)]
+    if "--model_name_or_path" in extra:
+        argv = argv[2:]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_recipe("text", ROOT / "recipes" / "configs" / "text_cls.yaml", list(map(str, argv)))
+    assert_one_error_line(capsys, exit_info, match)
+    assert_untouched(earlier_run)
+
+
+@pytest.mark.parametrize("extra,match", RANK_CASES, ids=[c[1][:40] for c in RANK_CASES])
+def test_rank_bad_input(extra, match, files, tiny_bert, earlier_run, capsys):
+    argv = ["rank", "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir", earlier_run,
+            *_fill(extra, {**files, "tiny_bert": tiny_bert})]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(map(str, argv)))
+    assert_one_error_line(capsys, exit_info, match)
+    assert_untouched(earlier_run)
+
+
+def test_a_live_run_in_the_same_output_dir_is_named(files, earlier_run, capsys):
+    held = RunLock(earlier_run).acquire()  # another open file description: flock conflicts like another process
+    try:
+        argv = [*IMAGE_TINY, "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir",
+                earlier_run, "--overwrite_output_dir"]
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_recipe("image", ROOT / "recipes" / "configs" / "image_cls.yaml", list(map(str, argv)))
+        line = assert_one_error_line(capsys, exit_info, "is in use by a live run")
+        assert "pid " in line
+    finally:
+        held.release()
+    assert sorted(p.name for p in earlier_run.iterdir()) == sorted(EARLIER)
+
+
+def test_the_matrix_has_at_least_forty_cases():
+    assert len(IMAGE_CASES) + len(TEXT_CASES) + len(RANK_CASES) >= 40
+
+
+def test_overwrite_replaces_the_earlier_run_once_data_and_model_loaded(files, earlier_run):
+    argv = [*IMAGE_TINY, "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir", earlier_run,
+            "--overwrite_output_dir", "--num_train_epochs", "1", "--strategy", "linear_probe"]
+    results = cli.run_recipe("image", ROOT / "recipes" / "configs" / "image_cls.yaml", list(map(str, argv)))
+    assert results["epochs"] == 1
+    assert json.loads((earlier_run / "all_results.json").read_text())["epochs"] == 1
+    assert (earlier_run / "model.safetensors").read_bytes() != EARLIER["model.safetensors"].encode()
+    assert not (earlier_run / "hftransfer.lock").exists()
