@@ -558,7 +558,6 @@ def main(argv=None) -> int:
             feature_cache = "--feature_cache" in help_text
             print(f"hftransfer --feature_cache: {'accepted, passing auto' if feature_cache else 'not accepted by the recipe yet, not passed'}")
 
-        step = step_comparison(args) if args.step else None
         results = {}
         for name in args.names:
             cmp = COMPARISONS[name]
@@ -571,6 +570,8 @@ def main(argv=None) -> int:
             h, t = median_of(runs["hftransfer"]), median_of(runs["trainer"])
             results[name] = {"hftransfer": h, "trainer": t, "verdict": verdicts(cmp, h, t) if h and t else None}
 
+        # last: the in-process models raise this process's RSS, which every child forked later would inherit
+        step = step_comparison(args) if args.step else None
         loads = (load_start, os.getloadavg()[0])
         rows = table_rows(results)
         print()

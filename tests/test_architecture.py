@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hftransfer"
 
 # bottom to top, as docs/architecture.md lists them (there top to bottom)
 LAYERS = [
-    {"data", "metrics", "transferability", "run_files", "errors"},
+    {"data", "text_files", "metrics", "transferability", "run_files", "errors"},
     {"backbones", "backbone_base", "timm_backbone", "text_backbone", "heads", "preprocessing", "offline"},
     {"hub", "card", "card_sections", "export", "report"},
     {"model"},
