@@ -1,13 +1,11 @@
-"""Run configuration: option groups by concern, filled from defaults < YAML ``--config`` < flags.
+"""Run configuration from defaults < YAML ``--config`` < command-line flags, into the option groups of ``options``.
 
-``TrainConfig`` combines the groups (model, data, augmentation, strategy, optimization, run, hub),
-so every option is still ``cfg.<flag name>``; ``RankConfig`` (``hftransfer rank``) inherits the
-data group, so ranking reads data with the recipes' names, defaults and parsing. Flag names follow
-transformers' example scripts where the concept is the same (``--model_name_or_path``,
-``--train_dir``, ``--per_device_train_batch_size``, ...). Relative data paths inside a YAML file are
-resolved against that file's folder, so a config travels with its data; ``output_dir`` stays
-relative to the working directory. ``validate()`` runs right after parsing, before anything is
-read, written or deleted.
+Flag names follow transformers' example scripts where the concept is the same
+(``--model_name_or_path``, ``--train_dir``, ``--per_device_train_batch_size``, ...). Relative data
+paths inside a YAML file are resolved against that file's folder, so a config travels with its
+data; ``output_dir`` stays relative to the working directory. ``load_config`` validates the result.
+Usage mistakes (an unknown or misspelled flag: abbreviations are not accepted, a value of the wrong
+type) are ``HFTransferError`` lines like every other error.
 """
 from __future__ import annotations
 
@@ -15,325 +13,14 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Optional
 
 from .errors import HFTransferError
-from .model import BN_STATS
+from .options import DATA_SOURCE_FIELDS, JOB_FIELDS, PATH_FIELDS, Options, RankConfig, TrainConfig
 from .run_files import read_yaml, write_yaml
-from .strategies import STRATEGIES
 
-DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
-METRICS = ("accuracy", "f1", "loss", "eval_accuracy", "eval_f1", "eval_loss")
-PATH_FIELDS = ("train_dir", "validation_dir", "train_file", "validation_file")
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed numbers of an option: ``lo < v`` (or ``<=`` when ``lo_inclusive``), likewise for ``hi``."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_inclusive: bool = True
-    hi_inclusive: bool = True
-
-    def __contains__(self, v) -> bool:
-        ok_lo = self.lo is None or (v >= self.lo if self.lo_inclusive else v > self.lo)
-        ok_hi = self.hi is None or (v <= self.hi if self.hi_inclusive else v < self.hi)
-        return ok_lo and ok_hi
-
-    def __str__(self) -> str:
-        parts = []
-        if self.lo is not None:
-            parts.append(f"{'>=' if self.lo_inclusive else '>'} {self.lo:g}")
-        if self.hi is not None:
-            parts.append(f"{'<=' if self.hi_inclusive else '<'} {self.hi:g}")
-        return "a number " + " and ".join(parts)
-
-
-POSITIVE = Range(0, lo_inclusive=False)
-AT_LEAST_ONE = Range(1)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1, hi_inclusive=False)  # [0, 1)
-OPEN_FRACTION = Range(0, 1, lo_inclusive=False, hi_inclusive=False)  # (0, 1)
-
-
-def _f(default, help: str, choices: tuple | None = None, valid: Range | None = None):
-    metadata = {"help": help, "choices": choices, "valid": valid}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _pooling():  # one definition for the recipes and for ranking
-    return _f("mean", "text pooling: mean (mask-aware), cls or pooler", ("mean", "cls", "pooler"))
-
-
-class Options:
-    """Shared behaviour of the option groups and of the configs built from them."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> "Options":
-        """Check every value before the run touches anything; one ``HFTransferError`` line per problem."""
-        for f in fields(self):
-            value, choices, valid = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("valid")
-            if choices and value is not None and value not in choices:
-                raise HFTransferError(f"unknown {f.name} '{value}' (--{f.name}): use one of {', '.join(map(str, choices))}")
-            for v in (value if isinstance(value, list) else [value]):
-                if valid is not None and v is not None and v not in valid:
-                    raise HFTransferError(f"--{f.name} {v} is out of range: use {valid}")
-        return self
-
-
-@dataclass
-class SessionOptions(Options):
-    """How this process runs, whatever it runs."""
-
-    config: Optional[str] = _f(None, "YAML file with any of these options; flags override it")
-    seed: int = _f(42, "random seed")
-    num_threads: Optional[int] = _f(None, "torch threads per process on CPU (default: cores / local processes)",
-                                    valid=AT_LEAST_ONE)
-    dataloader_num_workers: Optional[int] = _f(None, "loader worker processes (default: by core count)",
-                                               valid=NON_NEGATIVE)
-
-
-@dataclass
-class DataOptions(Options):
-    """Which examples, which columns, how they are split and preprocessed for the backbone."""
-
-    dataset_name: Optional[str] = _f(None, "a datasets Hub name or local dataset script/folder")
-    dataset_config_name: Optional[str] = _f(None, "the dataset's configuration name")
-    train_dir: Optional[str] = _f(None, "image folder with one subfolder per class")
-    validation_dir: Optional[str] = _f(None, "validation image folder (same classes)")
-    train_file: Optional[str] = _f(None, "text training data: .csv, .tsv, .json or .jsonl")
-    validation_file: Optional[str] = _f(None, "text validation data, same format")
-    image_column_name: str = _f("image", "column holding the images")
-    text_column_name: str = _f("text", "column holding the texts")
-    label_column_name: str = _f("label", "column holding the labels (a list per row = multi-label)")
-    label_names: Optional[list[str]] = _f(None, "names for the labels in sorted order, e.g. negative positive")
-    validation_fraction: float = _f(0.15, "fraction of train held out (stratified) when no validation split is given",
-                                    valid=OPEN_FRACTION)
-    max_train_samples: Optional[int] = _f(None, "truncate training data (random subset, seeded)", valid=AT_LEAST_ONE)
-    max_eval_samples: Optional[int] = _f(None, "truncate validation data (random subset, seeded)", valid=AT_LEAST_ONE)
-    max_seq_length: int = _f(128, "text: truncate longer sequences (batches are padded dynamically)", valid=Range(2))
-    text_encoding: str = _f("auto", "text files' encoding: auto (UTF-8, else detected and said so) or a codec name "
-                            "such as utf-8, cp1252, latin-1")
-    decode_size: Optional[int] = _f(None, "image: decode once, shrinking the shorter side to this many pixels "
-                                    "(default: the model's eval resize size, e.g. 256 for 224 inputs; 0 = keep size)",
-                                    valid=NON_NEGATIVE)
-    per_device_eval_batch_size: int = _f(64, "evaluation (and feature extraction) batch size per process",
-                                         valid=AT_LEAST_ONE)
-    feature_cache_dir: Optional[str] = _f(None, "also keep cached features on disk here, reused across runs")
-    feature_cache_dtype: str = _f("float32", "float32 or float16 (half the memory)", ("float32", "float16"))
-
-    def uses_own_data(self) -> bool:
-        return any(getattr(self, name) for name in DATA_SOURCE_FIELDS)
-
-    def validate(self) -> "DataOptions":
-        super().validate()
-        if self.train_dir and self.train_file:
-            raise HFTransferError("--train_dir and --train_file both name training data: pass one of them")
-        for flag, partner in (("validation_dir", "train_dir"), ("validation_file", "train_file")):
-            if getattr(self, flag) and not getattr(self, partner) and not self.dataset_name:
-                raise HFTransferError(f"--{flag} is given without --{partner}: pass the training data too")
-        for flag in ("train_dir", "validation_dir"):
-            path = getattr(self, flag)
-            if path and not Path(path).is_dir():
-                what = "is a file" if Path(path).exists() else "does not exist"
-                raise HFTransferError(f"--{flag} '{path}' {what}: pass a folder with one subfolder per class")
-        for flag in ("train_file", "validation_file"):
-            path = getattr(self, flag)
-            if path and not Path(path).is_file():
-                what = "is a folder" if Path(path).exists() else "does not exist"
-                raise HFTransferError(f"--{flag} '{path}' {what}: pass an existing CSV/TSV/JSON/JSONL file")
-        if self.feature_cache_dir and Path(self.feature_cache_dir).is_file():
-            raise HFTransferError(f"--feature_cache_dir '{self.feature_cache_dir}' is a file: pass a folder (created if missing)")
-        if self.text_encoding != "auto":
-            import codecs
-
-            try:
-                codecs.lookup(self.text_encoding)
-            except LookupError:
-                raise HFTransferError(f"--text_encoding '{self.text_encoding}' is not a known codec: use auto, utf-8, "
-                                      "cp1252, latin-1, utf-16, ...") from None
-        return self
-
-
-@dataclass
-class ModelOptions(Options):
-    model_name_or_path: str = _f("", "timm model name / hf-hub:repo (image) or transformers model id / folder (text)")
-    weights: str = _f("pretrained", "pretrained (bundled offline copy when installed, else the Hub), random, or a state-dict file")
-    head: str = _f("linear", "classification head: linear or mlp", ("linear", "mlp"))
-    head_hidden_sizes: list[int] = _f([512], "hidden sizes of the mlp head", valid=AT_LEAST_ONE)
-    head_dropout: float = _f(0.0, "dropout before the head's layers", valid=FRACTION)
-    pooling: str = _pooling()
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)", valid=FRACTION)
-
-
-@dataclass
-class AugmentationOptions(Options):
-    """How training batches differ from evaluation ones."""
-
-    augment: bool = _f(True, "image: random crop/flip/jitter while training (false = eval transform)")
-    crop_scale: list[float] = _f([0.08, 1.0], "image: RandomResizedCrop scale range for training",
-                                 valid=Range(0, 1, lo_inclusive=False))
-    color_jitter: float = _f(0.4, "image: color jitter strength for training (0 = off)", valid=NON_NEGATIVE)
-    group_by_length: bool = _f(True, "text: batch sentences of similar length together (less padding)")
-
-
-@dataclass
-class StrategyOptions(Options):
-    strategy: str = _f("full", "full, linear_probe, partial, gradual or lp_ft", STRATEGIES)
-    unfreeze_top_k: int = _f(2, "partial: number of top backbone groups that train", valid=NON_NEGATIVE)
-    unfreeze_every: int = _f(1, "gradual: epochs between unfreezing one more group", valid=AT_LEAST_ONE)
-    lp_epochs: int = _f(1, "lp_ft: epochs of linear probing before fine-tuning everything", valid=NON_NEGATIVE)
-    train_norm: bool = _f(False, "keep normalization layers trainable inside frozen groups")
-    bn_stats: str = _f("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or none", BN_STATS)
-    feature_cache: str = _f("auto", "auto: compute frozen-backbone features once for epochs where the whole backbone "
-                            "is frozen (trained without augmentation); off: run the backbone every epoch", ("auto", "off"))
-
-
-@dataclass
-class OptimizationOptions(Options):
-    learning_rate: float = _f(1e-4, "backbone learning rate (peak)", valid=POSITIVE)
-    head_learning_rate: Optional[float] = _f(None, "head learning rate (default: 10x learning_rate)", valid=POSITIVE)
-    layer_decay: float = _f(1.0, "layer-wise LR decay: group i of n gets lr * decay^(n-1-i); 1 = off",
-                            valid=Range(0, 1, lo_inclusive=False))
-    l2sp_alpha: float = _f(0.0, "L2-SP: pull of the backbone towards its pretrained weights, alpha/2*||w-w0||^2 (0 = off)",
-                           valid=NON_NEGATIVE)
-    l2sp_beta: float = _f(0.0, "L2-SP: plain L2 on the new head, beta/2*||w_head||^2 (used when L2-SP is on)",
-                          valid=NON_NEGATIVE)
-    weight_decay: float = _f(0.01, "AdamW weight decay (never on biases and norm weights)", valid=NON_NEGATIVE)
-    lr_scheduler_type: str = _f("cosine", "cosine, linear or constant, after linear warmup", ("cosine", "linear", "constant"))
-    warmup_ratio: float = _f(0.1, "fraction of each phase spent warming up", valid=FRACTION)
-    num_train_epochs: int = _f(3, "training epochs", valid=AT_LEAST_ONE)
-    per_device_train_batch_size: int = _f(32, "batch size per process", valid=AT_LEAST_ONE)
-    gradient_accumulation_steps: int = _f(1, "batches per optimizer step", valid=AT_LEAST_ONE)
-    max_grad_norm: float = _f(1.0, "gradient clipping (0 = off)", valid=NON_NEGATIVE)
-    mixed_precision: Optional[str] = _f(None, "no, fp16 or bf16 (default: accelerate's setting, else bf16 on "
-                                        "GPUs that support it and no on CPU)", ("no", "fp16", "bf16"))
-    torch_compile: bool = _f(False, "compile the model with torch.compile (inductor); pays off on GPUs and long runs")
-
-    @property
-    def effective_head_lr(self) -> float:
-        return self.head_learning_rate if self.head_learning_rate is not None else 10 * self.learning_rate
-
-    @property
-    def l2sp_active(self) -> bool:
-        return self.l2sp_alpha > 0 or self.l2sp_beta > 0
-
-
-@dataclass
-class ComparisonOptions(Options):
-    """Did transfer help? The same architecture from random init, same budget."""
-
-    compare_scratch: bool = _f(False, "also train the same architecture from random init with the same budget and "
-                               "report the transfer gain (all_results.json, model card)")
-    scratch_learning_rate: float = _f(1e-3, "peak learning rate of the from-scratch runs (backbone and head)",
-                                      valid=POSITIVE)
-    scratch_seeds: int = _f(1, "from-scratch runs (seeds seed, seed+1, ...); 2+ measure seed noise for the verdict",
-                            valid=AT_LEAST_ONE)
-
-
-@dataclass
-class RunOptions(Options):
-    """Where the run lives on disk and how it checkpoints, resumes and picks the exported epoch."""
-
-    output_dir: str = _f("outputs/run", "where the model, checkpoints and results go")
-    overwrite_output_dir: bool = _f(False, "replace what output_dir holds from an earlier run (deleted only once the new "
-                                    "run has loaded its data and model; ignored with --resume_from_checkpoint)")
-    resume_from_checkpoint: Optional[str] = _f(None, "a checkpoint folder, or 'latest' in output_dir")
-    checkpointing_steps: str = _f("epoch", "'epoch', a number of optimizer steps, or 'no'")
-    save_total_limit: int = _f(2, "complete checkpoints kept (older ones are deleted; 0 = keep all)", valid=NON_NEGATIVE)
-    metric_for_best_model: str = _f("accuracy", "picks the exported epoch: accuracy or f1 (higher is better) or loss "
-                                    "(lower is better); an eval_ prefix is accepted", METRICS)
-    ddp_timeout: int = _f(1800, "seconds a process waits for the others before failing", valid=AT_LEAST_ONE)
-
-    @property
-    def best_metric(self) -> tuple[str, bool]:
-        """(metric name without ``eval_``, whether higher is better) of ``metric_for_best_model``."""
-        name = self.metric_for_best_model.removeprefix("eval_")
-        return name, name != "loss"
-
-    @property
-    def checkpoint_every(self) -> int:
-        """Optimizer steps between step checkpoints (0: only at epoch ends, or never)."""
-        return int(self.checkpointing_steps) if str(self.checkpointing_steps).isdigit() else 0
-
-
-@dataclass
-class HubOptions(Options):
-    """Publishing; the token comes from HF_TOKEN or `hf auth login`, never from a flag or a file we write."""
-
-    push_to_hub: bool = _f(False, "push the exported model and its card to the Hub at the end")
-    hub_model_id: Optional[str] = _f(None, "repo id to push to (default: output_dir's name under your user)")
-    hub_private: bool = _f(False, "create the Hub repo as private")
-    hub_revision: Optional[str] = _f(None, "branch to push to (created if missing)")
-    hub_create_pr: bool = _f(False, "open a pull request instead of committing to the branch")
-
-
-# --help lists the groups in this order: the dataclass fields of the last base come first
-@dataclass
-class TrainConfig(HubOptions, RunOptions, ComparisonOptions, OptimizationOptions, StrategyOptions,
-                  AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
-    """Everything a recipe run takes."""
-
-    def validate(self) -> "TrainConfig":
-        """Every value and combination, before the run reads, writes or deletes anything."""
-        super().validate()
-        steps = str(self.checkpointing_steps)
-        if steps not in ("epoch", "no") and not (steps.isdigit() and int(steps) > 0):
-            raise HFTransferError(f"--checkpointing_steps '{steps}' is not valid: use epoch, no or a number of steps")
-        if not self.model_name_or_path:
-            raise HFTransferError("no model: pass --model_name_or_path (a timm name or a transformers model id / folder)")
-        if self.weights not in ("pretrained", "random") and not Path(self.weights).is_file():
-            raise HFTransferError(f"--weights '{self.weights}' is not pretrained, random or an existing state-dict file")
-        if self.compare_scratch and self.weights == "random":
-            raise HFTransferError("--compare_scratch compares pretrained weights with random init, but --weights is already random")
-        if self.crop_scale and (len(self.crop_scale) != 2 or self.crop_scale[0] > self.crop_scale[1]):
-            raise HFTransferError(f"--crop_scale {' '.join(map(str, self.crop_scale))}: pass two numbers, low high, "
-                                  "with 0 < low <= high <= 1")
-        out = Path(self.output_dir)
-        if out.exists() and not out.is_dir():
-            raise HFTransferError(f"--output_dir '{out}' is a file: pass a folder (created if missing)")
-        resume = self.resume_from_checkpoint
-        if resume and resume != "latest" and not Path(resume).is_dir():
-            raise HFTransferError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint folder "
-                                  f"(e.g. {out}/checkpoints/step_N) or latest")
-        return self
-
-
-# the data settings of a recipe's embedded default job, dropped when the user names data of their own
-JOB_FIELDS = tuple(f.name for f in fields(DataOptions) if f.name not in (
-    "validation_fraction", "max_seq_length", "decode_size", "per_device_eval_batch_size", "feature_cache_dir",
-    "feature_cache_dtype")) + ("output_dir", "overwrite_output_dir")
-
-
-@dataclass
-class RankConfig(DataOptions, SessionOptions):
-    """Options of ``hftransfer rank``: candidates, output_dir, pooling and the recipes' data options."""
-
-    candidates: list[str] = _f([], "backbones to score: timm names / transformers ids / local folders (one modality); "
-                               "random:NAME = random init (a sanity floor), NAME=FILE = weights from a state-dict file")
-    output_dir: str = _f("outputs/rank", "where rank.csv, rank.json and rank.png go")
-    pooling: str = _pooling()
-
-    def validate(self) -> "RankConfig":
-        super().validate()
-        if not self.candidates:
-            raise HFTransferError("no candidates: pass --candidates NAME [NAME ...] (timm names or text encoder ids)")
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise HFTransferError(f"--output_dir '{self.output_dir}' is a file: pass a folder (created if missing)")
-        return self
-
-    def train_config(self, model_name_or_path: str, weights: str) -> TrainConfig:
-        """The recipe config that reads the same data the same way (so the feature cache keys match)."""
-        shared = {f.name for f in fields(TrainConfig)} - {"output_dir", "config"}
-        values = {k: v for k, v in self.to_dict().items() if k in shared}
-        return TrainConfig(model_name_or_path=model_name_or_path, weights=weights, **values)
+__all__ = ["TrainConfig", "RankConfig", "load_config", "read_config_file", "save_config", "build_parser"]
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
@@ -365,20 +52,30 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(description: str, config_cls=TrainConfig, prog: str | None = None) -> argparse.ArgumentParser:
     # allow_abbrev=False: argparse would otherwise take a mistyped --learning_rat as --learning_rate
-    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
+    groups = {}
     for f in fields(config_cls):
+        # --help lists the options under the group (ModelOptions, DataOptions, ...) that declares them
+        owner = next(c for c in reversed(config_cls.__mro__) if f.name in getattr(c, "__annotations__", {}))
+        title = owner.__name__.removesuffix("Options").lower() if owner is not config_cls else "options"
+        if title not in groups:
+            doc = (owner.__doc__ or "").strip().split("\n")[0]
+            groups[title] = parser.add_argument_group(title, None if doc.startswith(owner.__name__ + "(") else doc)
+        group = groups[title]
         tp, is_list = _arg_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = f.metadata.get("choices")
         allowed = f"one of {{{','.join(choices)}}}, " if choices else ""
-        kwargs = {"help": f"{f.metadata['help']} ({allowed}default: {default})"}
+        shown = "" if "default:" in f.metadata["help"] else f"default: {default}"
+        kwargs = {"help": f"{f.metadata['help']} ({allowed}{shown})" if allowed or shown else f.metadata["help"]}
         if tp is bool:
-            parser.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, **kwargs)
+            group.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, **kwargs)
         elif is_list:
-            parser.add_argument(f"--{f.name}", nargs="+", **kwargs)
+            group.add_argument(f"--{f.name}", nargs="+", **kwargs)
         else:
-            parser.add_argument(f"--{f.name}", type=tp, **kwargs)
+            group.add_argument(f"--{f.name}", type=tp, **kwargs)
     return parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .card import write_model_card
 from .checkpoint import RunLock, check_output_dir
-from .config import TrainConfig
+from .options import TrainConfig
 from .errors import HFTransferError
 from .hub import push_output_dir
 from .report import write_report

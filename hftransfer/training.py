@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .card import describe_run
 from .checkpoint import RunState, clear_earlier_run, holds_earlier_run, resume, save_checkpoint
-from .config import TrainConfig, save_config
+from .config import save_config
+from .options import TrainConfig
 from .data import INDEX_COLUMN, DataBundle, load_data
 from .features import fill_feature_cache, uses_feature_cache
 from .loaders import Loaders, create_dataloaders

@@ -15,7 +15,7 @@ LAYERS = [
     {"hub", "card", "card_sections", "export", "report"},
     {"model"},
     {"strategies", "regularizers", "features"},
-    {"config"},
+    {"options", "config"},
     {"checkpoint", "runtime", "loaders", "results"},
     {"training"},
     {"trainer", "rank", "scratch"},
