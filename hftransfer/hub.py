@@ -235,7 +235,8 @@ def _is_connection_error(e: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m hftransfer.hub OUTPUT_DIR --hub_model_id ...``: (re)push a finished run."""
-    parser = argparse.ArgumentParser(description="Push a finished hftransfer run folder to the Hugging Face Hub.")
+    parser = argparse.ArgumentParser(description="Push a finished hftransfer run folder to the Hugging Face Hub.",
+                                     allow_abbrev=False)
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--hub_model_id", default=None, help="namespace/name (default: <your user>/<folder name>)")
     parser.add_argument("--hub_private", action="store_true", help="create the repo as private")

@@ -157,7 +157,9 @@ class SeededAugmentation:
         import random
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(random.Random(f"{self.seed}/{self.epoch}/{index}").getrandbits(63))
+            # the CPU generator only: transforms run on the CPU, and torch.manual_seed would also queue a
+            # CUDA seeding (with a captured stack trace) for every example
+            torch.default_generator.manual_seed(random.Random(f"{self.seed}/{self.epoch}/{index}").getrandbits(63))
             return self.transform(image)
 
 

@@ -135,3 +135,20 @@ def test_sigterm_in_a_two_process_run_stops_every_rank_at_the_same_step(tmp_path
     assert history(out) == history(tmp_path / "ref")
     last = lambda run: load_file(max((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:])) / "model.safetensors")  # noqa: E731
     assert largest_difference(last(out), last(tmp_path / "ref")) == 0
+
+
+def test_text_with_l2sp_and_length_grouped_batches_resumes_mid_epoch_exactly(tmp_path, text_data, tiny_bert):
+    """24 sentences at batch 4: 6 steps per epoch; killed after step 8 of 18, resumed from step_8's own checkpoint."""
+    flags = ["--model_name_or_path", tiny_bert, "--train_file", text_data["train"], "--validation_file", text_data["val"],
+             "--per_device_train_batch_size", "4", "--strategy", "gradual", "--l2sp_alpha", "0.1", "--l2sp_beta", "0.01",
+             "--group_by_length", "true", *BASE, "--checkpointing_steps", "4", "--save_total_limit", "0"]
+    ref = run_recipe("text_cls", *flags, "--output_dir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    killed = run_recipe("text_cls", *flags, "--output_dir", tmp_path / "run", env={"HFTRANSFER_TEST_KILL_AT_STEP": "10"})
+    assert killed.returncode == -9
+    resumed = run_recipe("text_cls", *flags, "--output_dir", tmp_path / "run", "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_8 at epoch 1, step 8" in resumed.stdout  # two batches into epoch 2
+    last = lambda run: load_file(run / "checkpoints" / "step_18" / "model.safetensors")  # noqa: E731
+    assert largest_difference(last(tmp_path / "run"), last(tmp_path / "ref")) == 0
+    assert history(tmp_path / "run") == history(tmp_path / "ref")
