@@ -152,25 +152,31 @@ def assert_untouched(out: Path) -> None:
         assert (out / name).read_text() == content, name
 
 
+def fails_with_one_line(command, argv: list, capsys, match: str) -> str:
+    """Run an entry point in this process; it must exit 2 with one ``error:`` line containing ``match``."""
+    with pytest.raises(SystemExit) as exit_info:
+        command(list(map(str, argv)))
+    return assert_one_error_line(capsys, exit_info, match)
+
+
+def recipe(modality: str):
+    return lambda argv: cli.run_recipe(modality, ROOT / "recipes" / "configs" / f"{modality}_cls.yaml", argv)
+
+
 @pytest.mark.parametrize("extra,match", IMAGE_CASES, ids=[c[1][:40] for c in IMAGE_CASES])
 def test_image_recipe_bad_input(extra, match, files, earlier_run, capsys):
     argv = [*IMAGE_TINY, "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir", earlier_run,
             "--overwrite_output_dir", *_fill(extra, files)]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_recipe("image", ROOT / "recipes" / "configs" / "image_cls.yaml", list(map(str, argv)))
-    assert_one_error_line(capsys, exit_info, match)
+    fails_with_one_line(recipe("image"), argv, capsys, match)
     assert_untouched(earlier_run)
 
 
 @pytest.mark.parametrize("extra,match", TEXT_CASES, ids=[c[1][:40] for c in TEXT_CASES])
 def test_text_recipe_bad_input(extra, match, files, tiny_bert, earlier_run, capsys):
-    argv = ["--model_name_or_path", tiny_bert, "--per_device_train_batch_size", "4", "--output_dir", earlier_run,
-            "--overwrite_output_dir", *_fill(extra, files)]
-    if "--model_name_or_path" in extra:
-        argv = argv[2:]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.run_recipe("text", ROOT / "recipes" / "configs" / "text_cls.yaml", list(map(str, argv)))
-    assert_one_error_line(capsys, exit_info, match)
+    model = [] if "--model_name_or_path" in extra else ["--model_name_or_path", tiny_bert]
+    argv = [*model, "--per_device_train_batch_size", "4", "--output_dir", earlier_run, "--overwrite_output_dir",
+            *_fill(extra, files)]
+    fails_with_one_line(recipe("text"), argv, capsys, match)
     assert_untouched(earlier_run)
 
 
@@ -178,9 +184,7 @@ def test_text_recipe_bad_input(extra, match, files, tiny_bert, earlier_run, caps
 def test_rank_bad_input(extra, match, files, tiny_bert, earlier_run, capsys):
     argv = ["rank", "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir", earlier_run,
             *_fill(extra, {**files, "tiny_bert": tiny_bert})]
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(list(map(str, argv)))
-    assert_one_error_line(capsys, exit_info, match)
+    fails_with_one_line(cli.main, argv, capsys, match)
     assert_untouched(earlier_run)
 
 
@@ -189,9 +193,7 @@ def test_a_live_run_in_the_same_output_dir_is_named(files, earlier_run, capsys):
     try:
         argv = [*IMAGE_TINY, "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir",
                 earlier_run, "--overwrite_output_dir"]
-        with pytest.raises(SystemExit) as exit_info:
-            cli.run_recipe("image", ROOT / "recipes" / "configs" / "image_cls.yaml", list(map(str, argv)))
-        line = assert_one_error_line(capsys, exit_info, "is in use by a live run")
+        line = fails_with_one_line(recipe("image"), argv, capsys, "is in use by a live run")
         assert "pid " in line
     finally:
         held.release()
@@ -205,7 +207,7 @@ def test_the_matrix_has_at_least_forty_cases():
 def test_overwrite_replaces_the_earlier_run_once_data_and_model_loaded(files, earlier_run):
     argv = [*IMAGE_TINY, "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir", earlier_run,
             "--overwrite_output_dir", "--num_train_epochs", "1", "--strategy", "linear_probe"]
-    results = cli.run_recipe("image", ROOT / "recipes" / "configs" / "image_cls.yaml", list(map(str, argv)))
+    results = recipe("image")(list(map(str, argv)))
     assert results["epochs"] == 1
     assert json.loads((earlier_run / "all_results.json").read_text())["epochs"] == 1
     assert (earlier_run / "model.safetensors").read_bytes() != EARLIER["model.safetensors"].encode()
