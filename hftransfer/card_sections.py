@@ -25,6 +25,7 @@ FILE_DESCRIPTIONS = {
     "all_results.json": "final metrics, per-class results, training history and the full transfer recipe",
     "eval_results.json": "metrics of the exported (best) epoch",
     "eval_predictions.jsonl": "per-example labels and predictions on the eval split",
+    "test_predictions.jsonl": "per-example labels and predictions of the exported model on the test split",
     "config.yaml": "the resolved run configuration (rerun with `--config config.yaml`)",
     "confusion_matrix.png": "confusion matrix of the exported epoch on the eval split",
     "training_curves.png": "loss and accuracy per epoch",
@@ -154,11 +155,16 @@ def eval_results(results: RunResults | None, data: Dataset, pipeline_tag: str, m
               "dataset_type": data.type, "dataset_name": data.name, "dataset_split": "validation"}
     if data.config:
         common["dataset_config"] = data.config
-    out = [EvalResult(metric_type="accuracy", metric_value=round(float(results.metrics["eval_accuracy"]), 4),
-                      metric_name="Accuracy (exact match)" if multi_label else "Accuracy", **common)]
-    if "eval_f1" in results.metrics:
-        out.append(EvalResult(metric_type="f1", metric_value=round(float(results.metrics["eval_f1"]), 4),
-                              metric_name="F1 (macro)", metric_config="macro", **common))
+    out = []
+    for split, prefix, values in (("validation", "eval_", results.metrics), ("test", "test_", results.test_metrics)):
+        if f"{prefix}accuracy" not in values:
+            continue
+        where = {**common, "dataset_split": split}
+        out.append(EvalResult(metric_type="accuracy", metric_value=round(float(values[f"{prefix}accuracy"]), 4),
+                              metric_name="Accuracy (exact match)" if multi_label else "Accuracy", **where))
+        if f"{prefix}f1" in values:
+            out.append(EvalResult(metric_type="f1", metric_value=round(float(values[f"{prefix}f1"]), 4),
+                                  metric_name="F1 (macro)", metric_config="macro", **where))
     return out
 
 
@@ -198,7 +204,7 @@ def labels_display(labels: list[str]) -> str:
 def results_context(results: RunResults | None) -> dict:
     if results is None or "eval_accuracy" not in results.metrics:
         return {"results": None, "per_class": None, "per_class_note": None, "history": None, "best_epoch": None,
-                "epochs_run": None, "metric_for_best_model": None}
+                "epochs_run": None, "metric_for_best_model": None, "test_results": None, "test_samples": None}
     m = results.metrics
     rows = [("accuracy", fmt(m["eval_accuracy"])), ("F1 (macro)", fmt(m.get("eval_f1"))), ("loss", fmt(m.get("eval_loss")))]
     if results.train_runtime is not None:
@@ -211,7 +217,11 @@ def results_context(results: RunResults | None) -> dict:
         per_class = per_class[:MAX_CLASS_ROWS]
     history = [{"epoch": h.epoch, "train_loss": fmt(h.train_loss), "eval_loss": fmt(h.eval_loss),
                 "eval_accuracy": fmt(h.eval_accuracy), "eval_f1": fmt(h.eval_f1)} for h in results.history]
+    t = results.test_metrics
+    test_rows = [("accuracy", fmt(t["test_accuracy"])), ("F1 (macro)", fmt(t.get("test_f1"))),
+                 ("loss", fmt(t.get("test_loss")))] if "test_accuracy" in t else None
     return {"results": rows, "per_class": per_class, "per_class_note": note, "history": history,
+            "test_results": test_rows, "test_samples": t.get("test_samples"),
             "best_epoch": results.best_epoch, "epochs_run": results.epochs or len(history),
             "metric_for_best_model": results.transfer.metric_for_best_model if results.transfer else "accuracy"}
 

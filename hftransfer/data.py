@@ -35,10 +35,12 @@ class DataBundle:
     id2label: dict[int, str]
     multi_label: bool
     input_column: str
+    test: datasets.Dataset | None = None  # scored once, with the exported model
 
 
 def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, train_dir=None, validation_dir=None,
-                    train_file=None, validation_file=None, cache_dir=None, text_encoding: str = "auto") -> DatasetDict:
+                    train_file=None, validation_file=None, cache_dir=None, text_encoding: str = "auto",
+                    test_dir=None, test_file=None) -> DatasetDict:
     """Load the user's data as a DatasetDict, translating loader failures into one-line errors."""
     if dataset_name:
         try:
@@ -51,16 +53,20 @@ def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, 
     if modality == "image":
         if not train_dir:
             raise HFTransferError("no training data: pass --train_dir (class-per-subfolder images) or --dataset_name")
-        folders = {"train": train_dir, **({"validation": validation_dir} if validation_dir else {})}
+        folders = {"train": train_dir, **({"validation": validation_dir} if validation_dir else {}),
+                   **({"test": test_dir} if test_dir else {})}
         return _load_image_folders(folders, cache_dir)
     if not train_file:
         raise HFTransferError("no training data: pass --train_file (CSV/JSON/JSONL) or --dataset_name")
     files = {"train": _existing_file(train_file, "--train_file")}
     if validation_file:
         files["validation"] = _existing_file(validation_file, "--validation_file")
+    if test_file:
+        files["test"] = _existing_file(test_file, "--test_file")
     extensions = {Path(f).suffix.lower() for f in files.values()}
     if len(extensions) > 1:
-        raise HFTransferError(f"--train_file and --validation_file have different formats ({', '.join(extensions)}): use one format")
+        raise HFTransferError(f"--train_file, --validation_file and --test_file have different formats "
+                              f"({', '.join(sorted(extensions))}): use one format")
     loader = SUFFIXES.get(extensions.pop())
     if loader is None:
         raise HFTransferError(f"unsupported text file type '{Path(train_file).suffix}': use .csv, .tsv, .json or .jsonl")
@@ -175,20 +181,37 @@ def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, valid
     if max_eval_samples is not None:
         eval_ds = eval_ds.shuffle(seed=seed).select(range(min(max_eval_samples, len(eval_ds))))
 
+    test = _test_split(raw, input_column, label_column)
     multi_label = isinstance(train.select_columns(label_column)[0][label_column], list)
     id2label, encode = _label_encoding(train, eval_ds, label_column, label_feature, multi_label, label_names)
-    if label_column != "labels" and "labels" in train.column_names:
-        train, eval_ds = train.remove_columns("labels"), eval_ds.remove_columns("labels")
+    if test is not None:
+        _label_encoding(train, test, label_column, label_feature, multi_label, label_names, split="test")
+    train, eval_ds = (_encoded(ds, input_column, label_column, encode) for ds in (train, eval_ds))
+    test = _encoded(test, input_column, label_column, encode) if test is not None else None
+    return DataBundle(train, eval_ds, id2label, multi_label, input_column, test)
+
+
+def _encoded(ds: datasets.Dataset, input_column: str, label_column: str, encode) -> datasets.Dataset:
+    """``labels`` encoded, an example id (evaluation counts each example once across processes and the
+    feature cache restores order by it), and nothing but the input column besides."""
+    if label_column != "labels" and "labels" in ds.column_names:
+        ds = ds.remove_columns("labels")
     # input_columns: only the label column is read, images are not decoded here
-    train = train.map(lambda v: {"labels": encode(v)}, input_columns=label_column, batched=True, desc="encoding labels")
-    eval_ds = eval_ds.map(lambda v: {"labels": encode(v)}, input_columns=label_column, batched=True, desc="encoding labels")
-    # example ids: evaluation counts each example once across processes; the feature cache restores order
-    train = train.add_column(INDEX_COLUMN, list(range(len(train))))
-    eval_ds = eval_ds.add_column(INDEX_COLUMN, list(range(len(eval_ds))))
-    keep = {input_column, "labels", INDEX_COLUMN}
-    train = train.remove_columns([c for c in train.column_names if c not in keep])
-    eval_ds = eval_ds.remove_columns([c for c in eval_ds.column_names if c not in keep])
-    return DataBundle(train, eval_ds, id2label, multi_label, input_column)
+    ds = ds.map(lambda v: {"labels": encode(v)}, input_columns=label_column, batched=True, desc="encoding labels")
+    ds = ds.add_column(INDEX_COLUMN, list(range(len(ds))))
+    return ds.remove_columns([c for c in ds.column_names if c not in {input_column, "labels", INDEX_COLUMN}])
+
+
+def _test_split(raw: DatasetDict, input_column: str, label_column: str) -> datasets.Dataset | None:
+    """The ``test`` split with non-empty rows, or None; it must have the training columns."""
+    if "test" not in raw:
+        return None
+    test = raw["test"]
+    if label_column not in test.column_names or input_column not in test.column_names:
+        raise HFTransferError(f"the 'test' split lacks column '{label_column}' or '{input_column}' (columns: "
+                              f"{', '.join(test.column_names)}): label the test data, or pass --do_predict false")
+    test = drop_empty_rows(test, input_column, label_column, "test")
+    return test if len(test) else None
 
 
 def _is_empty(value) -> bool:
@@ -243,8 +266,8 @@ def hold_out(train: datasets.Dataset, label_column: str, fraction: float, seed: 
     return (train.select([i for i in range(len(train)) if i not in eval_set]), train.select(sorted(eval_set)))
 
 
-def _label_encoding(train, eval_ds, label_column, feature, multi_label, label_names):
-    """Label names and a batch encoder; fail on validation labels that training never shows."""
+def _label_encoding(train, eval_ds, label_column, feature, multi_label, label_names, split: str = "validation"):
+    """Label names and a batch encoder; fail on ``split`` (``eval_ds``) labels that training never shows."""
     inner = getattr(feature, "feature", feature)  # List/Sequence(ClassLabel) for multi-label
     if isinstance(inner, ClassLabel):
         names = list(inner.names)
@@ -255,8 +278,8 @@ def _label_encoding(train, eval_ds, label_column, feature, multi_label, label_na
         unseen = sorted(set(eval_ids) - set(train_ids))
         if unseen:
             raise HFTransferError(
-                f"validation label(s) {', '.join(names[i] for i in unseen)} never occur in the training data: "
-                "add training examples of them or drop them from validation"
+                f"{split} label(s) {', '.join(names[i] for i in unseen)} never occur in the training data: "
+                f"add training examples of them or drop them from the {split} data"
             )
         if len(used) < len(names):  # e.g. an image folder with a class only under val/
             remap = {old: new for new, old in enumerate(used)}
@@ -271,8 +294,8 @@ def _label_encoding(train, eval_ds, label_column, feature, multi_label, label_na
         unseen = sorted(set(eval_values) - set(values), key=str)
         if unseen:
             raise HFTransferError(
-                f"validation label(s) {', '.join(map(str, unseen[:5]))} never occur in the training data: "
-                "add training examples of them or drop them from validation"
+                f"{split} label(s) {', '.join(map(str, unseen[:5]))} never occur in the training data: "
+                f"add training examples of them or drop them from the {split} data"
             )
         lookup = {v: i for i, v in enumerate(values)}
         names = [str(v) for v in values]
@@ -313,7 +336,7 @@ def load_data(options, modality: str, data_seed: int | None = None) -> DataBundl
     input_column = options.image_column_name if modality == "image" else options.text_column_name
     raw = load_raw_splits(modality, options.dataset_name, options.dataset_config_name, options.train_dir,
                           options.validation_dir, options.train_file, options.validation_file,
-                          text_encoding=getattr(options, "text_encoding", "auto"))
+                          text_encoding=options.text_encoding, test_dir=options.test_dir, test_file=options.test_file)
     return prepare_splits(raw, input_column, options.label_column_name, options.validation_fraction,
                           options.seed if data_seed is None else data_seed, options.max_train_samples,
                           options.max_eval_samples, options.label_names)

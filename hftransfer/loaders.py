@@ -29,6 +29,7 @@ class Loaders:
     train_extract: DataLoader | None = None  # train split, eval preprocessing, in order: feeds the cache
     cached_train: DataLoader | None = None
     cached_eval: DataLoader | None = None
+    test: DataLoader | None = None  # scored once, after training, with the exported model
     preprocessing: str = ""
     fingerprints: dict[str, str] = field(default_factory=dict)
     pipeline: object = None  # the backbone's preprocessing pipeline (its augmentation is seeded per epoch)
@@ -40,7 +41,9 @@ class Loaders:
 
     def prepare(self, accelerator) -> None:
         """``accelerator.prepare`` every loader, in a fixed order so checkpoints line up on resume."""
-        names = [n for n in ("train", "eval", "train_extract", "cached_train", "cached_eval") if getattr(self, n) is not None]
+        # test last: checkpoints of runs without a test split keep their loader order
+        names = [n for n in ("train", "eval", "train_extract", "cached_train", "cached_eval", "test")
+                 if getattr(self, n) is not None]
         for name, loader in zip(names, accelerator.prepare(*[getattr(self, n) for n in names])):
             setattr(self, name, loader)
 
@@ -65,6 +68,10 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
         fingerprints={"train": train._fingerprint, "eval": evaluation._fingerprint},
         pipeline=pipeline,
     )
+    if bundle.test is not None:
+        test = pipeline.prepare(bundle.test, column, "test")
+        loaders.test = DataLoader(pipeline.eval_view(test, column), batch_size=cfg.per_device_eval_batch_size,
+                                  shuffle=False, **common)
     if with_cache:
         loaders.train_extract = DataLoader(pipeline.eval_view(train, column), batch_size=cfg.per_device_eval_batch_size,
                                            shuffle=False, **common)

@@ -20,7 +20,7 @@ from .strategies import STRATEGIES
 
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
 METRICS = ("accuracy", "f1", "loss", "eval_accuracy", "eval_f1", "eval_loss")
-PATH_FIELDS = ("train_dir", "validation_dir", "train_file", "validation_file")
+PATH_FIELDS = ("train_dir", "validation_dir", "test_dir", "train_file", "validation_file", "test_file")
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ class DataOptions(Options):
     validation_dir: Optional[str] = _f(None, "validation image folder (same classes)")
     train_file: Optional[str] = _f(None, "text training data: .csv, .tsv, .json or .jsonl")
     validation_file: Optional[str] = _f(None, "text validation data, same format")
+    test_dir: Optional[str] = _f(None, "image test folder (same classes), scored once with the exported model")
+    test_file: Optional[str] = _f(None, "text test data, same format, scored once with the exported model")
     image_column_name: str = _f("image", "column holding the images")
     text_column_name: str = _f("text", "column holding the texts")
     label_column_name: str = _f("label", "column holding the labels (a list per row = multi-label)")
@@ -130,15 +132,16 @@ class DataOptions(Options):
         super().validate()
         if self.train_dir and self.train_file:
             raise HFTransferError("--train_dir and --train_file both name training data: pass one of them")
-        for flag, partner in (("validation_dir", "train_dir"), ("validation_file", "train_file")):
+        for flag, partner in (("validation_dir", "train_dir"), ("validation_file", "train_file"),
+                              ("test_dir", "train_dir"), ("test_file", "train_file")):
             if getattr(self, flag) and not getattr(self, partner) and not self.dataset_name:
                 raise HFTransferError(f"--{flag} is given without --{partner}: pass the training data too")
-        for flag in ("train_dir", "validation_dir"):
+        for flag in ("train_dir", "validation_dir", "test_dir"):
             path = getattr(self, flag)
             if path and not Path(path).is_dir():
                 what = "is a file" if Path(path).exists() else "does not exist"
                 raise HFTransferError(f"--{flag} '{path}' {what}: pass a folder with one subfolder per class")
-        for flag in ("train_file", "validation_file"):
+        for flag in ("train_file", "validation_file", "test_file"):
             path = getattr(self, flag)
             if path and not Path(path).is_file():
                 what = "is a folder" if Path(path).exists() else "does not exist"
@@ -251,6 +254,8 @@ class RunOptions(Options):
     metric_for_best_model: str = _f("accuracy", "picks the exported epoch: accuracy or f1 (higher is better) or loss "
                                     "(lower is better); an eval_ prefix is accepted", METRICS)
     ddp_timeout: int = _f(1800, "seconds a process waits for the others before failing", valid=AT_LEAST_ONE)
+    do_predict: Optional[bool] = _f(None, "score the exported model once on the test split (default: yes when the data "
+                                    "has one; the validation split still picks the epoch)")
 
     @property
     def best_metric(self) -> tuple[str, bool]:

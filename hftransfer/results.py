@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import HFTransferError
-from .run_files import (BEST_DIR, EVAL_RESULTS_NAME, PREDICTIONS_NAME, EpochRecord, RunDescription, RunResults,
-                        atomic_dir, copy_file, read_json, write_json, write_jsonl)
+from .run_files import (BEST_DIR, EVAL_RESULTS_NAME, PREDICTIONS_NAME, TEST_PREDICTIONS_NAME, EpochRecord,
+                        RunDescription, RunResults, atomic_dir, copy_file, read_json, write_json, write_jsonl)
 
 
 def save_best_epoch(model, output_dir: Path, metrics: dict, records: list[dict]) -> Path:
@@ -22,8 +22,10 @@ def save_best_epoch(model, output_dir: Path, metrics: dict, records: list[dict])
     return output_dir / BEST_DIR
 
 
-def export_run(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription) -> RunResults:
-    """Copy the best epoch's model to ``output_dir`` and write ``all_results.json``."""
+def export_run(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription,
+               test: tuple[dict, list[dict]] | None = None) -> RunResults:
+    """Copy the best epoch's model to ``output_dir`` and write ``all_results.json`` (with ``test_*`` metrics
+    and ``test_predictions.jsonl`` when ``test`` holds the exported model's test metrics and predictions)."""
     best = output_dir / BEST_DIR
     if not best.is_dir():
         raise HFTransferError("no epoch finished, so there is no model to export: train for at least one epoch")
@@ -44,5 +46,11 @@ def export_run(output_dir: Path, state, bundle, timing: dict, world_size: int, d
         transfer=description,
         **timing,
     )
+    if test is not None:
+        metrics, records = test
+        per_class = metrics.pop("per_class", [])
+        results.test_metrics = {f"test_{k}": v for k, v in metrics.items()}
+        results.test_per_class = {bundle.id2label[i]: m for i, m in enumerate(per_class)}
+        write_jsonl(output_dir / TEST_PREDICTIONS_NAME, sorted(records, key=lambda r: r["index"]))
     results.write(output_dir)
     return results

@@ -34,6 +34,7 @@ CARD_NAME = "README.md"
 RESULTS_NAME = "all_results.json"
 EVAL_RESULTS_NAME = "eval_results.json"
 PREDICTIONS_NAME = "eval_predictions.jsonl"
+TEST_PREDICTIONS_NAME = "test_predictions.jsonl"
 RUN_CONFIG_NAME = "config.yaml"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
@@ -284,6 +285,8 @@ class RunResults(Record):
 
     metrics: dict = field(default_factory=dict)
     eval_per_class: dict = field(default_factory=dict)  # label name -> precision, recall, f1, support
+    test_metrics: dict = field(default_factory=dict)  # test_* scalars of the exported model (its epoch chosen on eval)
+    test_per_class: dict = field(default_factory=dict)
     best_epoch: int | None = None
     epochs: int | None = None
     train_samples: int | None = None
@@ -301,11 +304,14 @@ class RunResults(Record):
         if data is None:
             return None
         metrics = {k: v for k, v in data.items() if k.startswith("eval_") and k != "eval_per_class"}
-        return super().from_dict({**data, "metrics": metrics})
+        test = {k: v for k, v in data.items() if k.startswith("test_") and k != "test_per_class"}
+        return super().from_dict({**data, "metrics": metrics, "test_metrics": test})
 
     def to_dict(self) -> dict:
-        out = {**self.metrics, **dataclasses.asdict(self)}
-        del out["metrics"]
+        out = {**self.metrics, **self.test_metrics, **dataclasses.asdict(self)}
+        del out["metrics"], out["test_metrics"]
+        if not self.test_per_class:
+            del out["test_per_class"]
         if out["transfer_gain"] is None:
             del out["transfer_gain"]
         return out

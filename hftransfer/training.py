@@ -24,6 +24,7 @@ from .checkpoint import RunState, clear_earlier_run, holds_earlier_run, resume, 
 from .config import save_config
 from .options import TrainConfig
 from .data import INDEX_COLUMN, DataBundle, load_data
+from .errors import HFTransferError
 from .features import fill_feature_cache, uses_feature_cache
 from .loaders import Loaders, create_dataloaders
 from .metrics import ClassificationMetrics
@@ -81,6 +82,9 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     set_seed(cfg.seed)
     with accelerator.main_process_first():
         bundle = load_data(cfg, modality, data_seed)
+    if cfg.do_predict and bundle.test is None:
+        raise HFTransferError("--do_predict: the data has no test split: pass --test_dir / --test_file (or a dataset "
+                              "with a 'test' split), or drop --do_predict")
     accelerator.print(f"data: {len(bundle.train)} train / {len(bundle.eval)} eval examples, "
                       f"{len(bundle.id2label)} labels ({', '.join(list(bundle.id2label.values())[:10])})")
     model = build_model(cfg, modality, bundle)
@@ -168,7 +172,15 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
             crash_test_hooks(state.global_step, accelerator.is_main_process)
             stop_if_requested(run, epoch)
     bar.close()
-    return state.epoch_loss_sum / max(1, state.epoch_loss_batches)
+    return mean_over_processes(accelerator, state.epoch_loss_sum, state.epoch_loss_batches)
+
+
+def mean_over_processes(accelerator: Accelerator, total: float, count: int) -> float:
+    """``total / count`` summed over every process: the epoch's train loss as one number, not one per rank."""
+    if accelerator.num_processes > 1:
+        both = accelerator.gather(torch.tensor([[total, float(count)]], dtype=torch.float64, device=accelerator.device))
+        total, count = both[:, 0].sum().item(), int(both[:, 1].sum().item())
+    return total / max(1, count)
 
 
 def evaluate(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_label: bool) -> tuple[dict, list[dict]]:
@@ -241,6 +253,23 @@ def stop_if_requested(run: TrainingRun, epoch: int, saved: bool = False) -> None
     raise RunInterrupted(signum, min(epoch, run.cfg.num_train_epochs - 1), run.state.global_step, path)
 
 
+def score_test_split(run: TrainingRun) -> tuple[dict, list[dict]] | None:
+    """Metrics and predictions of the exported (best-epoch) model on the test split, scored once; None
+    without a test split or with ``--do_predict false``. The test split never picks anything."""
+    if run.loaders.test is None or run.cfg.do_predict is False:
+        return None
+    from .export import load_weights
+    from .run_files import BEST_DIR, CONFIG_NAME, read_json
+
+    best = run.output_dir / BEST_DIR
+    run.module.load_state_dict(load_weights(best, read_json(best / CONFIG_NAME)))
+    metrics, records = evaluate(run.accelerator, run.model, run.loaders.test, run.module.num_labels,
+                                run.module.multi_label)
+    run.accelerator.print(f"test: accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  loss {metrics['loss']:.4f}  "
+                          f"({metrics['samples']} samples, the model of epoch {run.state.best_epoch})")
+    return metrics, records
+
+
 def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
         data_seed: int | None = None, stop: StopSignals | None = None) -> RunResults | None:
     """Train, evaluate every epoch, and export the best epoch; returns the results (main process).
@@ -277,11 +306,12 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
         finish_epoch(run, epoch, train_loss, metrics, records)
     runtime = time.time() - start_time
     accelerator.wait_for_everyone()
+    test = score_test_split(run)
     results = None
     if accelerator.is_main_process:
         timing = {"train_runtime": train_time, "total_runtime": runtime,
                   "train_samples_per_second": len(run.bundle.train) * (run.state.epoch - first_epoch) / max(train_time, 1e-9)}
-        results = export_run(output_dir, run.state, run.bundle, timing, accelerator.num_processes, description)
+        results = export_run(output_dir, run.state, run.bundle, timing, accelerator.num_processes, description, test)
         accelerator.print(f"done in {runtime:.0f}s: best epoch {run.state.best_epoch}, eval_accuracy "
                           f"{results.metrics['eval_accuracy']:.4f}, eval_f1 {results.metrics['eval_f1']:.4f} -> {output_dir}")
     accelerator.wait_for_everyone()

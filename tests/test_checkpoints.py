@@ -149,3 +149,15 @@ def test_a_second_ctrl_c_aborts_at_once():
     assert proc.returncode == 130
     assert proc.stdout.strip() == "still running after one"
     assert "aborted by a second Ctrl-C" in proc.stderr
+
+
+def test_the_epoch_train_loss_is_the_mean_over_every_process():
+    from types import SimpleNamespace
+
+    from hftransfer.training import mean_over_processes
+
+    other_rank = torch.tensor([[9.0, 3.0]], dtype=torch.float64)  # rank 1: three batches summing to 9
+    fake = SimpleNamespace(num_processes=2, device=torch.device("cpu"),
+                           gather=lambda mine: torch.cat([mine, other_rank]))
+    assert mean_over_processes(fake, 2.0, 2) == 11.0 / 5  # not rank 0's own 2.0 / 2
+    assert mean_over_processes(SimpleNamespace(num_processes=1), 2.0, 2) == 1.0

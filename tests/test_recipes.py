@@ -169,3 +169,5 @@ def test_default_text_job_runs_on_bundled_data_with_real_weights(tmp_path):
     results = read_results(out)
     assert results["transfer"]["label_names"] == ["negative", "positive"]
     assert results["eval_accuracy"] >= 0.6
+    assert results["test_samples"] == 1066  # the bundled rotten_tomatoes test split, scored once
+    assert results["test_accuracy"] >= 0.6
