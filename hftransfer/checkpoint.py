@@ -37,9 +37,27 @@ class RunState:
     best_metric: float | None = None  # of metric_for_best_model; None until an epoch finished
     best_epoch: int = -1
     history: list = field(default_factory=list)
-    # the running train loss of ``epoch``, so a mid-epoch resume reports the whole epoch's mean
+    # the running train loss of ``epoch`` on this process, so a mid-epoch resume reports the whole epoch's mean
     epoch_loss_sum: float = 0.0
     epoch_loss_batches: int = 0
+    # [sum, batches] of every process at the last checkpoint: accelerate saves this object from the main
+    # process only, so each process takes its own running loss back from here
+    loss_by_process: list = field(default_factory=list)
+
+    def collect_losses(self, accelerator) -> None:
+        """Before a save: every process's running loss into ``loss_by_process`` (a collective call)."""
+        import torch
+
+        mine = torch.tensor([[self.epoch_loss_sum, float(self.epoch_loss_batches)]], dtype=torch.float64,
+                            device=accelerator.device)
+        gathered = accelerator.gather(mine) if accelerator.num_processes > 1 else mine
+        self.loss_by_process = gathered.cpu().tolist()
+
+    def restore_losses(self, process_index: int) -> None:
+        """After a load: this process's running loss (unchanged if the checkpoint had another world size)."""
+        if process_index < len(self.loss_by_process):
+            total, batches = self.loss_by_process[process_index]
+            self.epoch_loss_sum, self.epoch_loss_batches = total, int(batches)
 
     def state_dict(self) -> dict:
         return dict(self.__dict__)
@@ -166,7 +184,7 @@ def save_checkpoint(accelerator, output_dir: Path, state: RunState, keep: int) -
     tmp = final.with_name(final.name + TMP_SUFFIX)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    state.collect_losses(accelerator)
     accelerator.save_state(str(tmp))
     _test_hook("HFTRANSFER_TEST_KILL_IN_SAVE", state.global_step)
     accelerator.wait_for_everyone()  # every rank's RNG file is in before the folder counts as complete
@@ -214,6 +232,7 @@ def resume(accelerator, resume_from: str, output_dir: Path, state: RunState) -> 
     except Exception as e:  # noqa: BLE001 - a damaged file surfaces as many exception types
         raise HFTransferError(f"checkpoint '{ckpt}' cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:150]}): "
                               "resume from an earlier one, or start afresh with --overwrite_output_dir") from None
+    state.restore_losses(accelerator.process_index)
     adopt_best_model(ckpt, output_dir, state, accelerator)
     return ckpt
 

@@ -104,8 +104,8 @@ def embed_train_split(accelerator, cfg, candidate: Candidate, bundle) -> tuple[t
     model = create_transfer_model(candidate.modality, candidate.name, bundle.id2label, weights=candidate.weights,
                                   multi_label=bundle.multi_label, pooling=cfg.pooling).eval()
     model.backbone.use_fast_layout()
-    # the eval split is emptied because ranking never reads it
-    own = dataclasses.replace(bundle, eval=bundle.eval.select([]))
+    # the eval split is emptied and the test split dropped because ranking never reads them
+    own = dataclasses.replace(bundle, eval=bundle.eval.select([]), test=None)
     loaders = create_dataloaders(train_cfg, own, model.backbone, with_cache=True)
     model, loader = accelerator.prepare(model, loaders.train_extract)
     target = FeatureDataset(len(own.train))
