@@ -18,6 +18,7 @@ import numpy as np
 from datasets import ClassLabel, DatasetDict
 
 from .errors import HFTransferError
+from .run_files import write_text
 from .text_files import SUFFIXES, check_text_file
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,6 @@ def as_utf8(path: str, encoding: str) -> str:
     copy = Path(datasets.config.HF_DATASETS_CACHE) / "hftransfer_utf8" / (
         f"{Path(path).stem}-{hashlib.sha1(raw).hexdigest()[:16]}{Path(path).suffix}")
     if not copy.is_file():
-        from .run_files import write_text
-
         write_text(copy, raw.decode(encoding))
     return str(copy)
 

@@ -69,11 +69,24 @@ def check_ranks_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> No
         raise RuntimeError("model weights differ between processes: gradient synchronization is broken")
 
 
+def max_over_processes(accelerator: Accelerator, value: int) -> int:
+    """The largest ``value`` of any process (every process gets the same answer)."""
+    if accelerator.num_processes == 1:
+        return value
+    return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max().item())
+
+
 def any_process(accelerator: Accelerator, flag: bool) -> bool:
     """Whether ``flag`` is true on any process (every process gets the same answer)."""
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.gather(torch.tensor([int(flag)], device=accelerator.device)).max().item())
+    return max_over_processes(accelerator, int(flag)) > 0
+
+
+def mean_over_processes(accelerator: Accelerator, total: float, count: int) -> float:
+    """``total / count`` summed over every process: the epoch's train loss as one number, not one per rank."""
+    if accelerator.num_processes > 1:
+        both = accelerator.gather(torch.tensor([[total, float(count)]], dtype=torch.float64, device=accelerator.device))
+        total, count = both[:, 0].sum().item(), int(both[:, 1].sum().item())
+    return total / max(1, count)
 
 
 def step_seed(seed: int, epoch: int, batch: int, process: int = 0) -> int:
@@ -151,8 +164,4 @@ class StopSignals:
 
     def requested(self, accelerator: Accelerator) -> int:
         """The signal every process agrees to stop for (0: keep going)."""
-        signum = self.signum or 0
-        if accelerator.num_processes > 1:
-            flag = torch.tensor([signum], device=accelerator.device)
-            signum = int(accelerator.gather(flag).max().item())
-        return signum
+        return max_over_processes(accelerator, self.signum or 0)

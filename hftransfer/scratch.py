@@ -10,7 +10,6 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from .checkpoint import check_output_dir
 from .report import transfer_gain
 from .run_files import BEST_DIR, PREDICTIONS_NAME, RESULTS_NAME, RUN_CONFIG_NAME, SCRATCH_DIR, RunResults, read_yaml
 from .training import fit
@@ -48,7 +47,7 @@ def compare_with_scratch(cfg, modality: str, accelerator, output_dir: Path, thre
             continue
         accelerator.print(f"from-scratch run {k + 1}/{cfg.scratch_seeds} (random init, seed {scratch_cfg.seed}, "
                           f"same budget) -> {scratch_cfg.output_dir}")
-        check_output_dir(scratch_cfg.output_dir, True, False)  # an unfinished earlier attempt is replaced
+        # overwrite_output_dir: an unfinished earlier attempt is replaced once this one has loaded
         fit(scratch_cfg, modality, accelerator, Path(scratch_cfg.output_dir), threads, data_seed=cfg.seed, stop=stop)
         if accelerator.is_main_process:  # no resume for scratch runs: the exported copy is all that is needed
             shutil.rmtree(Path(scratch_cfg.output_dir) / BEST_DIR, ignore_errors=True)

@@ -31,8 +31,9 @@ from .metrics import ClassificationMetrics
 from .model import TransferModel, create_transfer_model
 from .regularizers import L2SP, decoupled_weight_decay_groups
 from .results import export_run, save_best_epoch
-from .run_files import RUN_CONFIG_NAME, RunResults
-from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, rewrap_ddp, step_seed
+from .export import load_weights
+from .run_files import BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, RUN_CONFIG_NAME, RunResults, read_json
+from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, mean_over_processes, rewrap_ddp, step_seed
 from .strategies import Strategy, TransferScheduler, apply_trainable, param_groups
 
 
@@ -175,14 +176,6 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
     return mean_over_processes(accelerator, state.epoch_loss_sum, state.epoch_loss_batches)
 
 
-def mean_over_processes(accelerator: Accelerator, total: float, count: int) -> float:
-    """``total / count`` summed over every process: the epoch's train loss as one number, not one per rank."""
-    if accelerator.num_processes > 1:
-        both = accelerator.gather(torch.tensor([[total, float(count)]], dtype=torch.float64, device=accelerator.device))
-        total, count = both[:, 0].sum().item(), int(both[:, 1].sum().item())
-    return total / max(1, count)
-
-
 def evaluate(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_label: bool) -> tuple[dict, list[dict]]:
     """Loss, accuracy, macro-F1 over every eval sample exactly once, plus per-sample predictions."""
     model.eval()
@@ -245,8 +238,6 @@ def stop_if_requested(run: TrainingRun, epoch: int, saved: bool = False) -> None
     signum = run.stop.requested(run.accelerator)
     if not signum:
         return
-    from .run_files import CHECKPOINT_DIR
-
     path = run.output_dir / CHECKPOINT_DIR / f"step_{run.state.global_step}"
     if not saved:
         path = save_checkpoint(run.accelerator, run.output_dir, run.state, run.cfg.save_total_limit)
@@ -258,9 +249,6 @@ def score_test_split(run: TrainingRun) -> tuple[dict, list[dict]] | None:
     without a test split or with ``--do_predict false``. The test split never picks anything."""
     if run.loaders.test is None or run.cfg.do_predict is False:
         return None
-    from .export import load_weights
-    from .run_files import BEST_DIR, CONFIG_NAME, read_json
-
     best = run.output_dir / BEST_DIR
     run.module.load_state_dict(load_weights(best, read_json(best / CONFIG_NAME)))
     metrics, records = evaluate(run.accelerator, run.model, run.loaders.test, run.module.num_labels,

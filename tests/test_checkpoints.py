@@ -154,7 +154,7 @@ def test_a_second_ctrl_c_aborts_at_once():
 def test_the_epoch_train_loss_is_the_mean_over_every_process():
     from types import SimpleNamespace
 
-    from hftransfer.training import mean_over_processes
+    from hftransfer.runtime import mean_over_processes
 
     other_rank = torch.tensor([[9.0, 3.0]], dtype=torch.float64)  # rank 1: three batches summing to 9
     fake = SimpleNamespace(num_processes=2, device=torch.device("cpu"),
