@@ -126,7 +126,8 @@ def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
     dataset = sections.dataset(recipe, modality)
     eval_results = sections.eval_results(results, dataset, pipeline_tag, multi_label)
     card_data = ModelCardData(
-        library_name=native.get("library") or "hftransfer",
+        # custom-code exports load with transformers too, so the Hub shows its snippet
+        library_name=native.get("library") or ("transformers" if model_cfg.get("remote_code") else "hftransfer"),
         base_model=base.hub_id,
         base_model_relation="finetune" if base.hub_id else None,
         datasets=[dataset.hub_id] if dataset.hub_id else None,
@@ -141,13 +142,15 @@ def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
     return {
         "card_data": card_data.to_yaml(),
         "title": repo_id.split("/")[-1],
-        "summary": sections.summary(modality, base.short, dataset, recipe, labels, fmt),
+        "summary": sections.summary(modality, base.short, dataset, recipe, labels,
+                                   f"{fmt} (with transformers custom code)" if model_cfg.get("remote_code") else fmt),
         "modality": modality,
         "repo_id": repo_id,
         "multi_label": multi_label,
         "native_library": native.get("library"),
         "native_architecture": native.get("architecture"),
         "native_reason": model_cfg.get("native_unavailable", "no native equivalent").rstrip("."),
+        "remote_code": model_cfg.get("remote_code"),
         "base_model_display": base.display,
         "head_display": sections.head_display(model_cfg.get("head", {}), model_cfg.get("feature_dim"), len(labels)),
         "pooling": sections.pooling_display(model_cfg),

@@ -19,7 +19,9 @@ BUNDLED_BASE_MODELS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-
 BUNDLED_LICENSES = {"sentence-transformers/all-MiniLM-L6-v2": "apache-2.0"}
 FILE_DESCRIPTIONS = {
     "model.safetensors": "the weights ({layout})",
-    "config.json": "native config: architecture, labels, preprocessing",
+    "config.json": "transformers / timm config: architecture, labels, preprocessing",
+    "modeling_hftransfer.py": "transformers custom code for this model (load with `trust_remote_code=True`)",
+    "preprocessor_config.json": "image processor settings (timm's evaluation transform)",
     "hftransfer_config.json": "hftransfer config: backbone, head, labels, weight layout",
     "encoder_config.json": "the text encoder's transformers config (used by hftransfer)",
     "all_results.json": "final metrics, per-class results, training history and the full transfer recipe",

@@ -1,10 +1,12 @@
 """Data: ``datasets`` inputs -> checked, labelled train/eval splits.
 
-Inputs are a Hub (or local script) dataset name, a class-per-subfolder image folder, or CSV/JSON(L)
-text files (checked row by row and decoded first: ``text_files``). Every problem a user can fix
-(missing column, a single class, empty split, unreadable image, a validation label never seen in
-training) raises :class:`HFTransferError` before training starts. Rows whose input or label is empty
-are skipped, and the count is printed; the held-out validation split is stratified by label.
+Inputs are a Hub (or local script) dataset name, a folder written by ``save_to_disk``, a
+class-per-subfolder image folder, image manifests (CSV/TSV/JSON(L)/Parquet files listing image paths
+or bytes and labels: ``manifests``), or CSV/JSON(L) text files (checked row by row and decoded first:
+``text_files``). Every problem a user can fix (missing column, a single class, empty split,
+unreadable or missing image, a validation label never seen in training) raises
+:class:`HFTransferError` before training starts. Rows whose input or label is empty are skipped,
+and the count is printed; the held-out validation split is stratified by label.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from datasets import ClassLabel, DatasetDict
 
 from .errors import HFTransferError
+from .manifests import MANIFEST_SUFFIXES, csv_label_lists, has_csv_label_lists, resolve_images
 from .run_files import write_text
 from .text_files import SUFFIXES, check_text_file
 
@@ -41,8 +44,15 @@ class DataBundle:
 
 def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, train_dir=None, validation_dir=None,
                     train_file=None, validation_file=None, cache_dir=None, text_encoding: str = "auto",
-                    test_dir=None, test_file=None) -> DatasetDict:
-    """Load the user's data as a DatasetDict, translating loader failures into one-line errors."""
+                    test_dir=None, test_file=None, image_column: str = "image",
+                    label_column: str = "label") -> DatasetDict:
+    """Load the user's data as a DatasetDict, translating loader failures into one-line errors.
+
+    For images, ``train_file`` & co. are manifests (``manifests``); ``image_column`` / ``label_column``
+    say which of their columns hold the images and the labels.
+    """
+    if dataset_name and is_saved_dataset(dataset_name):
+        return _load_from_disk(dataset_name, dataset_config_name)
     if dataset_name:
         try:
             return datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
@@ -52,8 +62,16 @@ def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, 
                 "check the name, or pass local data with --train_dir/--train_file"
             ) from None
     if modality == "image":
+        mixed = mixed_image_inputs(train_dir, validation_dir, test_dir, train_file, validation_file, test_file)
+        if mixed:
+            raise HFTransferError(mixed)
+        if train_file:
+            manifests = {"train": train_file, **({"validation": validation_file} if validation_file else {}),
+                         **({"test": test_file} if test_file else {})}
+            return _load_image_manifests(manifests, image_column, label_column, cache_dir, text_encoding)
         if not train_dir:
-            raise HFTransferError("no training data: pass --train_dir (class-per-subfolder images) or --dataset_name")
+            raise HFTransferError("no training data: pass --train_dir (class-per-subfolder images), --train_file "
+                                  "(a CSV/JSONL/Parquet manifest) or --dataset_name")
         folders = {"train": train_dir, **({"validation": validation_dir} if validation_dir else {}),
                    **({"test": test_dir} if test_dir else {})}
         return _load_image_folders(folders, cache_dir)
@@ -86,6 +104,72 @@ def as_utf8(path: str, encoding: str) -> str:
     if not copy.is_file():
         write_text(copy, raw.decode(encoding))
     return str(copy)
+
+
+def mixed_image_inputs(train_dir=None, validation_dir=None, test_dir=None, train_file=None, validation_file=None,
+                       test_file=None) -> str | None:
+    """The error line when image folders and manifests name different splits of one run, else None.
+
+    Refused rather than merged: a folder's labels are class folder names, a manifest's are its
+    label column (possibly lists), and no single rule turns one into the other.
+    """
+    dirs = {"--train_dir": train_dir, "--validation_dir": validation_dir, "--test_dir": test_dir}
+    files = {"--train_file": train_file, "--validation_file": validation_file, "--test_file": test_file}
+    dirs, files = [k for k, v in dirs.items() if v], [k for k, v in files.items() if v]
+    if not dirs or not files or (dirs == ["--train_dir"] and files == ["--train_file"]):
+        return None  # one kind of input, or the plain "both name training data" mistake, said elsewhere
+    return (f"{', '.join(files)} (manifest) and {', '.join(dirs)} (image folder) mix two kinds of input: give every "
+            "split as a manifest (--*_file) or every split as a class-per-subfolder folder (--*_dir)")
+
+
+def is_saved_dataset(path: str) -> bool:
+    """Whether ``path`` is a folder written by ``DatasetDict.save_to_disk`` or ``Dataset.save_to_disk``."""
+    p = Path(path).expanduser()
+    return p.is_dir() and ((p / datasets.config.DATASETDICT_JSON_FILENAME).is_file()
+                           or (p / datasets.config.DATASET_STATE_JSON_FILENAME).is_file())
+
+
+def _load_from_disk(path: str, config_name: str | None) -> DatasetDict:
+    """A ``save_to_disk`` folder with its features (ClassLabel names, Image columns) intact; a single
+    ``Dataset`` becomes the train split."""
+    if config_name:
+        raise HFTransferError(f"--dataset_config_name '{config_name}' does not apply to '{path}', a folder written by "
+                              "save_to_disk: drop --dataset_config_name")
+    try:
+        loaded = datasets.load_from_disk(str(Path(path).expanduser()))
+    except Exception as e:
+        raise HFTransferError(f"could not load the saved dataset '{path}' ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}): save it again with save_to_disk") from None
+    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+
+
+def _load_image_manifests(files: dict[str, str], image_column: str, label_column: str, cache_dir,
+                          text_encoding: str) -> DatasetDict:
+    """One load per manifest (each resolves its relative image paths from its own folder), one format.
+
+    CSV and JSON manifests are checked row by row and decoded like text files first; a CSV label
+    list rule seen in any split makes every split multi-label (``manifests``).
+    """
+    for split, path in files.items():
+        _existing_file(path, f"--{split}_file", "an image manifest (.csv, .tsv, .jsonl or .parquet)")
+    suffixes = {Path(f).suffix.lower() for f in files.values()}
+    if len(suffixes) > 1:
+        raise HFTransferError(f"the image manifests have different formats ({', '.join(sorted(suffixes))}): "
+                              "use one format for --train_file, --validation_file and --test_file")
+    suffix = suffixes.pop()
+    builder = MANIFEST_SUFFIXES.get(suffix)
+    if builder is None:
+        raise HFTransferError(f"unsupported image manifest type '{suffix}': use .csv, .tsv, .jsonl, .json or .parquet "
+                              "(or --train_dir for a class-per-subfolder folder)")
+    kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+    out = {}
+    for split, path in files.items():
+        readable = path if builder == "parquet" else as_utf8(path, check_text_file(path, text_encoding))
+        ds = _load(builder, {split: readable}, cache_dir, **kwargs)[split]
+        out[split] = resolve_images(ds, image_column, Path(path))
+    if builder == "csv" and any(has_csv_label_lists(ds, label_column) for ds in out.values()):
+        out = {split: csv_label_lists(ds, label_column, Path(files[split])) for split, ds in out.items()}
+    return DatasetDict(out)
 
 
 def _load(builder: str, data_files: dict, cache_dir, **kwargs) -> DatasetDict:
@@ -133,9 +217,9 @@ def _class_folders(path: str, flag: str) -> list[str]:
     return classes
 
 
-def _existing_file(path: str, flag: str) -> str:
+def _existing_file(path: str, flag: str, what: str = "CSV/JSON/JSONL file") -> str:
     if not Path(path).is_file():
-        raise HFTransferError(f"{flag} '{path}' does not exist: pass an existing CSV/JSON/JSONL file")
+        raise HFTransferError(f"{flag} '{path}' does not exist: pass an existing {what}")
     return path
 
 
@@ -335,7 +419,8 @@ def load_data(options, modality: str, data_seed: int | None = None) -> DataBundl
     input_column = options.image_column_name if modality == "image" else options.text_column_name
     raw = load_raw_splits(modality, options.dataset_name, options.dataset_config_name, options.train_dir,
                           options.validation_dir, options.train_file, options.validation_file,
-                          text_encoding=options.text_encoding, test_dir=options.test_dir, test_file=options.test_file)
+                          text_encoding=options.text_encoding, test_dir=options.test_dir, test_file=options.test_file,
+                          image_column=options.image_column_name, label_column=options.label_column_name)
     return prepare_splits(raw, input_column, options.label_column_name, options.validation_fraction,
                           options.seed if data_seed is None else data_seed, options.max_train_samples,
                           options.max_eval_samples, options.label_names)

@@ -14,10 +14,14 @@ saved in that library's layout, so that it loads *without* hftransfer:
   (RoBERTa, XLM-R, CamemBERT) and MPNet map because their classification head *is* a pooler
   (``dense -> tanh`` on the first token) followed by ``out_proj``.
 
-Everything else keeps hftransfer's key names and only loads with hftransfer, for a stated reason:
-MLP or custom heads, ``mean``/``cls`` pooling (no transformers class pools that way), encoders
-without such a classifier (DistilBERT's is ``pre_classifier -> ReLU -> classifier``, ELECTRA's has
-no pooler), timm models whose classifier is not one linear layer (distilled heads).
+Everything else keeps hftransfer's key names, for a stated reason (MLP heads, ``mean``/``cls``
+pooling: no transformers class pools that way, encoders without such a classifier: DistilBERT's is
+``pre_classifier -> ReLU -> classifier``, ELECTRA's has no pooler, timm models whose classifier is
+not one linear layer) and still loads without hftransfer, through transformers' custom code: the
+self-contained ``modeling_hftransfer.py`` is copied next to a ``config.json`` whose ``auto_map``
+names its classes (``AutoModelFor{Sequence,Image}Classification`` with ``trust_remote_code=True``,
+and ``pipeline``). Its module names are hftransfer's, so the one weights file serves both loaders.
+Only user-defined heads, whose code the folder cannot carry, load with hftransfer alone.
 
 A layout is only chosen after a structural check: the reference model a loader would build from
 the written config (instantiated on the ``meta`` device, so no memory or time is spent) must have
@@ -36,10 +40,16 @@ import torch
 
 from .backbones import TextBackbone, TimmBackbone
 from .errors import HFTransferError
-from .heads import LinearHead
-from .run_files import CONFIG_NAME, NATIVE_CONFIG_NAME, WEIGHTS_NAME, read_json, save_safetensors, write_json
+from .heads import HEADS, LinearHead
+from . import modeling_hftransfer
+from .run_files import (CONFIG_NAME, IMAGE_PROCESSOR_NAME, NATIVE_CONFIG_NAME, REMOTE_CODE_NAME, WEIGHTS_NAME,
+                        copy_file, read_json, save_safetensors, write_json)
 
 HFTRANSFER_FORMAT = "hftransfer"
+# modality -> (transformers auto class, the class of modeling_hftransfer.py it maps to)
+REMOTE_CODE_CLASSES = {"text": ("AutoModelForSequenceClassification", "HFTransferForSequenceClassification"),
+                       "image": ("AutoModelForImageClassification", "HFTransferForImageClassification")}
+REMOTE_CODE_FILES = (NATIVE_CONFIG_NAME, REMOTE_CODE_NAME, IMAGE_PROCESSOR_NAME)
 
 # transformers model_type -> how its ForSequenceClassification head relates to pooler + linear head
 # (checked key for key and logit for logit in tests/test_export.py; anything else keeps hftransfer's layout)
@@ -176,30 +186,117 @@ def _checked(layout: NativeLayout, model, reference: dict[str, torch.Tensor]) ->
     return layout, ""
 
 
-def save_weights(model, save_dir: Path) -> dict:
-    """Write ``model.safetensors`` (native keys + ``config.json`` when a native layout exists).
+@dataclass
+class RemoteCodeLayout:
+    """A ``config.json`` for ``modeling_hftransfer.py``: the classes transformers loads with ``trust_remote_code``."""
 
-    Returns the record merged into ``hftransfer_config.json``: ``weights_format`` (``timm``,
-    ``transformers`` or ``hftransfer``) plus ``native`` (library, architecture, key map) or
-    ``native_unavailable`` (the reason). A stale native ``config.json`` from an earlier save into the
-    same folder is removed so that no loader picks up a config that no longer matches the weights.
+    auto_class: str
+    architecture: str
+    config: dict = field(repr=False)
+
+    def record(self) -> dict:
+        return {"auto_class": self.auto_class, "architecture": self.architecture, "file": REMOTE_CODE_NAME}
+
+
+def remote_code_layout(model) -> tuple[RemoteCodeLayout | None, str]:
+    """The custom-code export of ``model`` and ``""``, or ``None`` and why there is none (one sentence).
+
+    The config is checked like a native one: the classes it names, built on the ``meta`` device,
+    must hold exactly the model's weight names and shapes.
+    """
+    head = model.head_config
+    if head.get("type") not in HEADS:
+        return None, (f"the user-defined head {head.get('class', 'custom')} is not part of the shipped modeling code "
+                      "(load it with hftransfer, its class importable)")
+    if sorted(model.id2label) != list(range(model.num_labels)):
+        return None, "label ids are not 0..n-1, which transformers' id2label requires"
+    auto_class, architecture = REMOTE_CODE_CLASSES[model.modality]
+    config = {
+        "model_type": modeling_hftransfer.MODEL_TYPE,
+        "architectures": [architecture],
+        "auto_map": {"AutoConfig": "modeling_hftransfer.HFTransferConfig",
+                     auto_class: f"modeling_hftransfer.{architecture}"},
+        "modality": model.modality,
+        "head": head,
+        "feature_dim": model.backbone.feature_dim,
+        "id2label": {str(i): model.id2label[i] for i in range(model.num_labels)},
+        "label2id": {model.id2label[i]: i for i in range(model.num_labels)},
+        "problem_type": "multi_label_classification" if model.multi_label else "single_label_classification",
+    }
+    backbone = model.backbone.config()
+    if isinstance(model.backbone, TextBackbone):
+        config.update(pooling=model.backbone.pooling, encoder_config=model.backbone.encoder.config.to_dict())
+    elif isinstance(model.backbone, TimmBackbone):
+        # image_processor_type + pretrained_cfg: AutoImageProcessor and pipeline apply timm's own eval transform
+        config.update(architecture=backbone["architecture"], pretrained_cfg=backbone["pretrained_cfg"],
+                      timm_kwargs=backbone.get("timm_kwargs", {}), image_processor_type="TimmWrapperImageProcessor")
+    else:
+        return None, f"{type(model.backbone).__name__} backbones have no transformers custom code"
+    layout = RemoteCodeLayout(auto_class, architecture, config)
+    try:
+        with torch.device("meta"):
+            cls = getattr(modeling_hftransfer, architecture)
+            reference = cls(modeling_hftransfer.HFTransferConfig(**copy.deepcopy(config)))
+    except Exception as e:  # noqa: BLE001 - whatever fails here would fail for the user's loader too
+        return None, f"the shipped modeling code could not rebuild this model ({type(e).__name__}: {str(e)[:120]})"
+    ref_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    if ref_shapes != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+        return None, "the shipped modeling code builds other weights than this model holds"
+    return layout, ""
+
+
+def _write_remote_code(save_dir: Path, layout: RemoteCodeLayout) -> None:
+    write_json(save_dir / NATIVE_CONFIG_NAME, layout.config)
+    copy_file(Path(modeling_hftransfer.__file__), save_dir / REMOTE_CODE_NAME)
+    if "pretrained_cfg" in layout.config:  # the image processor transformers' Hub loaders look for first
+        write_json(save_dir / IMAGE_PROCESSOR_NAME, {
+            "image_processor_type": layout.config["image_processor_type"],
+            "architecture": layout.config["architecture"], "pretrained_cfg": layout.config["pretrained_cfg"]})
+    elif (save_dir / IMAGE_PROCESSOR_NAME).is_file():
+        (save_dir / IMAGE_PROCESSOR_NAME).unlink()
+
+
+def save_weights(model, save_dir: Path) -> dict:
+    """Write ``model.safetensors`` and the ``config.json`` of the layout that loads it without hftransfer.
+
+    Native layout: native keys + timm / transformers ``config.json``. Otherwise hftransfer's keys +
+    the custom-code ``config.json`` and ``modeling_hftransfer.py`` (+ ``preprocessor_config.json``
+    for images). Returns the record merged into ``hftransfer_config.json``: ``weights_format``
+    (``timm``, ``transformers`` or ``hftransfer``) plus ``native`` (library, architecture, key map)
+    or ``native_unavailable`` (the reason) and ``remote_code`` (auto class, architecture) or
+    ``remote_code_unavailable``. Files of another layout left by an earlier save into the same
+    folder are removed, so that no loader pairs a config with weights it does not describe.
     """
     layout, reason = native_layout(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if layout is not None:
         state = map_keys(state, layout.key_map)
+    earlier = _files_written_by_us(save_dir)
     save_safetensors(save_dir / WEIGHTS_NAME, state, metadata={"format": "pt"})
-    native_config = save_dir / NATIVE_CONFIG_NAME
-    if layout is None:
-        if native_config.is_file() and _written_by_us(save_dir):
-            native_config.unlink()
-        return {"weights_format": HFTRANSFER_FORMAT, "native_unavailable": reason}
-    write_json(native_config, layout.config)
-    return {"weights_format": layout.library, "native": layout.record()}
+    if layout is not None:
+        _remove(save_dir, [name for name in earlier if name != NATIVE_CONFIG_NAME])
+        write_json(save_dir / NATIVE_CONFIG_NAME, layout.config)
+        return {"weights_format": layout.library, "native": layout.record()}
+    remote, remote_reason = remote_code_layout(model)
+    record = {"weights_format": HFTRANSFER_FORMAT, "native_unavailable": reason}
+    if remote is None:
+        _remove(save_dir, earlier)
+        return {**record, "remote_code_unavailable": remote_reason}
+    _write_remote_code(save_dir, remote)
+    return {**record, "remote_code": remote.record()}
 
 
-def _written_by_us(save_dir: Path) -> bool:
-    return read_json(save_dir / CONFIG_NAME, {}).get("weights_format", HFTRANSFER_FORMAT) != HFTRANSFER_FORMAT
+def _files_written_by_us(save_dir: Path) -> list[str]:
+    """The loader files an earlier hftransfer save left in ``save_dir`` (a user's own ``config.json`` is kept)."""
+    earlier = read_json(save_dir / CONFIG_NAME, {})
+    if earlier.get("weights_format", HFTRANSFER_FORMAT) == HFTRANSFER_FORMAT and not earlier.get("remote_code"):
+        return []
+    return [name for name in REMOTE_CODE_FILES if (save_dir / name).is_file()]
+
+
+def _remove(save_dir: Path, names: list[str]) -> None:
+    for name in names:
+        (save_dir / name).unlink(missing_ok=True)
 
 
 def load_weights(save_dir: Path, config: dict) -> dict[str, torch.Tensor]:
@@ -217,11 +314,19 @@ def load_weights(save_dir: Path, config: dict) -> dict[str, torch.Tensor]:
 
 
 def stale_native_files(save_dir: Path) -> list[str]:
-    """Native config files in ``save_dir`` that its weights do not use (left by an earlier run in the folder).
+    """Loader files in ``save_dir`` that its weights do not use (left by an earlier run in the folder).
 
-    A timm / transformers loader would pair such a ``config.json`` with weights of another layout, so
-    cards do not list them and pushes do not upload them.
+    A timm / transformers loader would pair such a ``config.json`` (or modeling code) with weights
+    of another layout, so cards do not list them and pushes do not upload them.
     """
     path = save_dir / CONFIG_NAME
-    fmt = read_json(path, {}).get("weights_format", HFTRANSFER_FORMAT) if path.is_file() else None
-    return [NATIVE_CONFIG_NAME] if fmt == HFTRANSFER_FORMAT and (save_dir / NATIVE_CONFIG_NAME).is_file() else []
+    if not path.is_file():
+        return []
+    config = read_json(path, {})
+    if config.get("weights_format", HFTRANSFER_FORMAT) != HFTRANSFER_FORMAT:
+        used = {NATIVE_CONFIG_NAME}
+    elif config.get("remote_code"):
+        used = set(REMOTE_CODE_FILES) if config.get("modality") == "image" else {NATIVE_CONFIG_NAME, REMOTE_CODE_NAME}
+    else:
+        used = set()
+    return [name for name in REMOTE_CODE_FILES if name not in used and (save_dir / name).is_file()]

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+from accelerate.utils import LoggerType
+from accelerate.utils import imports as accelerate_imports
+
 from .errors import HFTransferError
 from .model import BN_STATS
 from .strategies import STRATEGIES
@@ -21,6 +24,10 @@ from .strategies import STRATEGIES
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
 METRICS = ("accuracy", "f1", "loss", "eval_accuracy", "eval_f1", "eval_loss")
 PATH_FIELDS = ("train_dir", "validation_dir", "test_dir", "train_file", "validation_file", "test_file")
+# --report_to: accelerate's trackers (whatever this accelerate supports), plus transformers' "all" and "none"
+TRACKERS = tuple(t.value for t in LoggerType if t is not LoggerType.ALL)
+REPORT_TO = ("none", "all", *TRACKERS)
+TRACKER_PACKAGES = {"comet_ml": "comet-ml"}  # pip names that differ from accelerate's tracker names
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,17 @@ def _f(default, help: str, choices: tuple | None = None, valid: Range | None = N
     return field(default=default, metadata=metadata)
 
 
+def tracker_installed(name: str) -> bool:
+    """Whether accelerate can use tracker ``name`` here: its own check, which also refuses versions it
+    does not support (e.g. aim >= 4), run now rather than when accelerate was imported."""
+    check = getattr(accelerate_imports, f"is_{name}_available", None)
+    if check is None:  # a tracker newer than the checks this accelerate has
+        import importlib.util
+
+        return importlib.util.find_spec(name) is not None
+    return bool(check())
+
+
 def _pooling():  # one definition for the recipes and for ranking
     return _f("mean", "text pooling: mean (mask-aware), cls or pooler", ("mean", "cls", "pooler"))
 
@@ -74,9 +92,9 @@ class Options:
         """Check every value before the run touches anything; one ``HFTransferError`` line per problem."""
         for f in fields(self):
             value, choices, valid = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("valid")
-            if choices and value is not None and value not in choices:
-                raise HFTransferError(f"unknown {f.name} '{value}' (--{f.name}): use one of {', '.join(map(str, choices))}")
-            for v in (value if isinstance(value, list) else [value]):
+            for v in (value if isinstance(value, list) else [value]):  # a list option: each of its values
+                if choices and v is not None and v not in choices:
+                    raise HFTransferError(f"unknown {f.name} '{v}' (--{f.name}): use one of {', '.join(map(str, choices))}")
                 if valid is not None and v is not None and v not in valid:
                     raise HFTransferError(f"--{f.name} {v} is out of range: use {valid}")
         return self
@@ -98,14 +116,17 @@ class SessionOptions(Options):
 class DataOptions(Options):
     """Which examples, which columns, how they are split and preprocessed for the backbone."""
 
-    dataset_name: Optional[str] = _f(None, "a datasets Hub name or local dataset script/folder")
+    dataset_name: Optional[str] = _f(None, "a datasets Hub name, a local dataset script/folder, or a folder written by "
+                                     "save_to_disk (a single Dataset = the train split)")
     dataset_config_name: Optional[str] = _f(None, "the dataset's configuration name")
     train_dir: Optional[str] = _f(None, "image folder with one subfolder per class")
     validation_dir: Optional[str] = _f(None, "validation image folder (same classes)")
-    train_file: Optional[str] = _f(None, "text training data: .csv, .tsv, .json or .jsonl")
-    validation_file: Optional[str] = _f(None, "text validation data, same format")
+    train_file: Optional[str] = _f(None, "training data file: text as .csv, .tsv, .json or .jsonl; images as a manifest "
+                                   "(.csv, .tsv, .jsonl or .parquet) of image paths (relative to it) or bytes and labels")
+    validation_file: Optional[str] = _f(None, "validation data file (text or image manifest), same format")
     test_dir: Optional[str] = _f(None, "image test folder (same classes), scored once with the exported model")
-    test_file: Optional[str] = _f(None, "text test data, same format, scored once with the exported model")
+    test_file: Optional[str] = _f(None, "test data file (text or image manifest), same format, scored once with the "
+                                  "exported model")
     image_column_name: str = _f("image", "column holding the images")
     text_column_name: str = _f("text", "column holding the texts")
     label_column_name: str = _f("label", "column holding the labels (a list per row = multi-label)")
@@ -132,6 +153,12 @@ class DataOptions(Options):
         super().validate()
         if self.train_dir and self.train_file:
             raise HFTransferError("--train_dir and --train_file both name training data: pass one of them")
+        from .data import mixed_image_inputs  # imported here: parsing options should not import datasets
+
+        mixed = mixed_image_inputs(self.train_dir, self.validation_dir, self.test_dir, self.train_file,
+                                   self.validation_file, self.test_file)
+        if mixed:
+            raise HFTransferError(mixed)
         for flag, partner in (("validation_dir", "train_dir"), ("validation_file", "train_file"),
                               ("test_dir", "train_dir"), ("test_file", "train_file")):
             if getattr(self, flag) and not getattr(self, partner) and not self.dataset_name:
@@ -145,7 +172,8 @@ class DataOptions(Options):
             path = getattr(self, flag)
             if path and not Path(path).is_file():
                 what = "is a folder" if Path(path).exists() else "does not exist"
-                raise HFTransferError(f"--{flag} '{path}' {what}: pass an existing CSV/TSV/JSON/JSONL file")
+                raise HFTransferError(f"--{flag} '{path}' {what}: pass an existing CSV/TSV/JSON/JSONL file "
+                                      "(or, for images, a .parquet manifest)")
         if self.feature_cache_dir and Path(self.feature_cache_dir).is_file():
             raise HFTransferError(f"--feature_cache_dir '{self.feature_cache_dir}' is a file: pass a folder (created if missing)")
         if self.text_encoding != "auto":
@@ -270,6 +298,36 @@ class RunOptions(Options):
 
 
 @dataclass
+class TrackingOptions(Options):
+    """Experiment tracking through accelerate's trackers: which ones, the run's name, how often it logs."""
+
+    report_to: list[str] = _f(["none"], "trackers that get the run's logs, one or more (all = every installed one)",
+                              REPORT_TO)
+    run_name: Optional[str] = _f(None, "the run's name in the trackers (default: output_dir's name)")
+    project: str = _f("hftransfer", "the trackers' project (W&B / trackio / SwanLab / Comet project, MLflow experiment)")
+    logging_dir: Optional[str] = _f(None, "TensorBoard (and Aim) logs go here (default: output_dir/runs/<run_name>)")
+    logging_steps: int = _f(10, "optimizer steps between logs of the train loss (mean over those steps) and the "
+                            "learning rates", valid=AT_LEAST_ONE)
+
+    def validate(self) -> "TrackingOptions":
+        super().validate()
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise HFTransferError(f"--report_to {' '.join(self.report_to)}: 'none' cannot be combined with trackers: "
+                                  "pass none alone, or only the trackers")
+        for name in self.report_to:
+            if name not in ("none", "all") and not tracker_installed(name):
+                package = TRACKER_PACKAGES.get(name, name)
+                raise HFTransferError(f"--report_to {name}: the {package} package is not installed (or not in a version "
+                                      f"accelerate supports): pip install {package}, or leave {name} out of --report_to")
+        if "all" in self.report_to and not any(tracker_installed(t) for t in TRACKERS):
+            raise HFTransferError("--report_to all: no tracker package is installed: pip install tensorboard (or wandb, "
+                                  "mlflow, ...), or pass --report_to none")
+        if self.logging_dir and Path(self.logging_dir).is_file():
+            raise HFTransferError(f"--logging_dir '{self.logging_dir}' is a file: pass a folder (created if missing)")
+        return self
+
+
+@dataclass
 class HubOptions(Options):
     """Publishing; the token comes from HF_TOKEN or `hf auth login`, never from a flag or a file we write."""
 
@@ -282,7 +340,7 @@ class HubOptions(Options):
 
 # --help lists the groups in this order: the dataclass fields of the last base come first
 @dataclass
-class TrainConfig(HubOptions, RunOptions, ComparisonOptions, OptimizationOptions, StrategyOptions,
+class TrainConfig(HubOptions, TrackingOptions, RunOptions, ComparisonOptions, OptimizationOptions, StrategyOptions,
                   AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
     """Everything a recipe run takes."""
 

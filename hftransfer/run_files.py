@@ -28,6 +28,8 @@ CONFIG_NAME = "hftransfer_config.json"  # hftransfer's own model config: backbon
 WEIGHTS_NAME = "model.safetensors"
 NATIVE_CONFIG_NAME = "config.json"  # timm / transformers config, present when the weights use their layout
 ENCODER_CONFIG_NAME = "encoder_config.json"  # the text encoder's transformers config
+REMOTE_CODE_NAME = "modeling_hftransfer.py"  # transformers custom code, for models without a native layout
+IMAGE_PROCESSOR_NAME = "preprocessor_config.json"  # transformers' image processor settings
 CARD_NAME = "README.md"
 
 # ---- what a run's output_dir holds besides the model ---------------------------------------------

@@ -11,13 +11,20 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import ProjectConfiguration
 
 from .loaders import available_cores
+from .tracking import log_with, logging_dir
 
 
 def create_accelerator(cfg) -> Accelerator:
-    """An Accelerator for ``cfg`` (a ``TrainConfig``): accumulation, precision, compile, seedable sampling."""
+    """An Accelerator for ``cfg`` (a ``TrainConfig``): accumulation, precision, compile, seedable sampling,
+    and the ``--report_to`` trackers (started later by ``init_trackers``, once output_dir is ready)."""
     kwargs = {}
+    trackers = log_with(cfg)
+    if trackers:  # the logging dir is also accelerate's check that directory-based trackers (aim) have one
+        kwargs["log_with"] = trackers
+        kwargs["project_config"] = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(logging_dir(cfg)))
     if cfg.mixed_precision:
         kwargs["mixed_precision"] = cfg.mixed_precision
     elif "ACCELERATE_MIXED_PRECISION" not in os.environ and torch.cuda.is_available() and torch.cuda.is_bf16_supported():

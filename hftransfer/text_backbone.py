@@ -10,6 +10,7 @@ from torch import nn
 
 from .backbone_base import Backbone, LayerGroup, load_state_file
 from .errors import HFTransferError
+from .modeling_hftransfer import POOLINGS, pool
 from .offline import bundled_text_model_path
 from .run_files import ENCODER_CONFIG_NAME, write_text
 
@@ -32,7 +33,7 @@ class TextBackbone(Backbone):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        if pooling not in ("mean", "cls", "pooler"):
+        if pooling not in POOLINGS:
             raise HFTransferError(f"unknown pooling '{pooling}': use mean, cls or pooler")
         self.name, self.pooling = model_name_or_path, pooling
         source = bundled_text_model_path(model_name_or_path) or model_name_or_path
@@ -85,15 +86,7 @@ class TextBackbone(Backbone):
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.encoder(**kwargs)
-        if self.pooling == "pooler":
-            return out.pooler_output
-        hidden = out.last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 
     def layer_groups(self) -> list[LayerGroup]:
         """Embeddings, one group per transformer layer, then whatever follows (final norm, pooler).

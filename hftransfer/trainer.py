@@ -40,7 +40,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     try:
         output_dir = check_output_dir(cfg.output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
         threads = configure_threads(cfg.num_threads, accelerator)
-        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop)
+        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True)
         if cfg.compare_scratch:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
         failure = None
@@ -54,11 +54,15 @@ def train(cfg: TrainConfig, modality: str) -> dict:
                 except HFTransferError as e:
                     failure = e  # raised after the barrier, so the other ranks are not left waiting
         accelerator.wait_for_everyone()
-        accelerator.end_training()
         if failure is not None:
             raise failure
         return results.to_dict() if results is not None else {}
     finally:
-        if lock is not None:
-            lock.release()
-        stop.uninstall()
+        try:
+            # also when interrupted (every rank stopped after the same step) or failed: the trackers flush
+            # what they logged and close their runs
+            accelerator.end_training()
+        finally:
+            if lock is not None:
+                lock.release()
+            stop.uninstall()

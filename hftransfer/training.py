@@ -5,7 +5,7 @@ applies the strategy's frozen set (re-wrapping DDP when it changes), trains with
 accumulation and the phase-aware schedule (``train_step`` is one micro-batch, the same code the
 benchmarks time), evaluates with ``gather_for_metrics`` (each sample counted once however many
 processes), keeps the best model, and ``save_state``s a checkpoint that ``--resume_from_checkpoint``
-continues exactly.
+continues exactly. A tracked run (``--report_to``) also ``accelerator.log``s what ``tracking.RunLog`` holds.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from .export import load_weights
 from .run_files import BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, RUN_CONFIG_NAME, RunResults, read_json
 from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, mean_over_processes, rewrap_ddp, step_seed
 from .strategies import Strategy, TransferScheduler, apply_trainable, param_groups
+from .tracking import RunLog, continue_tensorboard_after, hparams, init_kwargs
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainingRun:
     with_cache: bool
     stop: StopSignals
     resumed_from: Path | None = None
+    log: RunLog | None = None  # what goes to the --report_to trackers; None: this run is not tracked
 
     def on_cached_features(self, epoch: int) -> bool:
         """Whether ``epoch`` trains the head on the frozen backbone's stored features."""
@@ -144,6 +146,9 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
     accelerator.print(f"epoch {epoch + 1}/{cfg.num_train_epochs}: {trainable_groups}/{len(run.group_names)} "
                       f"backbone groups trainable ({share:.1%} of parameters), "
                       f"lr head {run.scheduler.get_last_lr()[-1]:.2e}")
+    if run.log is not None and not state.batches_done and run.log.phase_changes(run.strategy, epoch):
+        # at the first optimizer step trained this way (mid-epoch resumes logged it before their checkpoint)
+        accelerator.log(run.log.phase_values(run.strategy, epoch, run.module), step=state.global_step + 1)
     if run.on_cached_features(epoch):
         fill_feature_cache(accelerator, run.model, run.loaders, cfg)
     train_dl = run.loaders.cached_train if run.on_cached_features(epoch) else run.loaders.train
@@ -165,7 +170,14 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
         state.epoch_loss_sum += loss
         state.epoch_loss_batches += 1
         bar.set_postfix(loss=f"{loss:.4f}")
+        if run.log is not None:
+            run.log.window.add(loss)
         if accelerator.sync_gradients:
+            step = state.global_step + 1  # the optimizer step just taken
+            if run.log is not None and run.log.step_due(step):
+                # before the scheduler moves them: the learning rates this step trained with
+                window_loss = mean_over_processes(accelerator, *run.log.window.take())
+                accelerator.log(run.log.step_values(window_loss, run.optimizer, step), step=step)
             run.scheduler.step()
             state.global_step += 1
             if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
@@ -206,6 +218,8 @@ def finish_epoch(run: TrainingRun, epoch: int, train_loss: float, metrics: dict,
     state.epoch_loss_sum, state.epoch_loss_batches = 0.0, 0
     state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": metrics["loss"],
                           "eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"]})
+    if run.log is not None:
+        accelerator.log(run.log.epoch_values(train_loss, metrics), step=state.global_step)
     accelerator.print(f"epoch {epoch + 1}: train_loss {train_loss:.4f}  eval_loss {metrics['loss']:.4f}  "
                       f"eval_accuracy {metrics['accuracy']:.4f}  eval_f1 {metrics['f1']:.4f}  ({metrics['samples']} samples)")
     name, higher_is_better = cfg.best_metric
@@ -259,11 +273,13 @@ def score_test_split(run: TrainingRun) -> tuple[dict, list[dict]] | None:
 
 
 def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
-        data_seed: int | None = None, stop: StopSignals | None = None) -> RunResults | None:
+        data_seed: int | None = None, stop: StopSignals | None = None, track: bool = False) -> RunResults | None:
     """Train, evaluate every epoch, and export the best epoch; returns the results (main process).
 
     ``data_seed`` fixes the held-out split and subsets independently of ``cfg.seed``, so from-scratch
-    runs with other seeds are scored on exactly the same examples.
+    runs with other seeds are scored on exactly the same examples. ``track``: start the accelerator's
+    trackers (``--report_to``) and log this run to them; the trainer's run is tracked, its from-scratch
+    twins (same accelerator, steps from 0 again) are not.
     """
     run = setup(cfg, modality, accelerator, output_dir, data_seed, stop)
     if run.resumed_from is not None:
@@ -282,6 +298,10 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
                       f"{cfg.num_train_epochs} epochs x {steps_per_epoch} steps, "
                       f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} thread(s)")
     description = describe_run(cfg, modality, run.bundle, run.module, run.strategy, run.group_names)
+    if track and accelerator.log_with:  # only now: --overwrite_output_dir has cleared output_dir, with its old logs
+        continue_tensorboard_after(accelerator, run.state.global_step)
+        accelerator.init_trackers(cfg.project, config=hparams(cfg, description), init_kwargs=init_kwargs(cfg))
+        run.log = RunLog(cfg.logging_steps, steps_per_epoch)
     start_time, train_time, first_epoch = time.time(), 0.0, run.state.epoch
     run.stop.in_training = True  # from here a signal means: checkpoint at the next step, then stop
     for epoch in range(run.state.epoch, cfg.num_train_epochs):
@@ -295,6 +315,8 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
     runtime = time.time() - start_time
     accelerator.wait_for_everyone()
     test = score_test_split(run)
+    if run.log is not None and test is not None:
+        accelerator.log(run.log.test_values(test[0]), step=run.state.global_step)
     results = None
     if accelerator.is_main_process:
         timing = {"train_runtime": train_time, "total_runtime": runtime,

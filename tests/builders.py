@@ -238,3 +238,82 @@ def run_python(*args, env: dict | None = None, cwd=None, timeout: float = 600) -
 def run_recipe(recipe: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run ``recipes/<recipe>.py`` in a fresh interpreter, as a user would."""
     return run_python(ROOT / "recipes" / f"{recipe}.py", *args, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------- loading elsewhere
+# A script for a fresh interpreter: loads pushed or saved models with timm / transformers only (hftransfer is
+# made unimportable first) and prints their logits, labels and pipeline outputs as one JSON line.
+LOAD_WITHOUT_HFTRANSFER = r'''
+"""Load pushed models with timm / transformers only; hftransfer is made unimportable first."""
+import json
+import sys
+
+
+class BlockHFTransfer:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hftransfer" or name.startswith("hftransfer."):
+            raise ImportError("hftransfer is blocked in this process")
+        return None
+
+
+sys.meta_path.insert(0, BlockHFTransfer())
+
+import timm
+import torch
+from PIL import Image
+from transformers import (AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer,
+                          pipeline)
+
+jobs = json.load(open(sys.argv[1]))
+out = {}
+if "image" in jobs:
+    job = jobs["image"]
+    image = Image.open(job["image"]).convert("RGB")
+    model = timm.create_model("hf-hub:" + job["repo"], pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    pixels = transform(image).unsqueeze(0)
+    wrapper = AutoModelForImageClassification.from_pretrained(job["repo"]).eval()
+    with torch.no_grad():
+        out["image"] = {
+            "timm": model(pixels).tolist(),
+            "timm_labels": list(model.pretrained_cfg["label_names"]),
+            "transformers": wrapper(pixel_values=pixels).logits.tolist(),
+            "transformers_labels": {str(k): v for k, v in wrapper.config.id2label.items()},
+            "pipeline": pipeline("image-classification", model=job["repo"])(image, top_k=None),
+        }
+if "text" in jobs:
+    job = jobs["text"]
+    tokenizer = AutoTokenizer.from_pretrained(job["repo"])
+    model = AutoModelForSequenceClassification.from_pretrained(job["repo"]).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(job["texts"], return_tensors="pt", padding=True)).logits
+    out["text"] = {
+        "transformers": logits.tolist(),
+        "transformers_labels": {str(k): v for k, v in model.config.id2label.items()},
+        "pipeline": pipeline("text-classification", model=job["repo"])(job["texts"], top_k=None),
+    }
+for job in jobs.get("remote_code", []):  # custom-code exports: the repo's own modeling_hftransfer.py
+    row = {}
+    if job["modality"] == "image":
+        from transformers import AutoImageProcessor
+
+        image = Image.open(job["image"]).convert("RGB")
+        pixels = AutoImageProcessor.from_pretrained(job["repo"])(image, return_tensors="pt")["pixel_values"]
+        model = AutoModelForImageClassification.from_pretrained(job["repo"], trust_remote_code=True).eval()
+        with torch.no_grad():
+            row["logits"] = model(pixel_values=pixels).logits.tolist()
+        row["pixels"] = pixels.tolist()
+        row["pipeline"] = pipeline("image-classification", model=job["repo"], trust_remote_code=True)(image, top_k=None)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(job["repo"], trust_remote_code=True)
+        model = AutoModelForSequenceClassification.from_pretrained(job["repo"], trust_remote_code=True).eval()
+        with torch.no_grad():
+            row["logits"] = model(**tokenizer(job["texts"], return_tensors="pt", padding=True)).logits.tolist()
+        row["pipeline"] = pipeline("text-classification", model=job["repo"], trust_remote_code=True)(
+            job["texts"], top_k=None)
+    row["labels"] = {str(k): v for k, v in model.config.id2label.items()}
+    row["class"] = type(model).__name__
+    out.setdefault("remote_code", []).append(row)
+assert not any(name.startswith("hftransfer") for name in sys.modules)
+print(json.dumps(out))
+'''

@@ -10,13 +10,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hftransfer"
 
 # bottom to top, as docs/architecture.md lists them (there top to bottom)
 LAYERS = [
-    {"data", "text_files", "metrics", "transferability", "run_files", "errors"},
+    {"data", "manifests", "text_files", "metrics", "transferability", "run_files", "errors", "modeling_hftransfer"},
     {"backbones", "backbone_base", "timm_backbone", "text_backbone", "heads", "preprocessing", "offline"},
     {"hub", "card", "card_sections", "export", "report"},
     {"model"},
     {"strategies", "regularizers", "features"},
     {"options", "config"},
-    {"checkpoint", "runtime", "loaders", "results"},
+    {"checkpoint", "runtime", "loaders", "results", "tracking"},
     {"training"},
     {"trainer", "rank", "scratch"},
     {"cli", "__main__", "__init__"},

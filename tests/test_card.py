@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from builders import TEXT_LABELS, image_model, make_run_dir, text_model
+from builders import TEXT_LABELS, image_model, make_run_dir, noise_image, text_model
 from hftransfer.card import build_model_card, card_context, write_model_card
 
 
@@ -66,20 +66,44 @@ def test_text_card_without_native_layout_says_so_and_names_hub_base_model_and_da
                        weights="pretrained", pooling="mean", strategy="gradual", unfreeze_every=2, layer_decay=1.0,
                        dataset_name="rotten_tomatoes", label_smoothing=0.1)
     meta = metadata_load(write_model_card(out, repo_id="org/rt-minilm"))
-    assert meta["library_name"] == "hftransfer"
+    assert meta["library_name"] == "transformers"  # through the shipped custom code
     assert meta["pipeline_tag"] == "text-classification"
     assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["license"] == "apache-2.0"
     assert meta["datasets"] == ["rotten_tomatoes"]
     assert model_index_to_eval_results(meta["model-index"])[1][0].dataset_type == "rotten_tomatoes"
     body = ModelCard.load(out / "README.md").text
-    for needle in ["No native transformers equivalent", "mean pooling has no transformers equivalent",
+    for needle in ["no native transformers equivalent (mean pooling has no transformers equivalent",
+                   'AutoModelForSequenceClassification.from_pretrained("org/rt-minilm", trust_remote_code=True)',
+                   'pipeline("text-classification", model="org/rt-minilm", trust_remote_code=True)',
+                   "| `modeling_hftransfer.py` | transformers custom code",
                    "`gradual`", "every 2 epoch(s)", "label smoothing 0.1", "attention-mask-aware mean",
                    "[rotten_tomatoes](https://huggingface.co/datasets/rotten_tomatoes)", "`negative`, `positive`",
                    'TransferModel.from_pretrained("org/rt-minilm")']:
         assert needle in body, needle
     assert "Per-layer learning rates" not in body
-    assert "AutoModelForSequenceClassification" not in body
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_the_cards_custom_code_snippets_run_as_written(tmp_path, tiny_bert, modality, capsys):
+    """Every transformers snippet of a custom-code card, run with the repo id pointing at the local folder."""
+    import re
+
+    if modality == "image":
+        model = image_model(head="mlp", head_hidden_sizes=(8,))
+        out = make_run_dir(tmp_path / "run", model, "image")
+    else:
+        model = text_model(tiny_bert, pooling="mean", head="mlp", head_hidden_sizes=(8,))
+        out = make_run_dir(tmp_path / "run", model, "text", model_name_or_path=str(tiny_bert), pooling="mean")
+    body = ModelCard.load(write_model_card(out, repo_id="org/snippet")).text
+    snippets = [code for code in re.findall(r"```python\n(.*?)```", body, re.S) if "trust_remote_code" in code]
+    assert len(snippets) == 1
+    noise_image(0).save(tmp_path / "image.jpg")
+    code = snippets[0].replace("org/snippet", str(out)).replace('"image.jpg"', repr(str(tmp_path / "image.jpg")))
+    exec(compile(code, "card-snippet", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] in model.id2label.values()  # the label the AutoModel snippet prints
+    assert "'label':" in printed[1]  # the pipeline's output
 
 
 def test_pretrained_timm_base_model_and_license_come_from_its_pretrained_cfg(tmp_path):

@@ -163,17 +163,7 @@ def test_other_encoders_with_an_exact_sequence_classifier_export_natively(tmp_pa
     ("distilbert-cls", "cls pooling has no transformers equivalent"),
 ])
 def test_models_without_native_equivalent_keep_hftransfer_layout_and_round_trip(tmp_path, tiny_bert, case, reason):
-    if case == "image-mlp":
-        model = image_model(head="mlp", head_hidden_sizes=(16,))
-    elif case == "image-custom":
-        model = image_model(head=ScaledHead(256, 3))
-    elif case == "text-mean":
-        model = text_model(tiny_bert, pooling="mean")
-    elif case == "text-cls-mlp":
-        model = text_model(tiny_bert, pooling="cls", head="mlp", head_hidden_sizes=(8,))
-    elif case == "distilbert-cls":
-        folder = make_encoder_folder(tmp_path / "db", "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=37)
-        model = text_model(folder, pooling="cls")
+    model = _non_native_model(case, tmp_path, tiny_bert)
     inputs = image_inputs(model) if model.modality == "image" else text_inputs(model)
     expected = logits_of(model, inputs)
     out = model.save_pretrained(tmp_path / "m")
@@ -181,19 +171,118 @@ def test_models_without_native_equivalent_keep_hftransfer_layout_and_round_trip(
     record = json.loads((out / "hftransfer_config.json").read_text())
     assert record["weights_format"] == "hftransfer"
     assert reason in record["native_unavailable"]
-    assert not (out / "config.json").exists()
     assert len(list(out.glob("*.safetensors"))) == 1
     reloaded = TransferModel.from_pretrained(out)
     assert torch.equal(logits_of(reloaded, inputs), expected)
     assert type(reloaded.head) is type(model.head)
 
 
-def test_saving_another_layout_into_the_same_folder_removes_the_stale_native_config(tmp_path):
-    out = image_model().save_pretrained(tmp_path / "m")
-    assert (out / "config.json").is_file()
-    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(out)
+def _non_native_model(case: str, tmp_path, tiny_bert) -> TransferModel:
+    if case == "image-mlp":
+        return image_model(head="mlp", head_hidden_sizes=(16,))
+    if case == "image-mlp-multi":
+        return image_model(head="mlp", head_hidden_sizes=(16,), multi_label=True)
+    if case == "image-custom":
+        return image_model(head=ScaledHead(256, 3))
+    if case == "text-mean":
+        return text_model(tiny_bert, pooling="mean")
+    if case == "text-mean-multi":
+        return text_model(tiny_bert, pooling="mean", multi_label=True)
+    if case == "text-cls-mlp":
+        return text_model(tiny_bert, pooling="cls", head="mlp", head_hidden_sizes=(8,), head_dropout=0.1)
+    if case == "distilbert-cls":
+        folder = make_encoder_folder(tmp_path / "db", "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=37)
+        return text_model(folder, pooling="cls")
+    if case == "distilbert-mean-mlp":
+        folder = make_encoder_folder(tmp_path / "db", "distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=37)
+        return text_model(folder, pooling="mean", head="mlp", head_hidden_sizes=(8,))
+    raise ValueError(case)
+
+
+# ---------------------------------------------------------------------------------------------- custom code
+@pytest.mark.parametrize("case", ["image-mlp", "image-mlp-multi", "text-mean", "text-mean-multi", "text-cls-mlp",
+                                  "distilbert-cls", "distilbert-mean-mlp"])
+def test_models_without_native_layout_load_in_transformers_through_the_shipped_modeling_code(tmp_path, tiny_bert, case):
+    from transformers import (AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification,
+                              pipeline)
+
+    model = _non_native_model(case, tmp_path, tiny_bert)
+    inputs = image_inputs(model) if model.modality == "image" else text_inputs(model)
+    expected = logits_of(model, inputs)
+    out = model.save_pretrained(tmp_path / case)
+
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "modeling_hftransfer.py", "model.safetensors"} <= files
+    assert ("preprocessor_config.json" in files) == (model.modality == "image")
+    assert _imported_modules(out / "modeling_hftransfer.py") <= {"__future__", "collections", "inspect", "torch",
+                                                                 "transformers", "timm"}
+    config = json.loads((out / "config.json").read_text())
+    auto_class = "AutoModelForImageClassification" if model.modality == "image" else "AutoModelForSequenceClassification"
+    assert config["model_type"] == "hftransfer"
+    assert set(config["auto_map"]) == {"AutoConfig", auto_class}
+    assert config["id2label"] == {str(k): v for k, v in model.id2label.items()}
+    assert config["label2id"] == model.label2id
+    assert config["problem_type"] == ("multi_label_classification" if model.multi_label else "single_label_classification")
+    record = json.loads((out / "hftransfer_config.json").read_text())
+    assert record["remote_code"]["auto_class"] == auto_class
+
+    with pytest.raises(ValueError, match="trust_remote_code"):  # custom code never runs unasked
+        AutoConfig.from_pretrained(str(out), trust_remote_code=False)
+    loader = AutoModelForImageClassification if model.modality == "image" else AutoModelForSequenceClassification
+    plain = loader.from_pretrained(str(out), trust_remote_code=True).eval()
+    with torch.no_grad():
+        got = plain(pixel_values=inputs).logits if model.modality == "image" else plain(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert plain.config.id2label == model.id2label
+
+    task = f"{model.modality}-classification"
+    classify = pipeline(task, model=str(out), trust_remote_code=True)
+    rows = classify([noise_image(0), noise_image(1)] if model.modality == "image" else TEXTS, top_k=None)
+    first = expected[0].sigmoid() if model.multi_label else expected[0].softmax(-1)
+    if model.modality == "text":  # the pipeline tokenizes each text alone: same logits as the padded batch
+        assert {r["label"]: pytest.approx(r["score"], abs=1e-4) for r in rows[0]} == \
+            {label: first[i].item() for i, label in model.id2label.items()}
+    assert {r["label"] for r in rows[0]} == set(model.id2label.values())
+
+
+def _imported_modules(path) -> set[str]:
+    """Top-level packages a file imports (relative imports show as ""): the shipped code must stand alone."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add("" if node.level else node.module.split(".")[0])
+    return names
+
+
+def test_user_defined_heads_stay_hftransfer_only_and_say_why(tmp_path):
+    out = image_model(head=ScaledHead(256, 3)).save_pretrained(tmp_path / "m")
+    record = json.loads((out / "hftransfer_config.json").read_text())
+    assert "is not part of the shipped modeling code" in record["remote_code_unavailable"]
     assert not (out / "config.json").exists()
+    assert not (out / "modeling_hftransfer.py").exists()
+
+
+def test_saving_another_layout_into_the_same_folder_removes_the_stale_loader_files(tmp_path):
+    from hftransfer.export import stale_native_files
+
+    out = image_model().save_pretrained(tmp_path / "m")
+    assert json.loads((out / "config.json").read_text())["architecture"] == "test_efficientnet"
+    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(out)  # timm layout -> custom code
+    assert json.loads((out / "config.json").read_text())["model_type"] == "hftransfer"
+    assert (out / "preprocessor_config.json").is_file()
     assert type(TransferModel.from_pretrained(out).head).__name__ == "MLPHead"
+    image_model().save_pretrained(out)  # custom code -> timm layout
+    assert not (out / "modeling_hftransfer.py").exists()
+    assert not (out / "preprocessor_config.json").exists()
+    image_model(head=ScaledHead(256, 3)).save_pretrained(out)  # timm layout -> hftransfer only
+    assert not (out / "config.json").exists()
+    (out / "config.json").write_text("{}")  # a rerun into the same output_dir may leave one behind
+    assert stale_native_files(out) == ["config.json"]
+    assert type(TransferModel.from_pretrained(out).head).__name__ == "ScaledHead"
 
 
 def test_mismatched_weights_fail_with_one_line(tmp_path):

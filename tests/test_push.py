@@ -17,65 +17,14 @@ import pytest
 import torch
 from huggingface_hub import metadata_load
 
-from builders import (IMAGE_TINY_MODEL, LABELS, ROOT, TEXT_LABELS, TEXTS, image_data_args, image_model, logits_of,
-                      make_run_dir, noise_image, run_python, text_inputs, text_model)
+from builders import (IMAGE_TINY_MODEL, LABELS, LOAD_WITHOUT_HFTRANSFER, ROOT, TEXT_LABELS, TEXTS, ScaledHead,
+                      image_data_args, image_model, logits_of, make_run_dir, noise_image, run_python, text_inputs,
+                      text_model)
 from hftransfer import HFTransferError, TransferModel
 from hftransfer.preprocessing import image_transforms
 from hftransfer.hub import main, push_output_dir
 from hub_server import HubError
 
-LOADER = r'''
-"""Load pushed models with timm / transformers only; hftransfer is made unimportable first."""
-import json
-import sys
-
-
-class BlockHFTransfer:
-    def find_spec(self, name, path=None, target=None):
-        if name == "hftransfer" or name.startswith("hftransfer."):
-            raise ImportError("hftransfer is blocked in this process")
-        return None
-
-
-sys.meta_path.insert(0, BlockHFTransfer())
-
-import timm
-import torch
-from PIL import Image
-from transformers import (AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer,
-                          pipeline)
-
-jobs = json.load(open(sys.argv[1]))
-out = {}
-if "image" in jobs:
-    job = jobs["image"]
-    image = Image.open(job["image"]).convert("RGB")
-    model = timm.create_model("hf-hub:" + job["repo"], pretrained=True).eval()
-    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
-    pixels = transform(image).unsqueeze(0)
-    wrapper = AutoModelForImageClassification.from_pretrained(job["repo"]).eval()
-    with torch.no_grad():
-        out["image"] = {
-            "timm": model(pixels).tolist(),
-            "timm_labels": list(model.pretrained_cfg["label_names"]),
-            "transformers": wrapper(pixel_values=pixels).logits.tolist(),
-            "transformers_labels": {str(k): v for k, v in wrapper.config.id2label.items()},
-            "pipeline": pipeline("image-classification", model=job["repo"])(image, top_k=None),
-        }
-if "text" in jobs:
-    job = jobs["text"]
-    tokenizer = AutoTokenizer.from_pretrained(job["repo"])
-    model = AutoModelForSequenceClassification.from_pretrained(job["repo"]).eval()
-    with torch.no_grad():
-        logits = model(**tokenizer(job["texts"], return_tensors="pt", padding=True)).logits
-    out["text"] = {
-        "transformers": logits.tolist(),
-        "transformers_labels": {str(k): v for k, v in model.config.id2label.items()},
-        "pipeline": pipeline("text-classification", model=job["repo"])(job["texts"], top_k=None),
-    }
-assert not any(name.startswith("hftransfer") for name in sys.modules)
-print(json.dumps(out))
-'''
 
 
 def _env(hub) -> dict:
@@ -133,7 +82,7 @@ def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline
     jobs.write_text(json.dumps({"image": {"repo": "user/img", "image": str(image_path)},
                                 "text": {"repo": "user/txt", "texts": TEXTS}}))
     script = tmp_path / "load_without_hftransfer.py"
-    script.write_text(LOADER)
+    script.write_text(LOAD_WITHOUT_HFTRANSFER)
     proc = run_python(script, jobs, cwd=tmp_path, env=_env(hub), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -166,14 +115,58 @@ def test_pushed_models_load_without_hftransfer_in_timm_transformers_and_pipeline
     assert hub.server.unrouted == []
 
 
+@pytest.mark.integration
+def test_custom_code_exports_load_without_hftransfer_from_the_hub_and_from_a_folder(hub, tmp_path, tiny_bert):
+    """Mean pooling / MLP heads: AutoModelFor... and pipeline with trust_remote_code, logits equal, labels named."""
+    text_net = text_model(tiny_bert, pooling="mean")
+    image_net = image_model(head="mlp", head_hidden_sizes=(8,))
+    text_dir = make_run_dir(tmp_path / "txt-run", text_net, "text", model_name_or_path=str(tiny_bert), pooling="mean")
+    image_dir = make_run_dir(tmp_path / "img-run", image_net, "image")
+    push_output_dir(text_dir, "user/txt-mean", private=False, revision=None, create_pr=False)
+    push_output_dir(image_dir, "user/img-mlp", private=False, revision=None, create_pr=False)
+    image_path = tmp_path / "probe.png"
+    noise_image(3).save(image_path)
+    jobs = [{"modality": "text", "repo": repo, "texts": TEXTS} for repo in ("user/txt-mean", str(text_dir))]
+    jobs += [{"modality": "image", "repo": repo, "image": str(image_path)} for repo in ("user/img-mlp", str(image_dir))]
+    (tmp_path / "jobs.json").write_text(json.dumps({"remote_code": jobs}))
+    (tmp_path / "load.py").write_text(LOAD_WITHOUT_HFTRANSFER)
+    env = {**_env(hub), "HF_MODULES_CACHE": str(tmp_path / "modules")}  # where transformers copies the code
+    proc = run_python(tmp_path / "load.py", tmp_path / "jobs.json", cwd=tmp_path, env=env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["remote_code"]
+
+    expected_text = logits_of(text_net, text_inputs(text_net))
+    for row in rows[:2]:
+        assert row["class"] == "HFTransferForSequenceClassification"
+        assert torch.allclose(torch.tensor(row["logits"]), expected_text, atol=1e-5)
+        assert row["labels"] == {str(k): v for k, v in TEXT_LABELS.items()}
+        for scores, probs in zip(row["pipeline"], expected_text.softmax(-1)):
+            assert {r["label"]: pytest.approx(r["score"], abs=1e-4) for r in scores} == \
+                {label: probs[i].item() for i, label in TEXT_LABELS.items()}
+    for row in rows[2:]:
+        assert row["class"] == "HFTransferForImageClassification"
+        pixels = torch.tensor(row["pixels"])  # what the repo's image processor made of the file
+        assert torch.allclose(torch.tensor(row["logits"]), logits_of(image_net, pixels), atol=1e-5)
+        assert row["labels"] == {str(k): v for k, v in LABELS.items()}
+        probs = logits_of(image_net, pixels)[0].softmax(-1)
+        assert {r["label"]: pytest.approx(r["score"], abs=1e-4) for r in row["pipeline"]} == \
+            {label: probs[i].item() for i, label in LABELS.items()}
+    from PIL import Image
+
+    ours = image_transforms(image_net.backbone.data_config, False)(Image.open(image_path).convert("RGB"))[None]
+    assert torch.allclose(torch.tensor(rows[2]["pixels"]), ours, atol=1e-6)  # the processor is hftransfer's eval transform
+    assert hub.server.errors == []
+
+
 def test_model_push_to_hub_round_trips_and_reports_the_url(hub):
-    model = image_model(head="mlp", head_hidden_sizes=(8,))  # hftransfer layout
+    model = image_model(head="mlp", head_hidden_sizes=(8,))  # hftransfer layout + transformers custom code
     url = model.push_to_hub("user/mlp")
     assert url.startswith(f"{hub.url}/user/mlp/commit/")
     files = _repo_files(hub, "user/mlp")
-    assert {"README.md", "model.safetensors", "hftransfer_config.json"} <= set(files)
-    assert "config.json" not in files
-    assert b"No native timm equivalent" in files["README.md"]
+    assert {"README.md", "model.safetensors", "hftransfer_config.json", "config.json", "modeling_hftransfer.py",
+            "preprocessor_config.json"} <= set(files)
+    assert json.loads(files["config.json"])["model_type"] == "hftransfer"
+    assert b"trust_remote_code=True" in files["README.md"]
     reloaded = TransferModel.from_pretrained("user/mlp")
     pixels = torch.randn(1, 3, 64, 64)
     assert torch.equal(logits_of(reloaded, pixels), logits_of(model, pixels))
@@ -218,12 +211,16 @@ def test_repush_in_another_layout_never_leaves_a_stale_native_config(hub, tmp_pa
     push_output_dir(run_dir, "user/relayout", False, None, False)
     assert "config.json" in _repo_files(hub, "user/relayout")
     timm_config = (run_dir / "config.json").read_bytes()
-    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(run_dir)  # removes its own old config.json
+    image_model(head="mlp", head_hidden_sizes=(8,)).save_pretrained(run_dir)  # timm layout -> custom code
+    push_output_dir(run_dir, "user/relayout", False, None, False)
+    assert {"modeling_hftransfer.py", "preprocessor_config.json"} <= set(_repo_files(hub, "user/relayout"))
+    image_model(head=ScaledHead(256, 3)).save_pretrained(run_dir)  # -> hftransfer only: its own loader files go
     (run_dir / "config.json").write_bytes(timm_config)  # ... but a rerun into the same output_dir may leave one
     push_output_dir(run_dir, "user/relayout", False, None, False)
-    assert "config.json" not in _repo_files(hub, "user/relayout")  # timm must not pair it with other weights
+    remote = set(_repo_files(hub, "user/relayout"))
+    assert not remote & {"config.json", "modeling_hftransfer.py", "preprocessor_config.json"}  # nothing stale to pair
     assert "`config.json`" not in (run_dir / "README.md").read_text()
-    assert type(TransferModel.from_pretrained("user/relayout").head).__name__ == "MLPHead"
+    assert type(TransferModel.from_pretrained("user/relayout").head).__name__ == "ScaledHead"
 
 
 # ---------------------------------------------------------------------------------------------- failures

@@ -1,11 +1,17 @@
 """Both recipes end to end in fresh interpreters: outputs, resume, and one-line errors."""
 
+import json
+import os
+
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
-from builders import IMAGE_TINY, image_args, read_results, run_recipe, save_tiny_timm_weights
+from builders import (IMAGE_TINY, LOAD_WITHOUT_HFTRANSFER, ROOT, image_args, logits_of, read_results, run_python,
+                      run_recipe, save_tiny_timm_weights)
 from hftransfer import TransferModel
+from hftransfer.preprocessing import image_transforms
 
 pytestmark = pytest.mark.integration  # every test runs a recipe in a fresh interpreter
 
@@ -149,25 +155,61 @@ def test_existing_output_dir_needs_resume_or_overwrite(tmp_path, image_data):
     assert "--resume_from_checkpoint latest" in proc.stderr
 
 
-def test_default_image_job_runs_on_bundled_data_with_real_weights(tmp_path):
-    """The embedded default (real pretrained weights, bundled photos), shortened: a linear probe on 64 images."""
+def test_default_image_job_runs_on_bundled_data_with_real_weights_and_its_push_loads_without_hftransfer(tmp_path, hub):
+    """The embedded default (real pretrained weights, bundled photos), shortened: a linear probe on 64 images,
+    pushed to the loopback Hub and loaded there by timm, TimmWrapper and pipeline with equal logits."""
     out = tmp_path / "run"
     proc = run_recipe("image_cls", "--max_train_samples", "64", "--max_eval_samples", "48", "--num_train_epochs", "2",
-                      "--strategy", "linear_probe", "--per_device_train_batch_size", "16", "--output_dir", out)
+                      "--strategy", "linear_probe", "--per_device_train_batch_size", "16", "--output_dir", out,
+                      "--push_to_hub", "--hub_model_id", "user/default-image", env=hub.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
     assert results["transfer"]["base_model"] == "tf_efficientnet_lite0"
     assert results["eval_samples"] == 48
     assert results["eval_accuracy"] >= 0.8  # pretrained features separate ants from bees after a few steps
 
+    image = sorted((ROOT / "data" / "hymenoptera_160" / "val" / "bees").iterdir())[0]
+    loaded = _load_without_hftransfer(hub, tmp_path, {"image": {"repo": "user/default-image", "image": str(image)}})
+    model = TransferModel.from_pretrained(out)
+    pixels = image_transforms(model.backbone.data_config, False)(Image.open(image).convert("RGB"))[None]
+    expected = logits_of(model, pixels)
+    for loader in ("timm", "transformers"):
+        assert torch.allclose(torch.tensor(loaded["image"][loader]), expected, atol=1e-4), loader
+    assert loaded["image"]["timm_labels"] == ["ants", "bees"]
+    assert max(loaded["image"]["pipeline"], key=lambda r: r["score"])["label"] == model.id2label[expected.argmax().item()]
 
-def test_default_text_job_runs_on_bundled_data_with_real_weights(tmp_path):
+
+def test_default_text_job_runs_on_bundled_data_with_real_weights_and_its_push_loads_without_hftransfer(tmp_path, hub):
+    """Mean pooling has no transformers class: the push carries modeling_hftransfer.py, which AutoModel... and
+    pipeline run with trust_remote_code=True in a process where hftransfer cannot be imported."""
     out = tmp_path / "run"
     proc = run_recipe("text_cls", "--max_train_samples", "256", "--max_eval_samples", "200", "--output_dir", out,
-                      "--strategy", "linear_probe", "--head_learning_rate", "0.01", "--num_train_epochs", "2")
+                      "--strategy", "linear_probe", "--head_learning_rate", "0.01", "--num_train_epochs", "2",
+                      "--push_to_hub", "--hub_model_id", "user/default-text", env=hub.env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
     assert results["transfer"]["label_names"] == ["negative", "positive"]
     assert results["eval_accuracy"] >= 0.6
     assert results["test_samples"] == 1066  # the bundled rotten_tomatoes test split, scored once
     assert results["test_accuracy"] >= 0.6
+
+    texts = ["a gripping, beautifully acted film", "dull, lifeless and far too long"]
+    loaded = _load_without_hftransfer(hub, tmp_path, {"remote_code": [{"modality": "text", "repo": "user/default-text",
+                                                                       "texts": texts}]})
+    row = loaded["remote_code"][0]
+    model = TransferModel.from_pretrained(out)
+    expected = logits_of(model, dict(model.backbone.tokenizer(texts, return_tensors="pt", padding=True)))
+    assert torch.allclose(torch.tensor(row["logits"]), expected, atol=1e-5)
+    assert row["labels"] == {"0": "negative", "1": "positive"}
+    assert [max(r, key=lambda x: x["score"])["label"] for r in row["pipeline"]] == \
+        [model.id2label[i] for i in expected.argmax(-1).tolist()]
+
+
+def _load_without_hftransfer(hub, tmp_path, jobs: dict) -> dict:
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    (tmp_path / "load.py").write_text(LOAD_WITHOUT_HFTRANSFER)
+    env = {**os.environ, **hub.env, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env.pop("PYTHONPATH", None)
+    proc = run_python(tmp_path / "load.py", tmp_path / "jobs.json", cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
