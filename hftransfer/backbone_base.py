@@ -57,6 +57,14 @@ class Backbone(nn.Module):
         """Switch weights and inputs to the fastest memory layout for this kind of model (a no-op by default)."""
         return self
 
+    def set_gradient_checkpointing(self, enable: bool = True) -> "Backbone":
+        """Recompute activations in the backward pass instead of keeping them (``--gradient_checkpointing``).
+
+        Adapters must use *non-reentrant* checkpointing: the reentrant kind returns outputs that need no
+        gradient when its inputs need none, so with frozen lower layers (or only adapters training) the
+        checkpointed layers silently get no gradients at all."""
+        raise HFTransferError(f"{type(self).__name__} has no gradient checkpointing: drop --gradient_checkpointing")
+
     def save_preprocessing(self, save_dir: Path) -> None:
         """Write whatever a reload needs besides weights (tokenizer files, encoder config)."""
 

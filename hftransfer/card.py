@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 
 from . import card_sections as sections
+from .lora import is_lora_parameter
+from .lora import record as lora_record
 from .errors import HFTransferError
 from .run_files import (CARD_NAME, CONFIG_NAME, CONFUSION_PNG, CURVES_PNG, RUN_CONFIG_NAME, Phase, RunDescription,
                         RunResults, read_json, read_yaml, write_text)
@@ -41,6 +43,9 @@ def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[
     named = dict(model.named_parameters())
     sizes = {g.name: sum(named[n].numel() for n in g.params) for g in model.layer_groups()}
     total = sum(sizes.values())
+    if strategy.adapter_only:  # LoRA: inside a trainable group only the adapters train
+        sizes.update({g.name: sum(named[n].numel() for n in g.params if is_lora_parameter(n))
+                      for g in model.layer_groups()[:-1]})
     phases = []
     for phase in strategy.describe(cfg.num_train_epochs, group_names):
         trainable = sizes["head"] + sum(sizes[n] for n in phase["trainable_backbone_groups"])
@@ -59,7 +64,8 @@ def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[
                       "note": "decoupled weight decay off"} if cfg.l2sp_active else None),
         label_smoothing=cfg.label_smoothing, head_dropout=cfg.head_dropout, train_norm=cfg.train_norm,
         norm_policy=model.describe_bn_stats() if has_batchnorm else None, max_grad_norm=cfg.max_grad_norm,
-        mixed_precision=cfg.mixed_precision, seed=cfg.seed, metric_for_best_model=cfg.metric_for_best_model,
+        lora=lora_record(model) if model.lora is not None else None,
+        mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, metric_for_best_model=cfg.metric_for_best_model,
         epochs=cfg.num_train_epochs, batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
         dataset=str(cfg.dataset_name or cfg.train_dir or cfg.train_file), dataset_name=cfg.dataset_name,
         dataset_config=cfg.dataset_config_name,
@@ -162,6 +168,8 @@ def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
         "files": sections.files(output_dir, fmt),
         "versions": sections.versions(recipe, model_cfg),
         "transfer_gain": sections.transfer_gain(results.transfer_gain) if results and results.transfer_gain else None,
+        "backbone_choice": sections.backbone_choice(results.backbone_choice) if results and results.backbone_choice
+        else None,
         "confusion_png": CONFUSION_PNG if (output_dir / CONFUSION_PNG).is_file() else None,
         "curves_png": CURVES_PNG if (output_dir / CURVES_PNG).is_file() else None,
         **sections.results_context(results),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .export import stale_native_files
-from .run_files import CARD_NAME, TMP_SUFFIX, RunDescription, RunResults, TransferGain
+from .run_files import CARD_NAME, TMP_SUFFIX, BackboneChoice, RunDescription, RunResults, TransferGain
 
 # Offline bundles (see offline.py) -> the Hub repos they are copies of, for ``base_model``.
 BUNDLED_BASE_MODELS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -29,6 +29,7 @@ FILE_DESCRIPTIONS = {
     "eval_predictions.jsonl": "per-example labels and predictions on the eval split",
     "test_predictions.jsonl": "per-example labels and predictions of the exported model on the test split",
     "config.yaml": "the resolved run configuration (rerun with `--config config.yaml`)",
+    "backbone_choice.json": "how `--model_name_or_path auto` chose the backbone: every candidate's scores and the rule",
     "confusion_matrix.png": "confusion matrix of the exported epoch on the eval split",
     "training_curves.png": "loss and accuracy per epoch",
     "per_class_metrics.csv": "per-class precision, recall, F1 and support on the eval split",
@@ -130,8 +131,11 @@ def dataset(recipe: RunDescription | None, modality: str) -> Dataset:
         return Dataset(source, f"[{source}](https://huggingface.co/datasets/{source}){suffix}", source, source,
                        recipe.dataset_config)
     local = local_name(source)
-    if modality == "image" or Path(source).is_dir():
+    if Path(source).is_dir() or (modality == "image" and not Path(source).suffix):
         kind, what = "imagefolder", "local image folder" if modality == "image" else "local dataset folder"
+    elif modality == "image":
+        kind = Path(source).suffix.lstrip(".").replace("jsonl", "json").replace("tsv", "csv")
+        what = f"local image manifest ({kind.upper()})"
     else:
         kind = Path(source).suffix.lstrip(".").replace("jsonl", "json").replace("tsv", "csv") or "text"
         what = f"local {kind.upper()} file"
@@ -232,7 +236,7 @@ def recipe_context(recipe: RunDescription | None) -> dict:
     if recipe is None:
         return {"strategy": None, "strategy_description": None, "learning_rates": None, "schedule": None,
                 "regularization": None, "optimization": None, "parameters": "n/a", "phases": None,
-                "phase_notes": None, "layer_lrs": None, "layer_decay": None}
+                "phase_notes": None, "layer_lrs": None, "layer_decay": None, "lora": None}
     decay = recipe.layer_decay
     learning_rates = f"backbone {lr(recipe.learning_rate)} (peak), head {lr(recipe.head_learning_rate)}"
     if decay != 1.0:
@@ -259,13 +263,29 @@ def recipe_context(recipe: RunDescription | None) -> dict:
                          (recipe.seed, "seed")):
         if value not in (None, 0, 0.0, "no"):
             optimization.append(f"{label} {value}")
+    if recipe.gradient_checkpointing:
+        optimization.append("gradient checkpointing (non-reentrant)")
     return {
         "strategy": recipe.strategy, "strategy_description": recipe.strategy_description or "custom strategy",
         "learning_rates": learning_rates, "schedule": recipe.lr_scheduler, "regularization": regularization(recipe),
         "optimization": ", ".join(optimization),
         "parameters": f"{recipe.parameters:,} in total" if isinstance(recipe.parameters, int) else "n/a",
         "phases": phases, "phase_notes": " ".join(notes) or None, "layer_lrs": layer_lrs, "layer_decay": decay,
+        "lora": lora(recipe.lora),
     }
+
+
+def lora(record: dict | None) -> str | None:
+    """The LoRA line: rank, alpha, dropout, targets, what trains, and that the export is merged."""
+    if not record:
+        return None
+    targets = ", ".join(f"`{t}`" for t in record["target_modules"])
+    return (f"rank {record['r']}, alpha {record['alpha']:g}, dropout {record['dropout']:g} on {targets} "
+            f"({record['adapted_layers']} layers); {record['trainable_parameters']:,} trainable parameters "
+            f"({record['trainable_fraction']:.2%}: adapters + head{' + norm layers' if record.get('train_norm') else ''}). "
+            "The weights here are **merged** (adapters folded into the base weights, loadable as a plain model); "
+            "the adapter alone (peft `adapter_config.json` + `adapter_model.safetensors`, with the head as "
+            "`head.safetensors`) is in `adapter/`")
 
 
 def short(group: str) -> str:
@@ -299,6 +319,28 @@ def regularization(recipe: RunDescription) -> str:
     if recipe.norm_policy:
         parts.append(recipe.norm_policy)
     return "; ".join(parts)
+
+
+def candidate_display(spec: str) -> str:
+    """A ranked candidate as the card names it: local folders and weight files by their last path parts."""
+    prefix = "random:" if spec.startswith("random:") else ""
+    name, _, weights = spec.removeprefix(prefix).partition("=")
+    name = local_name(name) if looks_local(name) else name
+    return prefix + name + (f"={Path(weights).name if looks_local(weights) else weights}" if weights else "")
+
+
+def backbone_choice(choice: BackboneChoice) -> dict:
+    """The "Backbone choice" block: the rule and its outcome in words, then one row per ranked candidate."""
+    rows = [{"rank": r.get("rank"), "candidate": md(candidate_display(r["candidate"])),
+             "h_score": fmt(r.get("h_score")), "logme": fmt(r.get("logme")), "dim": fmt(r.get("feature_dim")),
+             "chosen": "**chosen**" if r["candidate"] == choice.chosen else
+             ("random-init floor" if r["candidate"].startswith("random:") else "")} for r in choice.ranking]
+    reason, warning = choice.reason, choice.warning or ""
+    for spec in sorted(choice.candidates, key=len, reverse=True):  # no local paths in a public card
+        reason, warning = reason.replace(spec, candidate_display(spec)), warning.replace(spec, candidate_display(spec))
+    return {"reason": md(reason), "warning": md(warning) if warning else None, "rows": rows,
+            "metric": {"h_score": "H-score", "logme": "LogME"}.get(choice.metric, choice.metric),
+            "train_samples": choice.train_samples}
 
 
 def transfer_gain(gain: TransferGain) -> dict:

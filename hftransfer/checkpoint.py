@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HFTransferError
-from .run_files import BEST_DIR, CHECKPOINT_DIR, TMP_SUFFIX, read_json, write_json
+from .run_files import BEST_DIR, CHECKPOINT_DIR, FEATURE_CACHE_DIR, TMP_SUFFIX, read_json, write_json
 
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = "hftransfer_checkpoint.json"
@@ -67,8 +67,13 @@ class RunState:
 
 
 # ---- the output folder ---------------------------------------------------------------------------
+# kept when a run is replaced: the lock, and auto's feature cache, whose files are named by a hash of the
+# weights, data and preprocessing they came from, so what an earlier run stored there is still correct
+KEPT_FILES = (LOCK_NAME, FEATURE_CACHE_DIR)
+
+
 def holds_earlier_run(output_dir: Path) -> bool:
-    return output_dir.is_dir() and any(p.name != LOCK_NAME for p in output_dir.iterdir())
+    return output_dir.is_dir() and any(p.name not in KEPT_FILES for p in output_dir.iterdir())
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool, resume: bool) -> Path:
@@ -83,9 +88,10 @@ def check_output_dir(output_dir: str | Path, overwrite: bool, resume: bool) -> P
 
 
 def clear_earlier_run(output_dir: Path) -> None:
-    """Delete what an earlier run left (the lock stays): called once the new run has loaded data and model."""
+    """Delete what an earlier run left (the lock and the feature cache stay): called once the new run has
+    loaded data and model."""
     for item in output_dir.iterdir() if output_dir.is_dir() else []:
-        if item.name == LOCK_NAME:
+        if item.name in KEPT_FILES:
             continue
         shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
 

@@ -28,6 +28,7 @@ def run_recipe(modality: str, default_config: str | Path, argv: list[str] | None
 
 COMMANDS = {
     "rank": "score candidate backbones on a dataset by LogME and H-score before fine-tuning",
+    "predict": "label image files / folders or text files with a trained model (output folder or Hub repo id)",
 }
 
 
@@ -48,3 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             from .rank import rank_backbones
 
             rank_backbones(load_config(rest, description=COMMANDS["rank"], config_cls=RankConfig, prog="hftransfer rank"))
+        elif command == "predict":
+            from .predict import run
+
+            run(rest)

@@ -38,15 +38,34 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(e.exit_code)
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Plain message lines on whatever ``sys.stdout`` (or ``sys.stderr``: ``target``) is when each is logged.
+
+    Looking the stream up per message, instead of binding the one current at setup, keeps messages
+    going to the right place when a caller swaps the streams (``hftransfer predict`` moves them to
+    stderr while predictions own stdout; pytest replaces stdout for each test).
+    """
+
+    def __init__(self, target: str = "stdout"):
+        super().__init__()
+        self.target = target
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return getattr(sys, self.target)
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns one; the stream is always looked up instead
+        pass
+
+
 def show_progress_messages() -> None:
     """Print hftransfer's INFO log messages (e.g. where a push went) as plain lines on stdout.
 
     Entry points call this; as a library hftransfer only logs, and the application decides.
     """
     logger = logging.getLogger("hftransfer")
-    if not any(getattr(h, "_hftransfer", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._hftransfer = True
-        logger.addHandler(handler)
+    if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(ConsoleHandler())
     logger.setLevel(logging.INFO)

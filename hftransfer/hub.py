@@ -23,13 +23,14 @@ from .card import write_model_card
 from .errors import HFTransferError, exit_on_user_error, show_progress_messages
 from .export import stale_native_files
 from .run_files import (BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, ENCODER_CONFIG_NAME, IMAGE_PROCESSOR_NAME,
-                        NATIVE_CONFIG_NAME, REMOTE_CODE_NAME, SCRATCH_DIR, TMP_SUFFIX)
+                        NATIVE_CONFIG_NAME, REMOTE_CODE_NAME, SCRATCH_DIR, TMP_SUFFIX, FEATURE_CACHE_DIR)
 
 logger = logging.getLogger(__name__)
 
 # Training state that is not part of the published model.
 # scratch/: the from-scratch comparison runs; their numbers are in all_results.json and the card
-PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", f"{BEST_DIR}/*", f"{SCRATCH_DIR}/*", f"*{TMP_SUFFIX}", "*.lock"]
+PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", f"{BEST_DIR}/*", f"{SCRATCH_DIR}/*", f"{FEATURE_CACHE_DIR}/*",
+                        f"*{TMP_SUFFIX}", "*.lock"]
 # Remote files that would mislead loaders if they outlived a re-push in another layout.
 STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", NATIVE_CONFIG_NAME, ENCODER_CONFIG_NAME, CONFIG_NAME,
                         REMOTE_CODE_NAME, IMAGE_PROCESSOR_NAME]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from torch import nn
 from .backbones import NORM_TYPES, Backbone, LayerGroup, backbone_from_config, create_backbone
 from .errors import HFTransferError
 from .export import load_weights, save_weights
+from .lora import LoraSpec, add_lora, base_backbone, load_adapter_files, merged_copy, save_adapter_files
+from .lora import record as lora_record
 from .heads import HEADS, classification_loss, create_head
-from .run_files import CONFIG_NAME, write_json
+from .run_files import ADAPTER_DIR, CONFIG_NAME, write_json
 
 # --bn_stats: which BatchNorm layers keep their pretrained running statistics while training
 BN_STATS_DESCRIPTIONS = {
@@ -55,6 +58,8 @@ class TransferModel(nn.Module):
         self.label_smoothing = label_smoothing
         self.head_config = head_config or {"type": "custom", "class": f"{type(head).__module__}.{type(head).__qualname__}"}
         self.bn_stats = "frozen"
+        self.lora = None  # a lora.LoraSpec once lora.add_lora injected adapters into the backbone
+        self.base_weights = None  # the --weights the backbone was built from (recorded with a LoRA adapter)
 
     @property
     def num_labels(self) -> int:
@@ -133,13 +138,35 @@ class TransferModel(nn.Module):
         transformers / ``pipeline`` load the folder without hftransfer; otherwise it holds
         hftransfer's keys. ``hftransfer_config.json`` records which
         (``weights_format``) and why no native layout exists (``native_unavailable``); see ``export``.
+
+        A model with LoRA adapters (``lora.add_lora``) is saved *merged* (adapters folded into the
+        base weights, LoRA layers removed), so the layouts above apply unchanged, and its adapter goes
+        to ``adapter/`` (peft's ``adapter_config.json`` + ``adapter_model.safetensors``, the head as
+        ``head.safetensors``, its own ``hftransfer_config.json``); ``lora`` in the config records r,
+        alpha, targets and the trainable fraction.
         """
         save_dir = Path(save_directory)
         save_dir.mkdir(parents=True, exist_ok=True)
-        record = save_weights(self, save_dir)
+        adapter_dir = save_dir / ADAPTER_DIR
+        if self.lora is None:
+            if (adapter_dir / CONFIG_NAME).is_file():  # an earlier LoRA save's adapter does not describe these weights
+                shutil.rmtree(adapter_dir)
+            record = save_weights(self, save_dir)
+        else:
+            lora = lora_record(self)
+            self._save_adapter(adapter_dir, lora)
+            record = {**save_weights(merged_copy(self), save_dir), "lora": {**lora, "merged": True, "adapter": ADAPTER_DIR}}
         self.backbone.save_preprocessing(save_dir)
         write_json(save_dir / CONFIG_NAME, {**self.config(), **record})  # last: its presence marks a complete save
         return save_dir
+
+    def _save_adapter(self, adapter_dir: Path, lora: dict) -> None:
+        """``adapter/``: peft's adapter files, the head (and moved norms), preprocessing and an hftransfer config
+        that ``from_pretrained`` rebuilds from the base weights (LoRA layers kept, unmerged, trainable)."""
+        files = save_adapter_files(self, adapter_dir)
+        self.backbone.save_preprocessing(adapter_dir)
+        write_json(adapter_dir / CONFIG_NAME, {**self.config(), "weights_format": "peft_adapter",
+                                               "lora": {**lora, "merged": False, "files": files}})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, head: nn.Module | None = None, *, revision: str | None = None,
@@ -151,6 +178,10 @@ class TransferModel(nn.Module):
         Weights are mapped back from the native layout if they were saved in one and loaded strictly.
         A model with a user-defined head needs that head's class importable, or an instance passed as
         ``head`` (its weights are then loaded from the checkpoint).
+
+        A LoRA run's folder loads as the merged model; its ``adapter/`` subfolder loads as the base
+        backbone (its recorded ``--weights``) with the adapters re-injected and loaded, unmerged, the
+        adapters and head trainable and the base frozen, ready to train on.
         """
         save_dir = Path(path)
         if not save_dir.is_dir():
@@ -161,7 +192,8 @@ class TransferModel(nn.Module):
             raise HFTransferError(f"'{path}' has no {CONFIG_NAME}: pass a folder or repo written by hftransfer's "
                                   "save_pretrained / push_to_hub (plain timm or transformers models load with those)")
         config = json.loads((save_dir / CONFIG_NAME).read_text())
-        backbone = backbone_from_config(config["backbone"], save_dir)
+        adapter = config.get("lora", {}).get("merged") is False  # an adapter/ folder: base weights + peft adapter
+        backbone = base_backbone(config, save_dir) if adapter else backbone_from_config(config["backbone"], save_dir)
         id2label = {int(k): v for k, v in config["id2label"].items()}
         head_cfg = config["head"]
         if head is None:
@@ -172,6 +204,10 @@ class TransferModel(nn.Module):
                 kwargs = {k: v for k, v in head_cfg.items() if k != "type"}
                 head = create_head(head_cfg["type"], backbone.feature_dim, len(id2label), **kwargs)
         model = cls(backbone, head, id2label, config["multi_label"], config.get("label_smoothing", 0.0), head_cfg)
+        if adapter:
+            add_lora(model, spec=LoraSpec.from_record(config["lora"]))
+            load_adapter_files(model, save_dir)
+            return model.eval()
         try:
             missing, unexpected = model.load_state_dict(load_weights(save_dir, config), strict=False)
         except RuntimeError as e:  # shape mismatches raise even when not strict
@@ -198,6 +234,34 @@ class TransferModel(nn.Module):
 
         return push_model(self, repo_id, private=private, revision=revision, create_pr=create_pr,
                           commit_message=commit_message, token=token)
+
+    def predict(self, inputs, batch_size: int = 32, top_k: int = 5, threshold: float = 0.5, device=None,
+                settings=None, skip_unreadable: bool = False, progress: bool | None = False) -> list[dict]:
+        """Label ``inputs`` (image paths / PIL images, or texts) in batches; one dict per input, in order.
+
+        Each dict is ``{"input", "label", "score", "top_k"}`` like transformers' classification
+        pipelines: ``label`` the predicted label (argmax), ``score`` its softmax probability, ``top_k``
+        the ``top_k`` most probable ``{"label", "score"}``. Multi-label models give lists in ``label``
+        / ``score``: every label whose sigmoid probability exceeds ``threshold``. Preprocessing is the
+        backbone's evaluation pipeline; ``settings`` (the run's output_dir, its ``config.yaml``, a dict
+        or None = defaults) supplies ``max_seq_length`` / ``decode_size`` / ``mixed_precision``, so
+        ``model.predict(files, settings="outputs/run")`` equals the run's ``eval_predictions.jsonl``.
+        ``device``: default CUDA > MPS > CPU; the model stays there, in its fast memory layout (channels_last
+        for CNNs, as in training), its train/eval mode restored.
+        An unreadable image or empty text raises ``HFTransferError``; ``skip_unreadable=True`` leaves it
+        out (logged as a warning; each dict's ``input`` says which input it belongs to). See ``inference``.
+        """
+        import logging
+
+        from .inference import predict
+
+        result = predict(self, inputs, batch_size=batch_size, top_k=top_k, threshold=threshold, device=device,
+                         settings=settings, skip_unreadable=skip_unreadable, progress=progress)
+        if result.skipped:
+            shown = "; ".join(f"{s.input} ({s.reason})" for s in result.skipped[:5])
+            logging.getLogger(__name__).warning(f"skipped {len(result.skipped)} unreadable input(s): {shown}"
+                                                + (" ..." if len(result.skipped) > 5 else ""))
+        return result.predictions
 
 
 def _is_frozen(module: nn.Module) -> bool:
@@ -231,8 +295,10 @@ def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict
     if head == "mlp":
         head_kwargs["hidden_sizes"] = list(head_hidden_sizes)
     head_module = create_head(head, backbone.feature_dim, len(id2label), **head_kwargs)
-    return TransferModel(backbone, head_module, id2label, multi_label, label_smoothing,
-                         _head_config(head, head_kwargs, head_module))
+    model = TransferModel(backbone, head_module, id2label, multi_label, label_smoothing,
+                          _head_config(head, head_kwargs, head_module))
+    model.base_weights = weights
+    return model
 
 
 __all__ = ["TransferModel", "TransferOutput", "create_transfer_model", "HEADS", "NORM_TYPES"]

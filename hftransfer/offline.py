@@ -114,3 +114,15 @@ def bundled_text_model_path(name: str) -> Path | None:
     if module is None:
         return None
     return Path(_import_package(module).get_model_path())
+
+
+# the names ``--model_name_or_path auto`` ranks by default, as a user would type them
+_BUNDLED_NAMES = {"image": [(arch, package) for arch, (package, _) in _TIMM_PACKAGES.items()],
+                  "text": [("all-MiniLM-L6-v2", _TEXT_PACKAGES["all-minilm-l6-v2"])]}
+
+
+def bundled_backbones(modality: str) -> list[str]:
+    """The bundled checkpoints of ``modality`` whose package is installed (without importing it)."""
+    import importlib.util
+
+    return [name for name, package in _BUNDLED_NAMES.get(modality, []) if importlib.util.find_spec(package) is not None]

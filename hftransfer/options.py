@@ -19,7 +19,8 @@ from accelerate.utils import imports as accelerate_imports
 
 from .errors import HFTransferError
 from .model import BN_STATS
-from .strategies import STRATEGIES
+from .offline import bundled_backbones
+from .strategies import LORA_STRATEGIES, STRATEGIES
 
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
 METRICS = ("accuracy", "f1", "loss", "eval_accuracy", "eval_f1", "eval_loss")
@@ -28,6 +29,9 @@ PATH_FIELDS = ("train_dir", "validation_dir", "test_dir", "train_file", "validat
 TRACKERS = tuple(t.value for t in LoggerType if t is not LoggerType.ALL)
 REPORT_TO = ("none", "all", *TRACKERS)
 TRACKER_PACKAGES = {"comet_ml": "comet-ml"}  # pip names that differ from accelerate's tracker names
+AUTO_MODEL = "auto"  # --model_name_or_path auto: rank the candidates, fine-tune the best (see auto.py)
+RANDOM_PREFIX = "random:"  # a candidate at random init: a sanity floor that is ranked but never chosen
+AUTO_METRICS = ("h_score", "logme")
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,19 @@ class ModelOptions(Options):
     head_dropout: float = _f(0.0, "dropout before the head's layers", valid=FRACTION)
     pooling: str = _pooling()
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)", valid=FRACTION)
+    candidates: list[str] = _f([], "with --model_name_or_path auto: backbones to rank besides the bundled ones (timm "
+                               "names / transformers ids / folders; random:NAME = a random-init floor, never chosen; "
+                               "NAME=FILE = weights from a state-dict file)")
+    bundled_candidates: bool = _f(True, "with --model_name_or_path auto: also rank the installed bundled checkpoints "
+                                  "of the modality (tf_efficientnet_lite0/1/2; all-MiniLM-L6-v2)")
+    auto_metric: str = _f("h_score", "with --model_name_or_path auto: the score that picks the backbone (h_score: "
+                          "steadier across resampled splits in bench/RESULTS.md; logme)", AUTO_METRICS)
+
+    def auto_candidates(self, modality: str) -> list[str]:
+        """What ``--model_name_or_path auto`` ranks for ``modality``: the installed bundled checkpoints
+        (unless ``--bundled_candidates false``), then ``--candidates``, each once, in that order."""
+        bundled = bundled_backbones(modality) if self.bundled_candidates else []
+        return list(dict.fromkeys([*bundled, *self.candidates]))
 
 
 @dataclass
@@ -215,7 +232,7 @@ class AugmentationOptions(Options):
 class StrategyOptions(Options):
     """Which layer groups train when, and what frozen layers do."""
 
-    strategy: str = _f("full", "full, linear_probe, partial, gradual or lp_ft", STRATEGIES)
+    strategy: str = _f("full", "full, linear_probe, partial, gradual, lp_ft, lora or lp_lora", STRATEGIES)
     unfreeze_top_k: int = _f(2, "partial: number of top backbone groups that train", valid=NON_NEGATIVE)
     unfreeze_every: int = _f(1, "gradual: epochs between unfreezing one more group", valid=AT_LEAST_ONE)
     lp_epochs: int = _f(1, "lp_ft: epochs of linear probing before fine-tuning everything", valid=NON_NEGATIVE)
@@ -223,6 +240,18 @@ class StrategyOptions(Options):
     bn_stats: str = _f("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or none", BN_STATS)
     feature_cache: str = _f("auto", "auto: compute frozen-backbone features once for epochs where the whole backbone "
                             "is frozen (trained without augmentation); off: run the backbone every epoch", ("auto", "off"))
+
+
+@dataclass
+class LoraOptions(Options):
+    """LoRA adapters (peft) of --strategy lora / lp_lora."""
+
+    lora_r: int = _f(8, "LoRA rank r of every adapter", valid=AT_LEAST_ONE)
+    lora_alpha: float = _f(16.0, "LoRA scaling alpha: the update is (alpha / r) * B @ A", valid=POSITIVE)
+    lora_dropout: float = _f(0.0, "dropout on the adapters' inputs", valid=FRACTION)
+    lora_target_modules: list[str] = _f([], "layers that get adapters, by name or dotted suffix (default per family: "
+                                        "text encoders' query/key/value; timm Linear qkv/proj/fc1/fc2 and 1x1 "
+                                        "convolutions)")
 
 
 @dataclass
@@ -247,6 +276,9 @@ class OptimizationOptions(Options):
     mixed_precision: Optional[str] = _f(None, "no, fp16 or bf16 (default: accelerate's setting, else bf16 on "
                                         "GPUs that support it and no on CPU)", ("no", "fp16", "bf16"))
     torch_compile: bool = _f(False, "compile the model with torch.compile (inductor); pays off on GPUs and long runs")
+    gradient_checkpointing: bool = _f(False, "recompute the backbone's activations in the backward pass instead of "
+                                      "storing them: less memory, slower steps (non-reentrant, so frozen lower layers "
+                                      "and adapters still get their gradients)")
 
     @property
     def effective_head_lr(self) -> float:
@@ -340,18 +372,22 @@ class HubOptions(Options):
 
 # --help lists the groups in this order: the dataclass fields of the last base come first
 @dataclass
-class TrainConfig(HubOptions, TrackingOptions, RunOptions, ComparisonOptions, OptimizationOptions, StrategyOptions,
-                  AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
+class TrainConfig(HubOptions, TrackingOptions, RunOptions, ComparisonOptions, OptimizationOptions, LoraOptions,
+                  StrategyOptions, AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
     """Everything a recipe run takes."""
 
-    def validate(self) -> "TrainConfig":
-        """Every value and combination, before the run reads, writes or deletes anything."""
+    def validate(self, modality: str | None = None) -> "TrainConfig":
+        """Every value and combination, before the run reads, writes or deletes anything.
+
+        ``modality`` (the recipe's, when known) completes the checks that depend on it: which bundled
+        checkpoints ``--model_name_or_path auto`` adds to the candidates."""
         super().validate()
         steps = str(self.checkpointing_steps)
         if steps not in ("epoch", "no") and not (steps.isdigit() and int(steps) > 0):
             raise HFTransferError(f"--checkpointing_steps '{steps}' is not valid: use epoch, no or a number of steps")
         if not self.model_name_or_path:
             raise HFTransferError("no model: pass --model_name_or_path (a timm name or a transformers model id / folder)")
+        self._validate_auto(modality)
         if self.weights not in ("pretrained", "random") and not Path(self.weights).is_file():
             raise HFTransferError(f"--weights '{self.weights}' is not pretrained, random or an existing state-dict file")
         if self.compare_scratch and self.weights == "random":
@@ -362,11 +398,34 @@ class TrainConfig(HubOptions, TrackingOptions, RunOptions, ComparisonOptions, Op
         out = Path(self.output_dir)
         if out.exists() and not out.is_dir():
             raise HFTransferError(f"--output_dir '{out}' is a file: pass a folder (created if missing)")
+        if self.lora_target_modules and self.strategy not in LORA_STRATEGIES:
+            raise HFTransferError(f"--lora_target_modules applies to --strategy lora / lp_lora, not {self.strategy}: "
+                                  "pass --strategy lora, or drop --lora_target_modules")
         resume = self.resume_from_checkpoint
         if resume and resume != "latest" and not Path(resume).is_dir():
             raise HFTransferError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint folder "
                                   f"(e.g. {out}/checkpoints/step_N) or latest")
         return self
+
+    def _validate_auto(self, modality: str | None) -> None:
+        """``--model_name_or_path auto`` needs two candidates to choose between; its options mean nothing without it."""
+        if self.model_name_or_path != AUTO_MODEL:
+            if self.candidates:
+                raise HFTransferError(f"--candidates is only read with --model_name_or_path auto: pass auto, or drop "
+                                      f"--candidates to fine-tune {self.model_name_or_path}")
+            return
+        if self.weights != "pretrained":
+            raise HFTransferError(f"--weights {self.weights} names one backbone's weights, but auto chooses among "
+                                  "several: give a candidate its weights as NAME=FILE or random:NAME in --candidates")
+        if modality is None and self.bundled_candidates:
+            return  # the bundled candidates depend on the recipe's modality: checked again by trainer.train
+        specs = self.auto_candidates(modality) if modality else list(dict.fromkeys(self.candidates))
+        choosable = [s for s in specs if not s.startswith(RANDOM_PREFIX)]
+        if len(choosable) < 2:
+            named = f" ({', '.join(specs)})" if specs else ""
+            raise HFTransferError(f"--model_name_or_path auto needs at least two candidates to choose from (random:NAME "
+                                  f"floors do not count), got {len(choosable)}{named}: add backbones with --candidates "
+                                  "NAME [NAME ...], or pass one --model_name_or_path")
 
 
 # the data settings of a recipe's embedded default job, dropped when the user names data of their own
@@ -394,6 +453,7 @@ class RankConfig(DataOptions, SessionOptions):
 
     def train_config(self, model_name_or_path: str, weights: str) -> TrainConfig:
         """The recipe config that reads the same data the same way (so the feature cache keys match)."""
-        shared = {f.name for f in fields(TrainConfig)} - {"output_dir", "config"}
+        # candidates: the ranked list, which TrainConfig reads only with auto (a ranked run names one model)
+        shared = {f.name for f in fields(TrainConfig)} - {"output_dir", "config", "candidates"}
         values = {k: v for k, v in self.to_dict().items() if k in shared}
         return TrainConfig(model_name_or_path=model_name_or_path, weights=weights, **values)

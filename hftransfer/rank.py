@@ -31,11 +31,11 @@ from .errors import HFTransferError
 from .features import FeatureDataset, feature_cache_file, load_or_extract
 from .loaders import available_cores, create_dataloaders
 from .model import create_transfer_model
+from .options import RANDOM_PREFIX
 from .report import new_figure, save_figure
 from .run_files import write_json, write_text
 from .transferability import transferability_scores
 
-RANDOM_PREFIX = "random:"
 COLUMNS = ("rank", "candidate", "logme", "h_score", "feature_dim", "samples", "seconds", "features")
 
 
@@ -92,14 +92,15 @@ def check_modalities(candidates: list[Candidate], data_modality: str | None) -> 
 def _data_modality(cfg) -> str | None:
     if cfg.train_dir:
         return "image"
-    if cfg.train_file:
-        return "text"
-    return None  # a datasets name: decided by the candidates
+    return None  # a file (texts, or an image manifest) or a datasets name: decided by the candidates
 
 
-def embed_train_split(accelerator, cfg, candidate: Candidate, bundle) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Frozen features of the training split, as the recipes' feature cache computes (or stored) them."""
-    train_cfg = cfg.train_config(candidate.name, candidate.weights)
+def embed_train_split(accelerator, train_cfg, candidate: Candidate, bundle) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Frozen features of the training split, as the recipes' feature cache computes (or stored) them.
+
+    ``train_cfg`` is the ``TrainConfig`` of the recipe run that would train ``candidate``: its data,
+    augmentation and cache options make the cache key, so the run finds these features."""
+    cfg = train_cfg
     set_seed(cfg.seed)  # a random-init candidate gets the same weights as the recipe's --weights random run
     model = create_transfer_model(candidate.modality, candidate.name, bundle.id2label, weights=candidate.weights,
                                   multi_label=bundle.multi_label, pooling=cfg.pooling).eval()
@@ -126,20 +127,7 @@ def rank_backbones(cfg) -> list[dict]:
         torch.set_num_threads(cfg.num_threads or available_cores())
     with accelerator.main_process_first():
         bundle = load_data(cfg.train_config(candidates[0].name, candidates[0].weights), modality)
-    if bundle.multi_label:
-        raise HFTransferError("LogME and H-score rank single-label tasks: this data has several labels per example")
-    accelerator.print(f"ranking {len(candidates)} {modality} backbone(s) on {len(bundle.train)} training examples, "
-                      f"{len(bundle.id2label)} labels")
-    rows = []
-    for candidate in candidates:
-        start = time.time()
-        features, labels, source = embed_train_split(accelerator, cfg, candidate, bundle)
-        rows.append({"candidate": candidate.spec, **transferability_scores(features, labels),
-                     "feature_dim": int(features.shape[1]), "samples": int(features.shape[0]),
-                     "seconds": round(time.time() - start, 1), "features": source})
-    rows.sort(key=lambda r: r["logme"], reverse=True)
-    for i, row in enumerate(rows, 1):
-        row["rank"] = i
+    rows = score_candidates(accelerator, candidates, bundle, lambda c: cfg.train_config(c.name, c.weights))
     if accelerator.is_main_process:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +136,27 @@ def rank_backbones(cfg) -> list[dict]:
         accelerator.print(format_table(rows))
         accelerator.print(f"-> {out / 'rank.csv'}, {out / 'rank.json'}, {out / 'rank.png'}")
     accelerator.end_training()
+    return rows
+
+
+def score_candidates(accelerator, candidates: list[Candidate], bundle, train_config_of, key: str = "logme") -> list[dict]:
+    """LogME and H-score of every candidate's frozen training-split features, sorted by ``key`` (best
+    first, ``rank`` from 1). ``train_config_of(candidate)`` is the ``TrainConfig`` of the run that
+    would train it (see ``embed_train_split``). Every process computes the same rows."""
+    if bundle.multi_label:
+        raise HFTransferError("LogME and H-score rank single-label tasks: this data has several labels per example")
+    accelerator.print(f"ranking {len(candidates)} {candidates[0].modality} backbone(s) on {len(bundle.train)} "
+                      f"training examples, {len(bundle.id2label)} labels")
+    rows = []
+    for candidate in candidates:
+        start = time.time()
+        features, labels, source = embed_train_split(accelerator, train_config_of(candidate), candidate, bundle)
+        rows.append({"candidate": candidate.spec, **transferability_scores(features, labels),
+                     "feature_dim": int(features.shape[1]), "samples": int(features.shape[0]),
+                     "seconds": round(time.time() - start, 1), "features": source})
+    rows.sort(key=lambda r: r[key], reverse=True)
+    for i, row in enumerate(rows, 1):
+        row["rank"] = i
     return rows
 
 

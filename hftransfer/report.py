@@ -92,7 +92,9 @@ def plot_confusion_matrix(matrix: np.ndarray, labels: list[str], path: Path, mul
             for j in range(matrix.shape[1]):
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=9,
                         color="white" if share[i, j] > 0.5 else "black")
-    ax.set_title(title or f"confusion matrix ({int(matrix[:, :2].sum() if multi_label else matrix.sum())} eval examples)")
+    # multi-label rows are one label's TP/FN/FP/TN, so any row adds up to the number of examples
+    examples = int(matrix[0].sum() if multi_label else matrix.sum())
+    ax.set_title(title or f"confusion matrix ({examples} eval examples)")
     return save_figure(fig, path)
 
 

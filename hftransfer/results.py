@@ -6,11 +6,13 @@ results record the card and report read.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from .errors import HFTransferError
-from .run_files import (BEST_DIR, EVAL_RESULTS_NAME, PREDICTIONS_NAME, TEST_PREDICTIONS_NAME, EpochRecord,
-                        RunDescription, RunResults, atomic_dir, copy_file, read_json, write_json, write_jsonl)
+from .run_files import (ADAPTER_DIR, BEST_DIR, CONFIG_NAME, EVAL_RESULTS_NAME, PREDICTIONS_NAME, TEST_PREDICTIONS_NAME,
+                        BackboneChoice, EpochRecord, RunDescription, RunResults, atomic_dir, copy_file, read_json,
+                        write_json, write_jsonl)
 
 
 def save_best_epoch(model, output_dir: Path, metrics: dict, records: list[dict]) -> Path:
@@ -23,15 +25,22 @@ def save_best_epoch(model, output_dir: Path, metrics: dict, records: list[dict])
 
 
 def export_run(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription,
-               test: tuple[dict, list[dict]] | None = None) -> RunResults:
+               test: tuple[dict, list[dict]] | None = None, backbone_choice: BackboneChoice | None = None) -> RunResults:
     """Copy the best epoch's model to ``output_dir`` and write ``all_results.json`` (with ``test_*`` metrics
-    and ``test_predictions.jsonl`` when ``test`` holds the exported model's test metrics and predictions)."""
+    and ``test_predictions.jsonl`` when ``test`` holds the exported model's test metrics and predictions, and
+    how ``--model_name_or_path auto`` chose the backbone when ``backbone_choice`` is given)."""
     best = output_dir / BEST_DIR
     if not best.is_dir():
         raise HFTransferError("no epoch finished, so there is no model to export: train for at least one epoch")
     for item in best.iterdir():
         if item.is_file():
             copy_file(item, output_dir / item.name)
+    adapter = output_dir / ADAPTER_DIR
+    if (best / ADAPTER_DIR).is_dir():  # a LoRA run's peft adapter, beside the merged model
+        shutil.rmtree(adapter, ignore_errors=True)
+        shutil.copytree(best / ADAPTER_DIR, adapter)
+    elif (adapter / CONFIG_NAME).is_file():  # left by an earlier LoRA run in this folder: not these weights
+        shutil.rmtree(adapter)
     eval_results = read_json(best / EVAL_RESULTS_NAME)
     per_class = eval_results.pop("eval_per_class", [])
     results = RunResults(
@@ -44,6 +53,7 @@ def export_run(output_dir: Path, state, bundle, timing: dict, world_size: int, d
         world_size=world_size,
         history=[EpochRecord.from_dict(h) for h in state.history],
         transfer=description,
+        backbone_choice=backbone_choice,
         **timing,
     )
     if test is not None:

@@ -43,7 +43,13 @@ CURVES_PNG = "training_curves.png"
 PER_CLASS_CSV = "per_class_metrics.csv"
 CHECKPOINT_DIR = "checkpoints"  # accelerate save_state folders, step_<global step>
 BEST_DIR = "best_model"  # the best epoch so far, copied to output_dir at the end
+ADAPTER_DIR = "adapter"  # LoRA runs: peft adapter files + head next to the merged model
+ADAPTER_HEAD_NAME = "head.safetensors"  # the head, beside a peft adapter (peft files hold only the adapters)
+ADAPTER_NORMS_NAME = "norms.safetensors"  # norm layers that moved while LoRA trained (--train_norm, --bn_stats none)
 SCRATCH_DIR = "scratch"  # --compare_scratch runs
+BACKBONE_CHOICE_NAME = "backbone_choice.json"  # --model_name_or_path auto: the ranking and the choice, reused on resume
+FEATURE_CACHE_DIR = "feature_cache"  # auto's default --feature_cache_dir: content-addressed, kept across overwrites
+LOGGING_DIR = "runs"  # runs/<run_name>: tracker logs, where transformers' Trainer puts TensorBoard's
 TMP_SUFFIX = ".tmp"  # unfinished writes; never pushed, never read
 
 
@@ -196,12 +202,14 @@ class RunDescription(Record):
     weight_decay: float | None = None
     lr_scheduler: str | None = None
     regularizer: dict | None = None  # {"name": "L2-SP", "alpha", "beta", "note"} when L2-SP is on
+    lora: dict | None = None  # LoRA runs: r, alpha, dropout, target_modules, trainable_fraction, ... (lora.record)
     label_smoothing: float = 0.0
     head_dropout: float = 0.0
     train_norm: bool = False
     norm_policy: str | None = None  # what happens to BatchNorm statistics, for models that have BatchNorm
     max_grad_norm: float | None = None
     mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
     seed: int | None = None
     metric_for_best_model: str = "accuracy"
     epochs: int | None = None
@@ -276,6 +284,33 @@ class TransferGain(Record):
 
 
 @dataclass
+class BackboneChoice(Record):
+    """How ``--model_name_or_path auto`` chose the backbone: every candidate's scores on the training split
+    (``ranking``: rows as ``hftransfer rank`` writes them, best first by ``metric``) and the pick.
+
+    ``name`` / ``weights`` are what the backbone factory got for the chosen candidate ``chosen``;
+    ``agrees`` says whether the other score ranks the same candidate first among the choosable ones."""
+
+    metric: str = "h_score"
+    candidates: list[str] = field(default_factory=list)  # as ranked, in the order they were given
+    ranking: list[dict] = field(default_factory=list)
+    chosen: str = ""
+    name: str = ""
+    weights: str = "pretrained"
+    agrees: bool = True
+    reason: str = ""
+    warning: str | None = None  # e.g. a random-init floor scoring as high as the chosen backbone
+    train_samples: int | None = None
+
+    def write(self, output_dir: str | Path) -> Path:
+        return write_json(Path(output_dir) / BACKBONE_CHOICE_NAME, self.to_dict())
+
+    @classmethod
+    def read(cls, output_dir: str | Path) -> "BackboneChoice | None":
+        return cls.from_dict(read_json(Path(output_dir) / BACKBONE_CHOICE_NAME))
+
+
+@dataclass
 class RunResults(Record):
     """``all_results.json``: the exported epoch's eval metrics, the history and the recipe.
 
@@ -283,7 +318,8 @@ class RunResults(Record):
     the top of the file, as transformers' example scripts do.
     """
 
-    NESTED = {"history": EpochRecord, "transfer": RunDescription, "transfer_gain": TransferGain}
+    NESTED = {"history": EpochRecord, "transfer": RunDescription, "transfer_gain": TransferGain,
+              "backbone_choice": BackboneChoice}
 
     metrics: dict = field(default_factory=dict)
     eval_per_class: dict = field(default_factory=dict)  # label name -> precision, recall, f1, support
@@ -300,6 +336,7 @@ class RunResults(Record):
     history: list[EpochRecord] = field(default_factory=list)
     transfer: RunDescription | None = None
     transfer_gain: TransferGain | None = None
+    backbone_choice: BackboneChoice | None = None  # --model_name_or_path auto: the ranking and the pick
 
     @classmethod
     def from_dict(cls, data: dict | None):
@@ -314,8 +351,9 @@ class RunResults(Record):
         del out["metrics"], out["test_metrics"]
         if not self.test_per_class:
             del out["test_per_class"]
-        if out["transfer_gain"] is None:
-            del out["transfer_gain"]
+        for optional in ("transfer_gain", "backbone_choice"):
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod

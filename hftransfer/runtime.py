@@ -88,6 +88,15 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
     return max_over_processes(accelerator, int(flag)) > 0
 
 
+def from_main_process(accelerator: Accelerator, value):
+    """The main process's ``value`` (any picklable object) on every process: one decision for all ranks."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
 def mean_over_processes(accelerator: Accelerator, total: float, count: int) -> float:
     """``total / count`` summed over every process: the epoch's train loss as one number, not one per rank."""
     if accelerator.num_processes > 1:

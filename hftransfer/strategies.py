@@ -14,6 +14,14 @@ Names, the same for image and text backbones:
                     (ULMFiT-style gradual unfreezing, from the top down).
 * ``lp_ft``         ``lp_epochs`` of linear probing, then everything fine-tunes from that probe
                     head with every group at the (lower) backbone learning rate (Kumar et al. 2022).
+* ``lora``          LoRA adapters (``lora.add_lora``, peft) train inside the frozen backbone, the head
+                    trains fully; the base weights never change.
+* ``lp_lora``       ``lp_epochs`` of linear probing, then LoRA from that probe head, the head at the
+                    backbone learning rate (LP-FT's recipe with LoRA as the fine-tuning phase).
+
+For the LoRA strategies (``adapter_only``) "group i trains" means "the adapters inside group i
+train", so layer-wise LR decay, phases and the frozen-feature cache of ``lp_lora``'s probe apply as
+for the others.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from torch import nn
 
 from .backbones import NORM_TYPES
 from .errors import HFTransferError
+from .lora import is_lora_parameter
 
 # what each strategy does, in the words logs, model cards and the README use
 DESCRIPTIONS = {
@@ -34,14 +43,21 @@ DESCRIPTIONS = {
                "from the top down (ULMFiT-style gradual unfreezing)",
     "lp_ft": "{lp_epochs} epoch(s) of linear probing, then the whole model fine-tunes from that probe head with the "
              "head at the backbone learning rate (LP-FT, Kumar et al. 2022)",
+    "lora": "low-rank adapters (LoRA, rank {lora_r}, alpha {lora_alpha}) train inside the frozen backbone and the "
+            "head trains fully; the export merges them into the base weights",
+    "lp_lora": "{lp_epochs} epoch(s) of linear probing, then low-rank adapters (LoRA, rank {lora_r}, alpha "
+               "{lora_alpha}) train inside the frozen backbone from that probe head, with the head at the backbone "
+               "learning rate",
 }
 STRATEGIES = tuple(DESCRIPTIONS)
+LORA_STRATEGIES = ("lora", "lp_lora")  # the strategies that inject LoRA adapters and train only them in the backbone
 
 
 def describe_strategy(name: str, **settings) -> str:
     """``DESCRIPTIONS[name]`` with its settings filled in; a setting not given reads as its flag (README, --help)."""
-    fields = ("unfreeze_top_k", "unfreeze_every", "lp_epochs")
-    return DESCRIPTIONS[name].format(**{f: settings.get(f, f"`--{f}`") for f in fields})
+    fields = ("unfreeze_top_k", "unfreeze_every", "lp_epochs", "lora_r", "lora_alpha")
+    values = {f: settings.get(f, f"`--{f}`") for f in fields}
+    return DESCRIPTIONS[name].format(**{f: f"{v:g}" if isinstance(v, float) else v for f, v in values.items()})
 
 
 @dataclass
@@ -51,6 +67,8 @@ class Strategy:
     unfreeze_top_k: int = 2
     unfreeze_every: int = 1
     lp_epochs: int = 1
+    lora_r: int = 8
+    lora_alpha: float = 16.0
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
@@ -61,12 +79,17 @@ class Strategy:
     def description(self) -> str:
         """One sentence on what this strategy does with its settings."""
         return describe_strategy(self.name, unfreeze_top_k=self.unfreeze_top_k, unfreeze_every=self.unfreeze_every,
-                                 lp_epochs=self.lp_epochs)
+                                 lp_epochs=self.lp_epochs, lora_r=self.lora_r, lora_alpha=float(self.lora_alpha))
+
+    @property
+    def adapter_only(self) -> bool:
+        """Whether only LoRA adapters train inside the backbone (the base weights stay frozen throughout)."""
+        return self.name in LORA_STRATEGIES
 
     def trainable_groups(self, epoch: int) -> int:
         """Number of backbone layer groups, from the top, that train during ``epoch`` (0-based)."""
         n = self.num_groups
-        if self.name == "full":
+        if self.name in ("full", "lora"):
             return n
         if self.name == "linear_probe":
             return 0
@@ -74,15 +97,15 @@ class Strategy:
             return min(n, self.unfreeze_top_k)
         if self.name == "gradual":
             return min(n, epoch // self.unfreeze_every)
-        return 0 if epoch < self.lp_epochs else n  # lp_ft
+        return 0 if epoch < self.lp_epochs else n  # lp_ft, lp_lora
 
     def uses_backbone_lr_for_head(self, epoch: int) -> bool:
-        """LP-FT's second phase fine-tunes the probe head gently, at the backbone's learning rate."""
-        return self.name == "lp_ft" and epoch >= self.lp_epochs
+        """LP-FT's (and LP-LoRA's) second phase fine-tunes the probe head gently, at the backbone's learning rate."""
+        return self.name in ("lp_ft", "lp_lora") and epoch >= self.lp_epochs
 
     def phase_starts(self) -> list[int]:
         """Epochs where the LR schedule restarts its warmup: LP-FT's fine-tuning phase is its own run."""
-        return [0, self.lp_epochs] if self.name == "lp_ft" and self.lp_epochs > 0 else [0]
+        return [0, self.lp_epochs] if self.name in ("lp_ft", "lp_lora") and self.lp_epochs > 0 else [0]
 
     def describe(self, num_epochs: int, group_names: list[str]) -> list[dict]:
         """Phases as ``{epochs, trainable}`` records for logs and model cards."""
@@ -96,16 +119,21 @@ class Strategy:
         return phases
 
 
-def apply_trainable(model: nn.Module, num_trainable: int, train_norm: bool = False) -> bool:
+def apply_trainable(model: nn.Module, num_trainable: int, train_norm: bool = False, adapter_only: bool = False) -> bool:
     """Set ``requires_grad`` for the top ``num_trainable`` backbone groups and the head.
 
     ``train_norm`` keeps normalization layers trainable inside frozen groups (fastai's default);
-    then BatchNorm also keeps updating its statistics. Returns whether anything changed.
+    then BatchNorm also keeps updating its statistics. ``adapter_only`` (the LoRA strategies): inside
+    the trainable groups only LoRA adapter weights train. Returns whether anything changed.
     """
     groups = model.layer_groups()
     backbone, head = groups[:-1], groups[-1]
+    if adapter_only and not any(is_lora_parameter(p) for g in backbone for p in g.params):
+        raise HFTransferError("the LoRA strategies need LoRA adapters in the backbone: call lora.add_lora(model) first "
+                              "(the recipes do this for --strategy lora / lp_lora)")
     first_trainable = len(backbone) - num_trainable
-    wanted = {p: i >= first_trainable for i, g in enumerate(backbone) for p in g.params}
+    wanted = {p: i >= first_trainable and (not adapter_only or is_lora_parameter(p))
+              for i, g in enumerate(backbone) for p in g.params}
     wanted.update({p: True for p in head.params})
     if train_norm:
         for name, module in model.named_modules():

@@ -66,6 +66,33 @@ class TextBackbone(Backbone):
     def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "TextBackbone":
         return cls(model_name_or_path, weights=weights, pooling=pooling)
 
+    def set_gradient_checkpointing(self, enable: bool = True) -> "TextBackbone":
+        """transformers' checkpointing of every encoder layer, non-reentrant: the reentrant kind needs
+        ``enable_input_require_grads`` to give anything a gradient behind frozen embeddings. Active in
+        training mode only (transformers' rule); evaluation and feature extraction are unchanged.
+
+        transformers 5.x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
+        (the old name warns until v6); the new name is used where it exists."""
+        if not getattr(self.encoder, "supports_gradient_checkpointing", False):
+            raise HFTransferError(f"the {type(self.encoder).__name__} encoder of '{self.name}' does not support "
+                                  "gradient checkpointing: drop --gradient_checkpointing")
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.encoder, "activation_checkpointing_enable"):
+            if enable:
+                self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.encoder.activation_checkpointing_disable()
+        elif enable:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            self.encoder.gradient_checkpointing_disable()
+        return self
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the encoder's layers recompute their activations in the backward pass."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.encoder.modules())
+
     def data_pipeline(self, options):
         from .preprocessing import TextPipeline
 

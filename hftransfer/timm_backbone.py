@@ -80,6 +80,27 @@ class TimmBackbone(Backbone):
         self.channels_last = True
         return self
 
+    def set_gradient_checkpointing(self, enable: bool = True) -> "TimmBackbone":
+        """timm's ``set_grad_checkpointing`` (stage by stage through ``checkpoint_seq``), non-reentrant.
+
+        timm picks reentrant or not from one process-wide switch (``timm.layers.set_reentrant_ckpt``, set
+        from ``TIMM_REENTRANT_CKPT``; older timm versions always checkpointed re-entrantly); it is forced off
+        here because reentrant checkpoints over a frozen stem pass no gradient to the trainable stages behind them."""
+        import timm
+        from timm import layers
+
+        if enable:
+            if not hasattr(layers, "set_reentrant_ckpt"):
+                raise HFTransferError(f"timm {timm.__version__} checkpoints re-entrantly, which gives frozen-input "
+                                      "layers no gradients: pip install -U timm, or drop --gradient_checkpointing")
+            layers.set_reentrant_ckpt(False)
+        try:
+            self.model.set_grad_checkpointing(enable)
+        except (AssertionError, NotImplementedError, AttributeError):
+            raise HFTransferError(f"timm model '{self.name}' does not support gradient checkpointing: drop "
+                                  "--gradient_checkpointing") from None
+        return self
+
     def data_pipeline(self, options):
         from .preprocessing import ImagePipeline
 

@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from .options import TRACKERS, TrainConfig, tracker_installed
+from .run_files import LOGGING_DIR
 from .strategies import Strategy
 
-LOGGING_DIR = "runs"  # output_dir/runs/<run_name>: where transformers' Trainer puts TensorBoard logs
 # the init_trackers keyword that names the run, for trackers that take one (accelerate passes the
 # project as their first argument; TensorBoard is named by its folder)
 RUN_NAME_KWARGS = {"wandb": "name", "trackio": "name", "mlflow": "run_name", "swanlab": "experiment_name"}

@@ -6,9 +6,10 @@ lock and checkpoints), ``runtime`` (processes and stop signals).
 """
 from __future__ import annotations
 
+from .auto import choose_backbone
 from .card import write_model_card
 from .checkpoint import RunLock, check_output_dir
-from .options import TrainConfig
+from .options import AUTO_MODEL, TrainConfig
 from .errors import HFTransferError
 from .hub import push_output_dir
 from .report import write_report
@@ -23,9 +24,10 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     With ``compare_scratch`` the same architecture is then trained from random init with the same
     budget (``scratch_seeds`` times, on the same data split) and the transfer gain is added to
     ``all_results.json`` and the model card. Returns ``all_results`` (empty on other processes).
-    SIGTERM / SIGINT save a checkpoint and raise ``runtime.RunInterrupted``.
+    SIGTERM / SIGINT save a checkpoint and raise ``runtime.RunInterrupted``. With ``--model_name_or_path
+    auto`` the candidates are ranked first and the best one is fine-tuned (``auto.choose_backbone``).
     """
-    cfg.validate()
+    cfg.validate(modality)
     stop = StopSignals().install()
     accelerator = create_accelerator(cfg)
     lock, locked_out = None, None
@@ -40,7 +42,10 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     try:
         output_dir = check_output_dir(cfg.output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
         threads = configure_threads(cfg.num_threads, accelerator)
-        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True)
+        choice = None
+        if cfg.model_name_or_path == AUTO_MODEL:  # from here on cfg names the chosen backbone
+            cfg, choice = choose_backbone(cfg, modality, accelerator, output_dir)
+        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice)
         if cfg.compare_scratch:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
         failure = None

@@ -32,9 +32,10 @@ from .model import TransferModel, create_transfer_model
 from .regularizers import L2SP, decoupled_weight_decay_groups
 from .results import export_run, save_best_epoch
 from .export import load_weights
-from .run_files import BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, RUN_CONFIG_NAME, RunResults, read_json
+from .run_files import ADAPTER_DIR, BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, RUN_CONFIG_NAME, BackboneChoice, RunResults, read_json
 from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, mean_over_processes, rewrap_ddp, step_seed
-from .strategies import Strategy, TransferScheduler, apply_trainable, param_groups
+from .strategies import LORA_STRATEGIES, Strategy, TransferScheduler, apply_trainable, param_groups
+from .lora import add_lora, load_adapter_files
 from .tracking import RunLog, continue_tensorboard_after, hparams, init_kwargs
 
 
@@ -76,6 +77,8 @@ def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle) -> Transfer
                                   pooling=cfg.pooling)
     model.bn_stats = cfg.bn_stats
     model.backbone.use_fast_layout()
+    if cfg.strategy in LORA_STRATEGIES:  # before prepare: the optimizer, DDP and checkpoints must see the adapters
+        add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, cfg.train_norm)
     return model
 
 
@@ -91,12 +94,16 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     accelerator.print(f"data: {len(bundle.train)} train / {len(bundle.eval)} eval examples, "
                       f"{len(bundle.id2label)} labels ({', '.join(list(bundle.id2label.values())[:10])})")
     model = build_model(cfg, modality, bundle)
+    if cfg.gradient_checkpointing:
+        # before prepare: DDP and torch.compile wrap the model as it will run
+        model.backbone.set_gradient_checkpointing(True)
     group_names = [g.name for g in model.layer_groups()[:-1]]
-    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
+    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs,
+                        cfg.lora_r, cfg.lora_alpha)
     with_cache = uses_feature_cache(cfg, strategy)
     with accelerator.main_process_first():
         loaders = create_dataloaders(cfg, bundle, model.backbone, with_cache)
-    apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm)
+    apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm, strategy.adapter_only)
     groups = param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay, cfg.layer_decay)
     optimizer = torch.optim.AdamW(decoupled_weight_decay_groups(groups, cfg.l2sp_active))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -140,7 +147,7 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
     """Train ``epoch`` (from where a mid-epoch checkpoint left it); returns the epoch's mean train loss."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     trainable_groups = run.strategy.trainable_groups(epoch)
-    if apply_trainable(run.module, trainable_groups, cfg.train_norm):
+    if apply_trainable(run.module, trainable_groups, cfg.train_norm, run.strategy.adapter_only):
         run.model = rewrap_ddp(accelerator, run.model)
     share = run.module.num_parameters(trainable_only=True) / run.module.num_parameters()
     accelerator.print(f"epoch {epoch + 1}/{cfg.num_train_epochs}: {trainable_groups}/{len(run.group_names)} "
@@ -264,7 +271,10 @@ def score_test_split(run: TrainingRun) -> tuple[dict, list[dict]] | None:
     if run.loaders.test is None or run.cfg.do_predict is False:
         return None
     best = run.output_dir / BEST_DIR
-    run.module.load_state_dict(load_weights(best, read_json(best / CONFIG_NAME)))
+    if run.module.lora is not None:  # best_model/ holds merged weights; the adapter fits the model in training
+        load_adapter_files(run.module, best / ADAPTER_DIR)
+    else:
+        run.module.load_state_dict(load_weights(best, read_json(best / CONFIG_NAME)))
     metrics, records = evaluate(run.accelerator, run.model, run.loaders.test, run.module.num_labels,
                                 run.module.multi_label)
     run.accelerator.print(f"test: accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1']:.4f}  loss {metrics['loss']:.4f}  "
@@ -273,13 +283,16 @@ def score_test_split(run: TrainingRun) -> tuple[dict, list[dict]] | None:
 
 
 def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
-        data_seed: int | None = None, stop: StopSignals | None = None, track: bool = False) -> RunResults | None:
+        data_seed: int | None = None, stop: StopSignals | None = None, track: bool = False,
+        backbone_choice: BackboneChoice | None = None) -> RunResults | None:
     """Train, evaluate every epoch, and export the best epoch; returns the results (main process).
 
     ``data_seed`` fixes the held-out split and subsets independently of ``cfg.seed``, so from-scratch
     runs with other seeds are scored on exactly the same examples. ``track``: start the accelerator's
     trackers (``--report_to``) and log this run to them; the trainer's run is tracked, its from-scratch
-    twins (same accelerator, steps from 0 again) are not.
+    twins (same accelerator, steps from 0 again) are not. ``backbone_choice`` (``--model_name_or_path
+    auto``) is written next to ``config.yaml`` before the first epoch (a resume reuses it) and into
+    ``all_results.json``.
     """
     run = setup(cfg, modality, accelerator, output_dir, data_seed, stop)
     if run.resumed_from is not None:
@@ -291,6 +304,8 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
             clear_earlier_run(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / RUN_CONFIG_NAME)
+        if backbone_choice is not None:
+            backbone_choice.write(output_dir)
     accelerator.wait_for_everyone()
     steps_per_epoch = run.scheduler.steps_per_epoch
     accelerator.print(f"model: {cfg.model_name_or_path} ({run.module.num_parameters() / 1e6:.1f}M parameters, "
@@ -321,7 +336,8 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
     if accelerator.is_main_process:
         timing = {"train_runtime": train_time, "total_runtime": runtime,
                   "train_samples_per_second": len(run.bundle.train) * (run.state.epoch - first_epoch) / max(train_time, 1e-9)}
-        results = export_run(output_dir, run.state, run.bundle, timing, accelerator.num_processes, description, test)
+        results = export_run(output_dir, run.state, run.bundle, timing, accelerator.num_processes, description, test,
+                             backbone_choice)
         accelerator.print(f"done in {runtime:.0f}s: best epoch {run.state.best_epoch}, eval_accuracy "
                           f"{results.metrics['eval_accuracy']:.4f}, eval_f1 {results.metrics['eval_f1']:.4f} -> {output_dir}")
     accelerator.wait_for_everyone()

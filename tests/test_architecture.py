@@ -11,14 +11,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hftransfer"
 # bottom to top, as docs/architecture.md lists them (there top to bottom)
 LAYERS = [
     {"data", "manifests", "text_files", "metrics", "transferability", "run_files", "errors", "modeling_hftransfer"},
-    {"backbones", "backbone_base", "timm_backbone", "text_backbone", "heads", "preprocessing", "offline"},
-    {"hub", "card", "card_sections", "export", "report"},
+    {"backbones", "backbone_base", "timm_backbone", "text_backbone", "heads", "preprocessing", "offline", "lora"},
+    {"hub", "card", "card_sections", "export", "report", "inference"},
     {"model"},
     {"strategies", "regularizers", "features"},
     {"options", "config"},
     {"checkpoint", "runtime", "loaders", "results", "tracking"},
     {"training"},
-    {"trainer", "rank", "scratch"},
+    {"trainer", "rank", "scratch", "predict", "auto"},
     {"cli", "__main__", "__init__"},
 ]
 
