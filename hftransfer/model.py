@@ -235,9 +235,11 @@ class TransferModel(nn.Module):
         return push_model(self, repo_id, private=private, revision=revision, create_pr=create_pr,
                           commit_message=commit_message, token=token)
 
-    def predict(self, inputs, batch_size: int = 32, top_k: int = 5, threshold: float = 0.5, device=None,
+    def predict(self, inputs, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
                 settings=None, skip_unreadable: bool = False, progress: bool | None = False) -> list[dict]:
         """Label ``inputs`` (image paths / PIL images, or texts) in batches; one dict per input, in order.
+
+        ``batch_size`` defaults to 8 images on a CPU (fastest there), else 32.
 
         Each dict is ``{"input", "label", "score", "top_k"}`` like transformers' classification
         pipelines: ``label`` the predicted label (argmax), ``score`` its softmax probability, ``top_k``

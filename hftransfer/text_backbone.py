@@ -48,7 +48,7 @@ class TextBackbone(Backbone):
             else:
                 self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
                 self._load_strict(load_state_file(weights))
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or source)
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or source, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise HFTransferError(
                 f"could not load text encoder '{model_name_or_path}' ({str(e).splitlines()[0][:200]}): "

@@ -15,9 +15,19 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from builders import (
+    LABELS,
+    ROOT,
+    TEXTS,
+    image_args,
+    image_model,
+    make_image_folder,
+    noise_image,
+    randomize_head,
+    run_python,
+    text_model,
+)
 
-from builders import (LABELS, ROOT, TEXTS, image_args, image_model, make_image_folder, noise_image, randomize_head,
-                      run_python, text_model)
 from hftransfer import HFTransferError, TransferModel, cli, create_transfer_model
 from hftransfer.data import load_data
 from hftransfer.inference import InferenceSettings, to_predictions
@@ -179,7 +189,7 @@ def test_csv_output_and_top_k_capped_at_the_labels(image_dir, photos, tmp_path):
     assert list(rows[0]) == ["input", "label", "score", "top_k"] and len(rows) == 3
     for row in rows:
         top = json.loads(row["top_k"])
-        assert [t["label"] for t in top][0] == row["label"] and float(row["score"]) == top[0]["score"]
+        assert top[0]["label"] == row["label"] and float(row["score"]) == top[0]["score"]
         assert sorted(t["label"] for t in top) == sorted(LABELS.values())  # 10 asked, 3 labels
         assert sum(t["score"] for t in top) == pytest.approx(1.0, abs=1e-5)  # softmax over every label
 
