@@ -402,6 +402,7 @@ def test_two_process_lora_run_keeps_the_ranks_in_sync(tmp_path, image_data):
            "--model_name_or_path", "test_vit", "--weights", "random", "--train_dir", image_data["train"],
            "--validation_dir", image_data["val"], "--output_dir", out, "--num_train_epochs", "2",
            "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "4", "--strategy", "lp_lora",
+           "--lp_epochs", "1",
            "--learning_rate", "0.01", "--ddp_timeout", "120", "--save_total_limit", "0"]
     proc = run_python(*cmd, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -295,8 +295,8 @@ def test_bad_arguments_give_one_line_and_exit_2(extra, match, image_dir, photos,
 def test_bad_models_and_text_inputs_give_one_line(text_dir, tmp_path, capsys):
     (tmp_path / "t.csv").write_text("sentence,label\ngood,1\n")
     assert "has no column 'text'" in _one_error_line([text_dir, tmp_path / "t.csv", "--strict"], capsys)
-    assert "model folder 'outputs/no_such_run' does not exist" in _one_error_line(
-        ["outputs/no_such_run", tmp_path / "t.csv"], capsys)
+    missing = tmp_path / "no_such_run"  # a path, never mistaken for a Hub repo id
+    assert f"model folder '{missing}' does not exist" in _one_error_line([str(missing), tmp_path / "t.csv"], capsys)
     assert "has no hftransfer_config.json" in _one_error_line([tmp_path, tmp_path / "t.csv"], capsys)
     assert "no texts found" in _one_error_line([text_dir, "-"], capsys, stdin="\n\n")
 
