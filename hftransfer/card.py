@@ -170,6 +170,8 @@ def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
         "transfer_gain": sections.transfer_gain(results.transfer_gain) if results and results.transfer_gain else None,
         "backbone_choice": sections.backbone_choice(results.backbone_choice) if results and results.backbone_choice
         else None,
+        "domain_adaptation": sections.domain_adaptation(results.domain_adaptation)
+        if results and results.domain_adaptation else None,
         "confusion_png": CONFUSION_PNG if (output_dir / CONFUSION_PNG).is_file() else None,
         "curves_png": CURVES_PNG if (output_dir / CURVES_PNG).is_file() else None,
         **sections.results_context(results),

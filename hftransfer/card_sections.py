@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .export import stale_native_files
-from .run_files import CARD_NAME, TMP_SUFFIX, BackboneChoice, RunDescription, RunResults, TransferGain
+from .run_files import CARD_NAME, TMP_SUFFIX, BackboneChoice, DomainAdaptation, RunDescription, RunResults, TransferGain
 
 # Offline bundles (see offline.py) -> the Hub repos they are copies of, for ``base_model``.
 BUNDLED_BASE_MODELS = {"all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
@@ -368,3 +368,36 @@ def versions(recipe: RunDescription | None, model_cfg: dict) -> list[tuple[str, 
 
     return [("hftransfer", model_cfg.get("hftransfer_version", "?")), ("torch", torch.__version__),
             ("timm", timm.__version__), ("transformers", transformers.__version__)]
+
+
+METHOD_NAMES = {"none": "no adaptation (source-only training)", "dann": "DANN (Ganin et al. 2016)",
+                "cdan": "CDAN+E (Long et al. 2018)", "mcc": "MCC (Jin et al. 2020)"}
+
+
+def domain_adaptation(record: DomainAdaptation) -> dict:
+    """The "Domain adaptation" block: method, gap, the label-free selection, the oracle and the source-only twin."""
+    gap = record.domain_gap or {}
+    gap_text = (f"proxy A-distance {fmt(gap['proxy_a_distance'], 3)} (0 = indistinguishable, 2 = linearly separable), "
+                f"MMD {fmt(gap['mmd'])}, on {gap['samples_per_domain']} examples per domain") if gap else None
+    rows = [("source validation accuracy (selected epoch)", fmt(record.source_accuracy)),
+            ("target information maximization (label-free)", fmt(record.target_im)),
+            ("selection score (label-free)", fmt(record.selection_score))]
+    if record.target_oracle_accuracy is not None:
+        rows.append(("target validation accuracy (**oracle**: target labels, reported only, never used to select)",
+                     fmt(record.target_oracle_accuracy)))
+        rows.append(("best target validation accuracy of any epoch (oracle)",
+                     f"{fmt(record.target_oracle_best_accuracy)} (epoch {record.target_oracle_best_epoch})"))
+    if record.target_test_accuracy is not None:
+        rows.append((f"target test accuracy, exported model ({record.target_test_samples} examples)",
+                     fmt(record.target_test_accuracy)))
+    so = record.source_only
+    if so is not None:
+        if so.target_oracle_accuracy is not None:
+            rows.append(("source-only: target validation accuracy (oracle)", fmt(so.target_oracle_accuracy)))
+        if so.target_test_accuracy is not None:
+            rows.append(("source-only: target test accuracy", fmt(so.target_test_accuracy)))
+        rows.append(("source-only: selection score (label-free)", fmt(so.selection_score)))
+    return {"method": md(METHOD_NAMES.get(record.method, record.method)), "rule": md(record.selection_rule),
+            "target_train_samples": record.target_train_samples, "selected_epoch": record.selected_epoch,
+            "gap": gap_text, "rows": rows, "verdict": md(record.verdict) if record.verdict else None,
+            "warning": md(record.warning) if record.warning else None}

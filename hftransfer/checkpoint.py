@@ -43,6 +43,9 @@ class RunState:
     # [sum, batches] of every process at the last checkpoint: accelerate saves this object from the main
     # process only, so each process takes its own running loss back from here
     loss_by_process: list = field(default_factory=list)
+    # target-domain runs: the pretrained backbone's domain gap, measured before the first step, so a
+    # resumed run (whose backbone has moved) reports the same one
+    domain_gap: dict = field(default_factory=dict)
 
     def collect_losses(self, accelerator) -> None:
         """Before a save: every process's running loss into ``loss_by_process`` (a collective call)."""

@@ -40,6 +40,21 @@ class DataBundle:
     multi_label: bool
     input_column: str
     test: datasets.Dataset | None = None  # scored once, with the exported model
+    target: "TargetBundle | None" = None  # domain adaptation: the domain the model will serve
+
+
+@dataclass
+class TargetBundle:
+    """The target domain of a domain-adaptation run.
+
+    ``train`` is unlabelled (``labels`` is -1 everywhere: a label column, if present, is dropped) and
+    trains the adaptation and scores the label-free selection criterion; ``validation`` / ``test``
+    carry labels in the source's label ids and are only ever reported (the *oracle* numbers).
+    """
+
+    train: datasets.Dataset
+    validation: datasets.Dataset | None = None
+    test: datasets.Dataset | None = None
 
 
 def load_raw_splits(modality: str, dataset_name=None, dataset_config_name=None, train_dir=None, validation_dir=None,
@@ -424,3 +439,77 @@ def load_data(options, modality: str, data_seed: int | None = None) -> DataBundl
     return prepare_splits(raw, input_column, options.label_column_name, options.validation_fraction,
                           options.seed if data_seed is None else data_seed, options.max_train_samples,
                           options.max_eval_samples, options.label_names)
+
+
+def load_target_data(options, modality: str, id2label: dict[int, str], data_seed: int | None = None) -> TargetBundle:
+    """The target-domain splits ``options`` names (``--target_*``), labels mapped onto the source's ``id2label``.
+
+    ``--max_train_samples`` / ``--max_eval_samples`` cap the target train / validation splits too.
+    """
+    input_column = options.image_column_name if modality == "image" else options.text_column_name
+    label_column = options.label_column_name
+    seed = options.seed if data_seed is None else data_seed
+    train_dir = options.target_train_dir
+    if train_dir and Path(train_dir).is_dir() and not any(c.is_dir() for c in Path(train_dir).iterdir()):
+        # a flat folder of unlabelled images
+        raw = {"train": _load("imagefolder", {"train": str(Path(train_dir) / "**")}, None, drop_labels=True)["train"]}
+        for split, folder in (("validation", options.target_validation_dir), ("test", options.target_test_dir)):
+            if folder:  # labelled, class-per-subfolder: reported only
+                raw[split] = _load_image_folders({split: folder}, None)[split]
+    else:
+        raw = load_raw_splits(modality, options.target_dataset_name, None, train_dir, options.target_validation_dir,
+                              options.target_train_file, options.target_validation_file,
+                              text_encoding=options.text_encoding, test_dir=options.target_test_dir,
+                              test_file=options.target_test_file, image_column=options.image_column_name,
+                              label_column=label_column)
+    if "train" not in raw:
+        raise HFTransferError(f"the target dataset has no 'train' split (it has {', '.join(raw) or 'none'}): it "
+                              "provides the unlabelled target examples")
+    train = raw["train"]
+    if input_column not in train.column_names:
+        raise HFTransferError(f"column '{input_column}' not found in the target training data (columns: "
+                              f"{', '.join(train.column_names)}): pass --image_column_name/--text_column_name")
+    view = train.select_columns([input_column])
+    if isinstance(view.features[input_column], datasets.Image):
+        view = view.cast_column(input_column, datasets.Image(decode=False))
+    keep = [i for i, x in enumerate(view[input_column]) if not (x is None if isinstance(x, dict) or x is None else _is_empty(x))]
+    if len(keep) < len(train):
+        logger.warning(f"skipped {len(train) - len(keep)} of {len(train)} target train rows with an empty {input_column}")
+        train = train.select(keep)
+    if len(train) == 0:
+        raise HFTransferError("the target training split is empty: pass unlabelled examples of the target domain")
+    if options.max_train_samples is not None:
+        train = train.shuffle(seed=seed).select(range(min(options.max_train_samples, len(train))))
+    train = train.remove_columns([c for c in train.column_names if c != input_column])
+    train = train.add_column("labels", [-1] * len(train)).add_column(INDEX_COLUMN, list(range(len(train))))
+    eval_name = next((n for n in VALIDATION_SPLIT_NAMES if n in raw), None)
+    validation = _labelled_target(raw[eval_name], input_column, label_column, id2label, "target validation") \
+        if eval_name else None
+    if validation is not None and options.max_eval_samples is not None:
+        validation = validation.shuffle(seed=seed).select(range(min(options.max_eval_samples, len(validation))))
+        validation = validation.remove_columns(INDEX_COLUMN).add_column(INDEX_COLUMN, list(range(len(validation))))
+    test = _labelled_target(raw["test"], input_column, label_column, id2label, "target test") if "test" in raw else None
+    return TargetBundle(train, validation, test)
+
+
+def _labelled_target(ds: datasets.Dataset, input_column: str, label_column: str, id2label: dict[int, str],
+                     split: str) -> datasets.Dataset:
+    """A labelled target split with ``labels`` in the source's ids (matched by label name)."""
+    if label_column not in ds.column_names or input_column not in ds.column_names:
+        raise HFTransferError(f"the {split} split lacks column '{label_column}' or '{input_column}' (columns: "
+                              f"{', '.join(ds.column_names)}): it is only used to report target accuracy, so label "
+                              "it or leave it out")
+    ds = drop_empty_rows(ds, input_column, label_column, split)
+    feature = ds.features[label_column]
+    if isinstance(feature, (datasets.Sequence, list)) or (len(ds) and isinstance(ds[0][label_column], list)):
+        raise HFTransferError(f"the {split} split is multi-label: domain adaptation supports single-label "
+                              "classification only")
+    names = feature.names if isinstance(feature, ClassLabel) else None
+    label2id = {name: i for i, name in id2label.items()}
+    values = [names[v] if names else str(v) for v in ds[label_column]]
+    unknown = sorted(set(values) - set(label2id))
+    if unknown:
+        raise HFTransferError(f"{split} label(s) {', '.join(unknown[:5])} are not source labels "
+                              f"({', '.join(id2label.values())}): the target domain must use the source's classes")
+    ds = ds.remove_columns([c for c in ds.column_names if c != input_column])
+    return ds.add_column("labels", [label2id[v] for v in values]).add_column(INDEX_COLUMN, list(range(len(ds))))

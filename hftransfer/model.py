@@ -85,6 +85,10 @@ class TransferModel(nn.Module):
         if features is None:
             features = self.forward_features(**inputs)
         logits = self.forward_head(features.to(next(self.head.parameters(), features).dtype))
+        return self.output(logits, labels)
+
+    def output(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> TransferOutput:
+        """Logits with their classification loss (None without ``labels``)."""
         loss = None
         if labels is not None:
             loss = classification_loss(logits, labels, self.multi_label, self.label_smoothing)

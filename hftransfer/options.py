@@ -17,6 +17,7 @@ from typing import Optional
 from accelerate.utils import LoggerType
 from accelerate.utils import imports as accelerate_imports
 
+from .adaptation import METHODS as ADAPTATION_METHODS, SELECTION_CRITERIA
 from .errors import HFTransferError
 from .model import BN_STATS
 from .offline import bundled_backbones
@@ -24,7 +25,10 @@ from .strategies import LORA_STRATEGIES, STRATEGIES
 
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
 METRICS = ("accuracy", "f1", "loss", "eval_accuracy", "eval_f1", "eval_loss")
-PATH_FIELDS = ("train_dir", "validation_dir", "test_dir", "train_file", "validation_file", "test_file")
+PATH_FIELDS = ("train_dir", "validation_dir", "test_dir", "train_file", "validation_file", "test_file",
+               "target_train_dir", "target_validation_dir", "target_test_dir", "target_train_file",
+               "target_validation_file", "target_test_file")
+TARGET_SOURCE_FIELDS = ("target_dataset_name", "target_train_dir", "target_train_file")
 # --report_to: accelerate's trackers (whatever this accelerate supports), plus transformers' "all" and "none"
 TRACKERS = tuple(t.value for t in LoggerType if t is not LoggerType.ALL)
 REPORT_TO = ("none", "all", *TRACKERS)
@@ -201,6 +205,9 @@ class ModelOptions(Options):
     head_hidden_sizes: list[int] = _f([512], "hidden sizes of the mlp head", valid=AT_LEAST_ONE)
     head_dropout: float = _f(0.0, "dropout before the head's layers", valid=FRACTION)
     pooling: str = _pooling()
+    image_size: Optional[int] = _f(None, "image: train and serve at this many pixels square instead of the model's "
+                                   "default input size (e.g. 64 for small digit images; recorded in the export)",
+                                   valid=Range(8))
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (single-label)", valid=FRACTION)
     candidates: list[str] = _f([], "with --model_name_or_path auto: backbones to rank besides the bundled ones (timm "
                                "names / transformers ids / folders; random:NAME = a random-init floor, never chosen; "
@@ -302,6 +309,71 @@ class ComparisonOptions(Options):
 
 
 @dataclass
+class AdaptationOptions(Options):
+    """Unsupervised domain adaptation: labelled source data (the data options) and unlabelled target data."""
+
+    domain_adaptation: str = _f("none", "none (source only), dann, cdan (CDAN+E) or mcc: trains on source labels and "
+                                "unlabelled target examples together", ADAPTATION_METHODS)
+    target_dataset_name: Optional[str] = _f(None, "target domain as a dataset (Hub name or save_to_disk folder): its "
+                                            "train split is used unlabelled; validation / test splits only report")
+    target_train_dir: Optional[str] = _f(None, "unlabelled target images: a flat folder, or class subfolders (ignored)")
+    target_train_file: Optional[str] = _f(None, "unlabelled target data file (text, or an image manifest); a label "
+                                          "column, if present, is ignored")
+    target_validation_dir: Optional[str] = _f(None, "labelled target images, reported as the oracle score, never used "
+                                              "to select")
+    target_validation_file: Optional[str] = _f(None, "labelled target data file, reported as the oracle score, never "
+                                               "used to select")
+    target_test_dir: Optional[str] = _f(None, "labelled target test images, scored once with the exported model")
+    target_test_file: Optional[str] = _f(None, "labelled target test file, scored once with the exported model")
+    adaptation_weight: float = _f(1.0, "weight of the adaptation loss against the source classification loss",
+                                  valid=POSITIVE)
+    selection_criterion: str = _f("source_im", "picks the exported epoch without target labels: source_im (source "
+                                  "validation accuracy + information maximization on target predictions), source or im",
+                                  SELECTION_CRITERIA)
+    compare_source_only: Optional[bool] = _f(None, "also train without adaptation (same budget, same selection) and "
+                                             "flag negative transfer (default: yes with --domain_adaptation)")
+    domain_gap_samples: int = _f(1000, "examples per domain for the domain gap of the frozen backbone (0 = skip)",
+                                 valid=NON_NEGATIVE)
+    target_selection_samples: int = _f(2000, "unlabelled target examples scored each epoch by the selection criterion",
+                                       valid=AT_LEAST_ONE)
+    mcc_temperature: float = _f(2.5, "mcc: softmax temperature of the class confusion", valid=POSITIVE)
+
+    def uses_target_data(self) -> bool:
+        return any(getattr(self, name) for name in TARGET_SOURCE_FIELDS)
+
+    @property
+    def runs_source_only_twin(self) -> bool:
+        return self.domain_adaptation != "none" and self.compare_source_only is not False
+
+    def validate(self) -> "AdaptationOptions":
+        super().validate()
+        if self.domain_adaptation != "none" and not self.uses_target_data():
+            raise HFTransferError(f"--domain_adaptation {self.domain_adaptation} needs unlabelled target data: pass "
+                                  "--target_train_file, --target_train_dir or --target_dataset_name")
+        if sum(bool(getattr(self, name)) for name in TARGET_SOURCE_FIELDS) > 1:
+            raise HFTransferError("--target_dataset_name, --target_train_dir and --target_train_file each name the "
+                                  "target training data: pass one of them")
+        for flag in ("target_validation_dir", "target_validation_file", "target_test_dir", "target_test_file"):
+            if getattr(self, flag) and not self.uses_target_data():
+                raise HFTransferError(f"--{flag} is given without target training data: pass --target_train_file / "
+                                      "--target_train_dir too")
+        for flag in ("target_train_dir", "target_validation_dir", "target_test_dir"):
+            path = getattr(self, flag)
+            if path and not Path(path).is_dir():
+                what = "is a file" if Path(path).exists() else "does not exist"
+                raise HFTransferError(f"--{flag} '{path}' {what}: pass a folder of images")
+        for flag in ("target_train_file", "target_validation_file", "target_test_file"):
+            path = getattr(self, flag)
+            if path and not Path(path).is_file():
+                what = "is a folder" if Path(path).exists() else "does not exist"
+                raise HFTransferError(f"--{flag} '{path}' {what}: pass an existing data file")
+        if self.compare_source_only and self.domain_adaptation == "none":
+            raise HFTransferError("--compare_source_only compares adaptation with source-only training: pass "
+                                  "--domain_adaptation dann, cdan or mcc too")
+        return self
+
+
+@dataclass
 class RunOptions(Options):
     """Where the run lives on disk and how it checkpoints, resumes and picks the exported epoch."""
 
@@ -372,7 +444,8 @@ class HubOptions(Options):
 
 # --help lists the groups in this order: the dataclass fields of the last base come first
 @dataclass
-class TrainConfig(HubOptions, TrackingOptions, RunOptions, ComparisonOptions, OptimizationOptions, LoraOptions,
+class TrainConfig(HubOptions, TrackingOptions, RunOptions, AdaptationOptions, ComparisonOptions, OptimizationOptions,
+                  LoraOptions,
                   StrategyOptions, AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
     """Everything a recipe run takes."""
 
@@ -401,6 +474,10 @@ class TrainConfig(HubOptions, TrackingOptions, RunOptions, ComparisonOptions, Op
         if self.lora_target_modules and self.strategy not in LORA_STRATEGIES:
             raise HFTransferError(f"--lora_target_modules applies to --strategy lora / lp_lora, not {self.strategy}: "
                                   "pass --strategy lora, or drop --lora_target_modules")
+        if self.uses_target_data() and self.compare_scratch:
+            raise HFTransferError("--compare_scratch and target-domain data: the from-scratch comparison is of "
+                                  "single-domain runs; drop --compare_scratch (--compare_source_only is the "
+                                  "adaptation's comparison)")
         resume = self.resume_from_checkpoint
         if resume and resume != "latest" and not Path(resume).is_dir():
             raise HFTransferError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint folder "

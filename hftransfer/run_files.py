@@ -49,6 +49,7 @@ ADAPTER_NORMS_NAME = "norms.safetensors"  # norm layers that moved while LoRA tr
 SCRATCH_DIR = "scratch"  # --compare_scratch runs
 BACKBONE_CHOICE_NAME = "backbone_choice.json"  # --model_name_or_path auto: the ranking and the choice, reused on resume
 FEATURE_CACHE_DIR = "feature_cache"  # auto's default --feature_cache_dir: content-addressed, kept across overwrites
+SOURCE_ONLY_DIR = "source_only"  # --compare_source_only: the same run without adaptation
 LOGGING_DIR = "runs"  # runs/<run_name>: tracker logs, where transformers' Trainer puts TensorBoard's
 TMP_SUFFIX = ".tmp"  # unfinished writes; never pushed, never read
 
@@ -233,6 +234,63 @@ class EpochRecord(Record):
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     eval_f1: float | None = None
+    # target-domain runs: the label-free scores of the target predictions, the criterion that picks the
+    # epoch, and the target validation accuracy when labels were given (reported, never used to select)
+    target_im: float | None = None
+    selection_score: float | None = None
+    target_oracle_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None or k not in ("target_im", "selection_score", "target_oracle_accuracy")}
+
+
+@dataclass
+class SourceOnlyRun(Record):
+    """The same run without adaptation (``--compare_source_only``), selected by the same target-only rule."""
+
+    best_epoch: int | None = None
+    source_accuracy: float | None = None
+    selection_score: float | None = None
+    target_im: float | None = None
+    target_oracle_accuracy: float | None = None
+    target_test_accuracy: float | None = None
+    train_runtime: float | None = None
+
+
+@dataclass
+class DomainAdaptation(Record):
+    """A target-domain run: the method, the domain gap, how the epoch was chosen, and whether adapting helped.
+
+    ``target_*`` scores are of the exported (selected) epoch. ``target_oracle_*`` use target labels
+    and are reported only; ``negative_transfer`` compares with ``source_only`` on them when they exist,
+    else ``warning`` says what the label-free criterion suggests."""
+
+    NESTED = {"source_only": SourceOnlyRun}
+
+    method: str = "none"
+    weight: float = 1.0
+    selection_criterion: str = "source_im"
+    selection_rule: str = ""
+    target_train_samples: int = 0
+    domain_gap: dict = field(default_factory=dict)  # proxy_a_distance, mmd, samples_per_domain
+    selected_epoch: int | None = None
+    source_accuracy: float | None = None
+    selection_score: float | None = None
+    target_im: float | None = None
+    target_entropy: float | None = None
+    target_diversity: float | None = None
+    target_oracle_accuracy: float | None = None
+    target_oracle_f1: float | None = None
+    target_oracle_best_epoch: int | None = None  # the epoch target labels would have picked: how far selection was
+    target_oracle_best_accuracy: float | None = None
+    target_test_accuracy: float | None = None
+    target_test_f1: float | None = None
+    target_test_samples: int | None = None
+    source_only: SourceOnlyRun | None = None
+    negative_transfer: bool | None = None
+    verdict: str = ""
+    warning: str | None = None
 
 
 @dataclass
@@ -319,7 +377,7 @@ class RunResults(Record):
     """
 
     NESTED = {"history": EpochRecord, "transfer": RunDescription, "transfer_gain": TransferGain,
-              "backbone_choice": BackboneChoice}
+              "backbone_choice": BackboneChoice, "domain_adaptation": DomainAdaptation}
 
     metrics: dict = field(default_factory=dict)
     eval_per_class: dict = field(default_factory=dict)  # label name -> precision, recall, f1, support
@@ -337,6 +395,7 @@ class RunResults(Record):
     transfer: RunDescription | None = None
     transfer_gain: TransferGain | None = None
     backbone_choice: BackboneChoice | None = None  # --model_name_or_path auto: the ranking and the pick
+    domain_adaptation: DomainAdaptation | None = None  # target-domain runs
 
     @classmethod
     def from_dict(cls, data: dict | None):
@@ -351,7 +410,9 @@ class RunResults(Record):
         del out["metrics"], out["test_metrics"]
         if not self.test_per_class:
             del out["test_per_class"]
-        for optional in ("transfer_gain", "backbone_choice"):
+        if self.history:  # each epoch as EpochRecord writes it (target scores only in target-domain runs)
+            out["history"] = [h.to_dict() for h in self.history]
+        for optional in ("transfer_gain", "backbone_choice", "domain_adaptation"):
             if out[optional] is None:
                 del out[optional]
         return out

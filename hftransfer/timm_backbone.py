@@ -80,6 +80,18 @@ class TimmBackbone(Backbone):
         self.channels_last = True
         return self
 
+    def set_input_size(self, size: int) -> "TimmBackbone":
+        """Train and serve at ``size`` x ``size`` pixels: the preprocessing (and the exported config, which
+        records ``pretrained_cfg``) follows. Models with a fixed grid (ViTs) resize it through timm."""
+        if hasattr(self.model, "set_input_size"):
+            self.model.set_input_size(img_size=size)
+        cfg = dict(self.model.pretrained_cfg)
+        cfg["input_size"] = (cfg.get("input_size", (3, 224, 224))[0], size, size)
+        cfg.pop("test_input_size", None)  # timm would evaluate at the original size otherwise
+        cfg.pop("test_crop_pct", None)
+        self.model.pretrained_cfg = cfg
+        return self
+
     def set_gradient_checkpointing(self, enable: bool = True) -> "TimmBackbone":
         """timm's ``set_grad_checkpointing`` (stage by stage through ``checkpoint_seq``), non-reentrant.
 

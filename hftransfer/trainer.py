@@ -15,6 +15,7 @@ from .hub import push_output_dir
 from .report import write_report
 from .runtime import StopSignals, any_process, configure_threads, create_accelerator
 from .scratch import compare_with_scratch
+from .source_only import compare_with_source_only
 from .training import fit
 
 
@@ -48,6 +49,8 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice)
         if cfg.compare_scratch:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
+        if cfg.runs_source_only_twin:
+            compare_with_source_only(cfg, modality, accelerator, output_dir, threads, results, stop)
         failure = None
         if accelerator.is_main_process:
             write_report(output_dir)

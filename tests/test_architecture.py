@@ -10,15 +10,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hftransfer"
 
 # bottom to top, as docs/architecture.md lists them (there top to bottom)
 LAYERS = [
-    {"data", "manifests", "text_files", "metrics", "transferability", "run_files", "errors", "modeling_hftransfer"},
+    {"data", "manifests", "text_files", "metrics", "transferability", "run_files", "errors", "modeling_hftransfer",
+     "domain_gap"},
     {"backbones", "backbone_base", "timm_backbone", "text_backbone", "heads", "preprocessing", "offline", "lora"},
     {"hub", "card", "card_sections", "export", "report", "inference"},
     {"model"},
-    {"strategies", "regularizers", "features"},
+    {"strategies", "regularizers", "features", "adaptation"},
     {"options", "config"},
     {"checkpoint", "runtime", "loaders", "results", "tracking"},
     {"training"},
-    {"trainer", "rank", "scratch", "predict", "auto"},
+    {"trainer", "rank", "scratch", "predict", "auto", "source_only"},
     {"cli", "__main__", "__init__"},
 ]
 
