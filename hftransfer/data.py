@@ -240,7 +240,7 @@ def _existing_file(path: str, flag: str, what: str = "CSV/JSON/JSONL file") -> s
 
 def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, validation_fraction: float = 0.15,
                    seed: int = 42, max_train_samples: int | None = None, max_eval_samples: int | None = None,
-                   label_names: list[str] | None = None) -> DataBundle:
+                   label_names: list[str] | None = None, max_predict_samples: int | None = None) -> DataBundle:
     """Check columns and labels, pick or hold out the validation split, encode labels as ``labels``."""
     if "train" not in raw:
         raise HFTransferError(f"the dataset has no 'train' split (it has {', '.join(raw) or 'none'}): provide training data")
@@ -280,6 +280,8 @@ def prepare_splits(raw: DatasetDict, input_column: str, label_column: str, valid
         eval_ds = eval_ds.shuffle(seed=seed).select(range(min(max_eval_samples, len(eval_ds))))
 
     test = _test_split(raw, input_column, label_column)
+    if test is not None and max_predict_samples is not None:
+        test = test.shuffle(seed=seed).select(range(min(max_predict_samples, len(test))))
     multi_label = isinstance(train.select_columns(label_column)[0][label_column], list)
     id2label, encode = _label_encoding(train, eval_ds, label_column, label_feature, multi_label, label_names)
     if test is not None:
@@ -438,13 +440,14 @@ def load_data(options, modality: str, data_seed: int | None = None) -> DataBundl
                           image_column=options.image_column_name, label_column=options.label_column_name)
     return prepare_splits(raw, input_column, options.label_column_name, options.validation_fraction,
                           options.seed if data_seed is None else data_seed, options.max_train_samples,
-                          options.max_eval_samples, options.label_names)
+                          options.max_eval_samples, options.label_names, options.max_predict_samples)
 
 
 def load_target_data(options, modality: str, id2label: dict[int, str], data_seed: int | None = None) -> TargetBundle:
     """The target-domain splits ``options`` names (``--target_*``), labels mapped onto the source's ``id2label``.
 
-    ``--max_train_samples`` / ``--max_eval_samples`` cap the target train / validation splits too.
+    ``--max_train_samples`` / ``--max_eval_samples`` / ``--max_predict_samples`` cap the target train /
+    validation / test splits too.
     """
     input_column = options.image_column_name if modality == "image" else options.text_column_name
     label_column = options.label_column_name
@@ -489,6 +492,9 @@ def load_target_data(options, modality: str, id2label: dict[int, str], data_seed
         validation = validation.shuffle(seed=seed).select(range(min(options.max_eval_samples, len(validation))))
         validation = validation.remove_columns(INDEX_COLUMN).add_column(INDEX_COLUMN, list(range(len(validation))))
     test = _labelled_target(raw["test"], input_column, label_column, id2label, "target test") if "test" in raw else None
+    if test is not None and options.max_predict_samples is not None:
+        test = test.shuffle(seed=seed).select(range(min(options.max_predict_samples, len(test))))
+        test = test.remove_columns(INDEX_COLUMN).add_column(INDEX_COLUMN, list(range(len(test))))
     return TargetBundle(train, validation, test)
 
 

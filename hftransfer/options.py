@@ -143,6 +143,7 @@ class DataOptions(Options):
                                     valid=OPEN_FRACTION)
     max_train_samples: Optional[int] = _f(None, "truncate training data (random subset, seeded)", valid=AT_LEAST_ONE)
     max_eval_samples: Optional[int] = _f(None, "truncate validation data (random subset, seeded)", valid=AT_LEAST_ONE)
+    max_predict_samples: Optional[int] = _f(None, "truncate test data (random subset, seeded)", valid=AT_LEAST_ONE)
     max_seq_length: int = _f(128, "text: truncate longer sequences (batches are padded dynamically)", valid=Range(2))
     text_encoding: str = _f("auto", "text files' encoding: auto (UTF-8, else detected and said so) or a codec name "
                             "such as utf-8, cp1252, latin-1")

@@ -240,6 +240,36 @@ def run_recipe(recipe: str, *args, env=None, timeout=600) -> subprocess.Complete
     return run_python(ROOT / "recipes" / f"{recipe}.py", *args, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+def recipe_in_process(capsys, recipe: str, *args) -> subprocess.CompletedProcess:
+    """``recipes/<recipe>.py`` called in this interpreter (its ``run_recipe``), exit status and output captured:
+    for the one-line-error checks, which need no fresh interpreter and so skip its seconds of imports."""
+    from hftransfer.cli import run_recipe as run
+
+    capsys.readouterr()
+    code = 0
+    try:
+        run("image" if recipe == "image_cls" else "text", ROOT / "recipes" / "configs" / f"{recipe}.yaml",
+            [str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """``hftransfer ARGS`` (``cli.main``) in this interpreter, exit status and output captured."""
+    from hftransfer.cli import main
+
+    capsys.readouterr()
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 # ---------------------------------------------------------------------------------------------- loading elsewhere
 # A script for a fresh interpreter: loads pushed or saved models with timm / transformers only (hftransfer is
 # made unimportable first) and prints their logits, labels and pipeline outputs as one JSON line.

@@ -317,17 +317,17 @@ def test_real_digits_mnist_to_optdigits_with_the_bundled_lite0(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     from digit_domains import write_domains
 
-    data = write_domains(tmp_path / "digits", per_class=12)
+    data = write_domains(tmp_path / "digits", per_class=10)
     out = tmp_path / "run"
     proc = run_python(ROOT / "recipes" / "image_cls.py", "--train_dir", data["mnist"] / "train",
                       "--validation_dir", data["mnist"] / "validation", "--target_train_dir", data["optdigits"] / "train",
                       "--target_validation_dir", data["optdigits"] / "validation", "--target_test_dir",
                       data["optdigits"] / "test", "--domain_adaptation", "mcc", "--image_size", "32", "--strategy", "full",
-                      "--num_train_epochs", "2", "--learning_rate", "3e-4", "--output_dir", out, timeout=600)
+                      "--num_train_epochs", "1", "--learning_rate", "3e-4", "--output_dir", out, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "domain gap of the backbone before training" in proc.stdout
     da = read_results(out)["domain_adaptation"]
     assert da["domain_gap"]["proxy_a_distance"] > 0.5  # 28x28 MNIST vs 8x8 optdigits: clearly separable domains
-    assert da["target_test_samples"] == 30 and da["source_only"] is not None and da["verdict"]
+    assert da["target_test_samples"] == 20 and da["source_only"] is not None and da["verdict"]
     # the exported model is a plain timm classifier: the native layout, no adversary
     assert (out / "config.json").is_file() and not any("discriminator" in k for k in load_file(out / "model.safetensors"))

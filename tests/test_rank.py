@@ -5,14 +5,10 @@ import json
 
 import pytest
 
-from builders import BUNDLED_IMAGES, ROOT, image_data_args, run_python, run_recipe, save_tiny_timm_weights
+from builders import BUNDLED_IMAGES, cli_in_process, image_data_args, recipe_in_process, save_tiny_timm_weights
 from hftransfer.config import RankConfig, load_config
 from hftransfer.errors import HFTransferError
 from hftransfer.rank import check_modalities, parse_candidate, rank_backbones
-
-
-def hftransfer_cli(*args, timeout=600):
-    return run_python("-m", "hftransfer", *args, timeout=timeout, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +53,13 @@ def test_modalities_must_agree_with_each_other_and_the_data():
     assert check_modalities([image, parse_candidate("random:test_vit")], "image") == "image"
 
 
-@pytest.mark.integration
-def test_rank_cli_writes_sorted_table_and_the_recipe_reuses_its_features(tmp_path, image_data, tiny_weights):
+def test_rank_cli_writes_sorted_table_and_the_recipe_reuses_its_features(tmp_path, image_data, tiny_weights, capsys):
     out, cache = tmp_path / "rank", tmp_path / "cache"
     effnet = f"test_efficientnet={tiny_weights / 'effnet.safetensors'}"
     candidates = [effnet, "random:test_efficientnet", f"test_vit={tiny_weights / 'vit.safetensors'}"]
     data = ["--train_dir", image_data["train"], "--validation_dir", image_data["val"]]  # the recipe's data flags
-    proc = hftransfer_cli("rank", "--candidates", *candidates, *data, "--output_dir", out, "--feature_cache_dir", cache)
+    proc = cli_in_process(capsys, "rank", "--candidates", *candidates, *data, "--output_dir", out, "--feature_cache_dir",
+                          cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranking = json.loads((out / "rank.json").read_text())["ranking"]
     assert sorted(r["candidate"] for r in ranking) == sorted(candidates)
@@ -80,7 +76,8 @@ def test_rank_cli_writes_sorted_table_and_the_recipe_reuses_its_features(tmp_pat
     assert len(list(cache.glob("train-*.safetensors"))) == 3
 
     # a linear probe on the same data with the same backbone loads the ranked features instead of recomputing them
-    run = run_recipe("image_cls", "--model_name_or_path", "test_efficientnet", "--weights", tiny_weights / "effnet.safetensors",
+    run = recipe_in_process(capsys, "image_cls", "--model_name_or_path", "test_efficientnet", "--weights",
+                            tiny_weights / "effnet.safetensors",
                      *image_data_args(image_data, tmp_path / "probe"),
                      "--strategy", "linear_probe", "--num_train_epochs", "1", "--feature_cache_dir", cache)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -88,7 +85,8 @@ def test_rank_cli_writes_sorted_table_and_the_recipe_reuses_its_features(tmp_pat
     assert "loaded" in train_line
 
     # rank again: every candidate's features now come from the cache, with the same scores
-    again = hftransfer_cli("rank", "--candidates", *candidates, *data, "--output_dir", out, "--feature_cache_dir", cache)
+    again = cli_in_process(capsys, "rank", "--candidates", *candidates, *data, "--output_dir", out, "--feature_cache_dir",
+                           cache)
     assert again.returncode == 0, again.stderr[-3000:]
     reranked = json.loads((out / "rank.json").read_text())["ranking"]
     assert all(r["features"] == "cache" for r in reranked)
@@ -105,22 +103,21 @@ def test_rank_text_encoders_through_the_python_api(tmp_path, text_data, tiny_ber
     assert (tmp_path / "rank" / "rank.json").is_file()
 
 
-@pytest.mark.integration
-def test_rank_cli_errors_are_one_line(tmp_path, image_data, text_data):
-    proc = hftransfer_cli("rank", "--candidates", "test_vit", "--train_file", text_data["train"],
+def test_rank_cli_errors_are_one_line(tmp_path, image_data, text_data, capsys):
+    proc = cli_in_process(capsys, "rank", "--candidates", "test_vit", "--train_file", text_data["train"],
                           "--output_dir", tmp_path / "r")
     assert proc.returncode == 2
     # a --train_file may be an image manifest, so the data is read (progress lines first) before it is refused
     assert proc.stderr.strip().splitlines()[-1] == \
         f"error: {text_data['train']}: no image column 'image' (columns: text, label): pass --image_column_name"
     assert "Traceback" not in proc.stderr
-    proc = hftransfer_cli("rank", "--train_dir", image_data["train"], "--output_dir", tmp_path / "r")
+    proc = cli_in_process(capsys, "rank", "--train_dir", image_data["train"], "--output_dir", tmp_path / "r")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no candidates")
-    proc = hftransfer_cli("nonsense")
+    proc = cli_in_process(capsys, "nonsense")
     assert proc.returncode == 2
     assert "usage: hftransfer <command>" in proc.stderr
-    assert hftransfer_cli("--help").returncode == 0
+    assert cli_in_process(capsys, "--help").returncode == 0
 
 
 @pytest.mark.integration

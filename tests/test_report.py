@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from builders import IMAGE_TINY_MODEL, read_results, run_recipe, save_tiny_timm_weights
+from builders import IMAGE_TINY_MODEL, recipe_in_process, read_results, run_recipe, save_tiny_timm_weights
 from hftransfer.errors import HFTransferError
 from hftransfer.report import confusion_matrix, transfer_gain, write_report
 
@@ -149,8 +149,8 @@ def test_recipe_compares_with_scratch_and_reports(tmp_path, image_data):
 
 
 @pytest.mark.integration
-def test_compare_scratch_rejects_random_weights(tmp_path, image_data):
-    proc = run_recipe("image_cls", *IMAGE_TINY_MODEL,
+def test_compare_scratch_rejects_random_weights(tmp_path, image_data, capsys):
+    proc = recipe_in_process(capsys, "image_cls", *IMAGE_TINY_MODEL,
                       "--train_dir", image_data["train"], "--output_dir", tmp_path / "run", "--compare_scratch")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --compare_scratch")
