@@ -90,6 +90,18 @@ def _pooling():  # one definition for the recipes and for ranking
     return _f("mean", "text pooling: mean (mask-aware), cls or pooler", ("mean", "cls", "pooler"))
 
 
+def check_paths(options: "Options", dir_flags: tuple[str, ...], file_flags: tuple[str, ...], dir_hint: str,
+                file_hint: str) -> None:
+    """One line naming the first ``--flag`` whose folder (``dir_flags``) or file (``file_flags``) is not there."""
+    for flags, is_kind, other, hint in ((dir_flags, Path.is_dir, "is a file", dir_hint),
+                                        (file_flags, Path.is_file, "is a folder", file_hint)):
+        for flag in flags:
+            path = getattr(options, flag)
+            if path and not is_kind(Path(path)):
+                what = other if Path(path).exists() else "does not exist"
+                raise HFTransferError(f"--{flag} '{path}' {what}: {hint}")
+
+
 class Options:
     """Shared behaviour of the option groups and of the configs built from them."""
 
@@ -172,17 +184,9 @@ class DataOptions(Options):
                               ("test_dir", "train_dir"), ("test_file", "train_file")):
             if getattr(self, flag) and not getattr(self, partner) and not self.dataset_name:
                 raise HFTransferError(f"--{flag} is given without --{partner}: pass the training data too")
-        for flag in ("train_dir", "validation_dir", "test_dir"):
-            path = getattr(self, flag)
-            if path and not Path(path).is_dir():
-                what = "is a file" if Path(path).exists() else "does not exist"
-                raise HFTransferError(f"--{flag} '{path}' {what}: pass a folder with one subfolder per class")
-        for flag in ("train_file", "validation_file", "test_file"):
-            path = getattr(self, flag)
-            if path and not Path(path).is_file():
-                what = "is a folder" if Path(path).exists() else "does not exist"
-                raise HFTransferError(f"--{flag} '{path}' {what}: pass an existing CSV/TSV/JSON/JSONL file "
-                                      "(or, for images, a .parquet manifest)")
+        check_paths(self, ("train_dir", "validation_dir", "test_dir"), ("train_file", "validation_file", "test_file"),
+                    "pass a folder with one subfolder per class",
+                    "pass an existing CSV/TSV/JSON/JSONL file (or, for images, a .parquet manifest)")
         if self.feature_cache_dir and Path(self.feature_cache_dir).is_file():
             raise HFTransferError(f"--feature_cache_dir '{self.feature_cache_dir}' is a file: pass a folder (created if missing)")
         if self.text_encoding != "auto":
@@ -358,16 +362,9 @@ class AdaptationOptions(Options):
             if getattr(self, flag) and not self.uses_target_data():
                 raise HFTransferError(f"--{flag} is given without target training data: pass --target_train_file / "
                                       "--target_train_dir too")
-        for flag in ("target_train_dir", "target_validation_dir", "target_test_dir"):
-            path = getattr(self, flag)
-            if path and not Path(path).is_dir():
-                what = "is a file" if Path(path).exists() else "does not exist"
-                raise HFTransferError(f"--{flag} '{path}' {what}: pass a folder of images")
-        for flag in ("target_train_file", "target_validation_file", "target_test_file"):
-            path = getattr(self, flag)
-            if path and not Path(path).is_file():
-                what = "is a folder" if Path(path).exists() else "does not exist"
-                raise HFTransferError(f"--{flag} '{path}' {what}: pass an existing data file")
+        check_paths(self, ("target_train_dir", "target_validation_dir", "target_test_dir"),
+                    ("target_train_file", "target_validation_file", "target_test_file"), "pass a folder of images",
+                    "pass an existing data file")
         if self.compare_source_only and self.domain_adaptation == "none":
             raise HFTransferError("--compare_source_only compares adaptation with source-only training: pass "
                                   "--domain_adaptation dann, cdan or mcc too")

@@ -240,6 +240,16 @@ def run_recipe(recipe: str, *args, env=None, timeout=600) -> subprocess.Complete
     return run_python(ROOT / "recipes" / f"{recipe}.py", *args, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
+def launch_two_processes(recipe: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py <args>`` on CPU (gloo), one torch
+    thread each so the two ranks share these cores instead of fighting over them."""
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return run_python(*launch, ROOT / "recipes" / f"{recipe}.py", *args,
+                      env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})},
+                      timeout=timeout)
+
+
 def recipe_in_process(capsys, recipe: str, *args) -> subprocess.CompletedProcess:
     """``recipes/<recipe>.py`` called in this interpreter (its ``run_recipe``), exit status and output captured:
     for the one-line-error checks, which need no fresh interpreter and so skip its seconds of imports."""

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from builders import ROOT, make_image_folder, make_text_file, read_results, run_python
+from builders import ROOT, make_image_folder, make_text_file, launch_two_processes, read_results, run_python
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
@@ -294,15 +294,13 @@ def test_adaptation_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path, d
 @pytest.mark.integration
 def test_two_process_adaptation_run_keeps_the_ranks_in_sync(tmp_path, domains):
     out = tmp_path / "run"
-    cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", ROOT / "recipes" / "image_cls.py",
-           "--model_name_or_path", "test_efficientnet", "--weights", "random", "--train_dir", domains["source"],
+    proc = launch_two_processes(
+           "image_cls", "--model_name_or_path", "test_efficientnet", "--weights", "random", "--train_dir", domains["source"],
            "--validation_dir", domains["source_val"], "--target_train_dir", domains["target"],
            "--target_validation_dir", domains["target_val"], "--domain_adaptation", "cdan", "--image_size", "32",
            "--output_dir", out, "--num_train_epochs", "2", "--strategy", "full", "--per_device_train_batch_size", "4",
            "--per_device_eval_batch_size", "4", "--learning_rate", "0.01", "--ddp_timeout", "120",
-           "--compare_source_only", "false"]
-    proc = run_python(*cmd, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+           "--compare_source_only", "false")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = read_results(out)
     assert results["world_size"] == 2 and results["eval_samples"] == 6

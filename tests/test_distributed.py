@@ -1,13 +1,12 @@
 """Two gloo processes on CPU through ``accelerate launch``: every eval sample counted exactly once,
 and gradual unfreezing (the trainable set changes mid-run) keeps the ranks in sync."""
 import json
-import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from builders import IMAGE_TINY_MODEL, ROOT, image_data_args, read_results, run_python
+from builders import IMAGE_TINY_MODEL, image_data_args, launch_two_processes, read_results
 from hftransfer import TransferModel
 
 pytestmark = pytest.mark.integration  # accelerate launch: two fresh interpreters
@@ -16,14 +15,10 @@ pytestmark = pytest.mark.integration  # accelerate launch: two fresh interpreter
 def test_two_process_run_counts_each_eval_sample_once(tmp_path, image_data):
     out = tmp_path / "run"
     # 10 eval samples, 2 processes x batch 4 = 8 per step: the last step is padded and must be de-duplicated
-    cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           ROOT / "recipes" / "image_cls.py",
-           *IMAGE_TINY_MODEL, *image_data_args(image_data, out), "--num_train_epochs", "2",
+    proc = launch_two_processes(
+           "image_cls", *IMAGE_TINY_MODEL, *image_data_args(image_data, out), "--num_train_epochs", "2",
            "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "4", "--strategy", "gradual",
-           "--head_learning_rate", "0.01", "--learning_rate", "0.01", "--ddp_timeout", "120", "--save_total_limit", "0"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    proc = run_python(*cmd, env=env, timeout=600)
+           "--head_learning_rate", "0.01", "--learning_rate", "0.01", "--ddp_timeout", "120", "--save_total_limit", "0")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = read_results(out)
     assert results["world_size"] == 2, "accelerate started a single process"

@@ -11,8 +11,8 @@ import os
 
 import pytest
 import torch
-from builders import (LABELS, ROOT, TEXT_LABELS, TEXTS, image_inputs, image_model, logits_of, read_results,
-                      run_python, save_tiny_timm_weights, text_inputs, text_model)
+from builders import (LABELS, TEXT_LABELS, TEXTS, image_inputs, image_model, launch_two_processes, logits_of,
+                      read_results, save_tiny_timm_weights, text_inputs, text_model)
 from safetensors.torch import load_file
 
 from hftransfer import TransferModel
@@ -397,14 +397,12 @@ def test_lora_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path, image_d
 @pytest.mark.integration
 def test_two_process_lora_run_keeps_the_ranks_in_sync(tmp_path, image_data):
     out = tmp_path / "run"
-    cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", ROOT / "recipes" / "image_cls.py",
-           "--model_name_or_path", "test_vit", "--weights", "random", "--train_dir", image_data["train"],
+    proc = launch_two_processes(
+           "image_cls", "--model_name_or_path", "test_vit", "--weights", "random", "--train_dir", image_data["train"],
            "--validation_dir", image_data["val"], "--output_dir", out, "--num_train_epochs", "2",
            "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "4", "--strategy", "lp_lora",
            "--lp_epochs", "1",
-           "--learning_rate", "0.01", "--ddp_timeout", "120", "--save_total_limit", "0"]
-    proc = run_python(*cmd, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+           "--learning_rate", "0.01", "--ddp_timeout", "120", "--save_total_limit", "0")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = read_results(out)
     assert results["world_size"] == 2 and results["eval_samples"] == 10

@@ -7,10 +7,9 @@ depends on timing. 12 training images at batch 4: 3 optimizer steps per epoch, 3
 """
 from __future__ import annotations
 
-import os
 
 import pytest
-from builders import IMAGE_TINY_MODEL, ROOT, image_args, image_data_args, read_results, run_python, run_recipe
+from builders import IMAGE_TINY_MODEL, image_args, image_data_args, launch_two_processes, read_results, run_recipe
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration  # every test runs recipes in fresh interpreters
@@ -110,12 +109,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_143_then_continues_exactly(tmp_pat
 
 
 def launch_two(out, image_data, *extra, env=None):
-    cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", ROOT / "recipes" / "image_cls.py",
-           *IMAGE_TINY_MODEL, *image_data_args(image_data, out), "--per_device_train_batch_size", "3",
-           "--per_device_eval_batch_size", "4", "--head_learning_rate", "0.01", "--ddp_timeout", "120", *extra]
-    return run_python(*cmd, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})},
-                      timeout=600)
+    return launch_two_processes("image_cls", *IMAGE_TINY_MODEL, *image_data_args(image_data, out),
+                                "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "4",
+                                "--head_learning_rate", "0.01", "--ddp_timeout", "120", *extra, env=env)
 
 
 def test_sigterm_in_a_two_process_run_stops_every_rank_at_the_same_step(tmp_path, image_data):

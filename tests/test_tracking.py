@@ -6,14 +6,13 @@ with TensorBoard's own ``EventAccumulator`` (and W&B's offline run file, when wa
 from __future__ import annotations
 
 import json
-import os
 import signal
 import struct
 
 import pytest
 import torch
 import yaml
-from builders import IMAGE_TINY_MODEL, ROOT, image_args, image_data_args, read_results, run_python
+from builders import IMAGE_TINY_MODEL, ROOT, image_args, image_data_args, launch_two_processes, read_results
 
 from hftransfer import HFTransferError, cli
 from hftransfer.config import load_config
@@ -140,12 +139,10 @@ def test_report_to_none_creates_no_tracker(tmp_path, image_data):
 def test_two_processes_log_once_with_the_loss_averaged_over_both(tmp_path, image_data):
     pytest.importorskip("tensorboard")
     out = tmp_path / "run"
-    cmd = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", ROOT / "recipes" / "image_cls.py",
-           *IMAGE_TINY_MODEL, *image_data_args(image_data, out), "--num_train_epochs", "2",
+    proc = launch_two_processes(
+           "image_cls", *IMAGE_TINY_MODEL, *image_data_args(image_data, out), "--num_train_epochs", "2",
            "--per_device_train_batch_size", "3", "--strategy", "full", "--learning_rate", "0.01", "--ddp_timeout", "120",
-           "--report_to", "tensorboard", "--logging_steps", "1"]
-    proc = run_python(*cmd, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+           "--report_to", "tensorboard", "--logging_steps", "1")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert read_results(out)["world_size"] == 2
     assert len(list((out / "runs" / "run").glob("events.out.tfevents.*"))) == 1  # the main process's writer only
