@@ -174,9 +174,9 @@ def main() -> None:
                       f"labelled split, {ep} epochs {' '.join(x)}" for m, (n, e, ep, x) in budget.items())
     section = [f"\n## Domain adaptation: source-only vs DANN / CDAN+E / MCC, {dt.date.today().isoformat()}\n",
                f"Command: `python bench/domain_adaptation.py --pairs {','.join(':'.join(p) for p in pairs)} --seeds "
-               f"{','.join(map(str, seeds))} --jobs {args.jobs} --threads {args.threads}`. Machine: {machine}. Budget: {sizes}. Every method, the baseline "
-               "included, picks its epoch with the label-free rule (source val accuracy + target IM); target labels "
-               "only score. PAD: proxy A-distance of the pretrained backbone's features (0 = same, 2 = separable). "
+               f"{','.join(map(str, seeds))} --jobs {args.jobs} --threads {args.threads}`. Machine: {machine}. "
+               f"Budget: {sizes}. Every method, the baseline included, picks its epoch with the label-free rule "
+               "(source val accuracy + target IM); target labels only score. PAD: proxy A-distance of the pretrained backbone's features (0 = same, 2 = separable). "
                "Per-run commands and numbers: `bench/domain_adaptation_runs.jsonl`.\n", *table, ""]
     with RESULTS.open("a") as f:
         f.write("\n".join(section) + "\n")

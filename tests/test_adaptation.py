@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from builders import ROOT, make_image_folder, make_text_file, launch_two_processes, read_results, run_python
+from builders import ROOT, launch_two_processes, make_image_folder, make_text_file, read_results, run_python
 from safetensors.torch import load_file
 from torch.nn import functional as F
 

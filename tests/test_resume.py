@@ -7,7 +7,6 @@ depends on timing. 12 training images at batch 4: 3 optimizer steps per epoch, 3
 """
 from __future__ import annotations
 
-
 import pytest
 from builders import IMAGE_TINY_MODEL, image_args, image_data_args, launch_two_processes, read_results, run_recipe
 from safetensors.torch import load_file
