@@ -11,8 +11,8 @@ the data is synthetic, created once on the device. Per model it times, after war
 1. ``recipe``  hftransfer's training step path: ``TimmBackbone(name, weights="random")`` +
    ``LinearHead`` in a ``TransferModel`` (text: ``create_transfer_model("text", folder, ...,
    pooling="cls")``), the backbone's fast layout (channels_last for images), AdamW over hftransfer's
-   ``param_groups``, the ``Accelerator`` that ``hftransfer.runtime.create_accelerator`` builds with
-   ``mixed_precision="bf16"``, ``prepare``, and per batch what ``hftransfer.training.train_one_epoch``
+   ``param_groups``, the ``Accelerator`` that ``hftransfer.training.runtime.create_accelerator`` builds with
+   ``mixed_precision="bf16"``, ``prepare``, and per batch what ``hftransfer.training.loop.train_one_epoch``
    does: the library's own ``train_step`` (``accumulate``, ``backward``, grad clipping, step,
    ``zero_grad``), ``loss.item()`` and the ``TransferScheduler`` step; eager, and compiled the
    recipe's way (``--torch_compile``: ``Accelerator(dynamo_backend="inductor")``).
@@ -180,10 +180,10 @@ def timed(step, spec: Spec, args) -> dict:
 
 def run_recipe(spec: Spec, args, compiled: bool) -> dict:
     """hftransfer's setup and training loop body (its ``train_step``), minus data loading, evaluation and checkpoints."""
-    from hftransfer.config import TrainConfig
-    from hftransfer.runtime import create_accelerator
-    from hftransfer.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
-    from hftransfer.training import train_step
+    from hftransfer.config.parsing import TrainConfig
+    from hftransfer.training.runtime import create_accelerator
+    from hftransfer.tuning.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
+    from hftransfer.training.loop import train_step
 
     cfg = TrainConfig(mixed_precision="bf16", learning_rate=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
                       strategy="full", torch_compile=compiled)

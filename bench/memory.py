@@ -40,7 +40,7 @@ def child(args) -> None:
     import torch
 
     from hftransfer import create_transfer_model
-    from hftransfer.strategies import apply_trainable
+    from hftransfer.tuning.strategies import apply_trainable
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from hftransfer.inference import default_batch_size
+from hftransfer.models.inference import default_batch_size
 
 # before anything touches CUDA or imports huggingface_hub (both read these lazily / at their import)
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # a CPU benchmark: the same device for both sides
@@ -171,7 +171,7 @@ def text_benchmark(args) -> dict:
     from transformers import pipeline
 
     from hftransfer import TransferModel
-    from hftransfer.inference import InferenceSettings
+    from hftransfer.models.inference import InferenceSettings
 
     folder, note = text_model_dir()
     texts = [json.loads(line)["text"] for line in TEXT_FILE.read_text().splitlines() if line.strip()][:args.max_texts]

@@ -27,7 +27,7 @@ Data: full-size hymenoptera photos (``train/ants/imageNotFound.gif``, a junk pla
 of both sides) and a seeded subset of rotten_tomatoes from ``../shared/data``; the repo's ``data/``
 (160 px photos, same sentences) when that is missing.
 
-A fourth comparison, ``step``, runs in this process: the library's own ``hftransfer.training.train_step``
+A fourth comparison, ``step``, runs in this process: the library's own ``hftransfer.training.loop.train_step``
 (what every recipe epoch calls per batch: ``accelerator.accumulate``, backward, clipping, AdamW step)
 against a bare forward / backward / AdamW step, on the same ``TransferModel`` (the backbone's fast
 layout on both sides), the same pre-made batches and threads, alternating blocks of steps; it shows
@@ -434,9 +434,9 @@ def step_comparison(args) -> dict:
     import torch
 
     from hftransfer import create_transfer_model
-    from hftransfer.config import TrainConfig
-    from hftransfer.runtime import create_accelerator
-    from hftransfer.training import train_step
+    from hftransfer.config.parsing import TrainConfig
+    from hftransfer.training.runtime import create_accelerator
+    from hftransfer.training.loop import train_step
 
     torch.set_num_threads(args.threads)
     accelerator = create_accelerator(TrainConfig(mixed_precision="no"))
@@ -586,7 +586,7 @@ def main(argv=None) -> int:
             info = machine_info()
             report = build_report(args, argv, info, data, results, rows, feature_cache, started, loads)
             if step:
-                report += ("\nTraining step in process (`hftransfer.training.train_step` vs a bare forward/backward/AdamW "
+                report += ("\nTraining step in process (`hftransfer.training.loop.train_step` vs a bare forward/backward/AdamW "
                            "step, same TransferModel in its fast layout, same batches, fp32, "
                            f"{args.threads} threads, medians):\n\n{format_step_table(step)}\n")
             append_results_md(Path(args.results_md), report)

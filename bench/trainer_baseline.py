@@ -88,7 +88,7 @@ def make_timm_folder(out_dir: str | Path, arch: str = "tf_efficientnet_lite0") -
     from timm.data import ImageNetInfo
     from timm.models import save_for_hf
 
-    from hftransfer.offline import bundled_timm_state_dict  # only the weights file; training uses no hftransfer code
+    from hftransfer.models.bundled import bundled_timm_state_dict  # only the weights file; training uses no hftransfer code
 
     out = Path(out_dir)
     model = timm.create_model(arch, pretrained=False)

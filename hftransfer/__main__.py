@@ -1,4 +1,4 @@
 """``python -m hftransfer <command>``: the same as the ``hftransfer`` console script."""
-from .cli import main
+from .cli.commands import main
 
 main()

@@ -9,7 +9,7 @@ bundled ants/bees images; see configs/image_cls.yaml for every default and --hel
 """
 from pathlib import Path
 
-from hftransfer.cli import run_recipe
+from hftransfer.cli.commands import run_recipe
 
 if __name__ == "__main__":
     run_recipe("image", Path(__file__).parent / "configs" / "image_cls.yaml", description=__doc__)

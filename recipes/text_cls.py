@@ -9,7 +9,7 @@ sentences; see configs/text_cls.yaml for every default and --help for all flags.
 """
 from pathlib import Path
 
-from hftransfer.cli import run_recipe
+from hftransfer.cli.commands import run_recipe
 
 if __name__ == "__main__":
     run_recipe("text", Path(__file__).parent / "configs" / "text_cls.yaml", description=__doc__)

@@ -170,7 +170,7 @@ def text_model(folder: Path, pooling: str = "pooler", head: str = "linear", labe
 
 def image_inputs(model: TransferModel, seeds=(0, 1)) -> torch.Tensor:
     """The eval preprocessing hftransfer trains with (timm's resize + center crop + normalize)."""
-    from hftransfer.preprocessing import image_transforms
+    from hftransfer.data.preprocessing import image_transforms
 
     transform = image_transforms(model.backbone.data_config, False)
     return torch.stack([transform(noise_image(s)) for s in seeds])
@@ -190,9 +190,9 @@ def logits_of(model: TransferModel, inputs) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- run folders
 def make_run_dir(out: Path, model, modality: str, extra_results: dict | None = None, **cfg_kwargs) -> Path:
     """A finished run's output_dir: model files, all_results.json (with the recipe), config.yaml, checkpoints."""
-    from hftransfer.config import TrainConfig, save_config
-    from hftransfer.strategies import Strategy
-    from hftransfer.card import describe_run
+    from hftransfer.config.parsing import TrainConfig, save_config
+    from hftransfer.tuning.strategies import Strategy
+    from hftransfer.hub.card import describe_run
 
     defaults = dict(model_name_or_path="test_efficientnet", weights="random", strategy="lp_ft", layer_decay=0.8,
                     num_train_epochs=3, learning_rate=1e-4, head_learning_rate=1e-3, per_device_train_batch_size=4,
@@ -253,7 +253,7 @@ def launch_two_processes(recipe: str, *args, env=None, timeout=600) -> subproces
 def recipe_in_process(capsys, recipe: str, *args) -> subprocess.CompletedProcess:
     """``recipes/<recipe>.py`` called in this interpreter (its ``run_recipe``), exit status and output captured:
     for the one-line-error checks, which need no fresh interpreter and so skip its seconds of imports."""
-    from hftransfer.cli import run_recipe as run
+    from hftransfer.cli.commands import run_recipe as run
 
     capsys.readouterr()
     code = 0
@@ -268,7 +268,7 @@ def recipe_in_process(capsys, recipe: str, *args) -> subprocess.CompletedProcess
 
 def cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
     """``hftransfer ARGS`` (``cli.main``) in this interpreter, exit status and output captured."""
-    from hftransfer.cli import main
+    from hftransfer.cli.commands import main
 
     capsys.readouterr()
     code = 0

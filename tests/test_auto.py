@@ -6,12 +6,12 @@ import json
 import pytest
 
 from builders import IMAGE_TINY, ROOT, image_data_args, read_results, run_recipe, save_tiny_timm_weights
-from hftransfer.auto import select
-from hftransfer.config import RankConfig, TrainConfig, load_config, read_config_file
+from hftransfer.runs.auto_backbone import select
+from hftransfer.config.parsing import RankConfig, TrainConfig, load_config, read_config_file
 from hftransfer.errors import HFTransferError, exit_on_user_error
-from hftransfer.rank import rank_backbones
-from hftransfer.run_files import BACKBONE_CHOICE_NAME, FEATURE_CACHE_DIR, read_yaml
-from hftransfer.trainer import train
+from hftransfer.runs.rank import rank_backbones
+from hftransfer.files import BACKBONE_CHOICE_NAME, FEATURE_CACHE_DIR, read_yaml
+from hftransfer.runs.train import train
 
 # the tiny stand-ins: the same architecture, different weights (so different features and scores)
 TINY_AUTO = [a for a in IMAGE_TINY if a not in ("--model_name_or_path", "test_efficientnet", "--weights", "random")]

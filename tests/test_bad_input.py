@@ -13,7 +13,7 @@ import pytest
 from builders import IMAGE_TINY, ROOT, make_image_folder, make_text_file
 
 from hftransfer import cli
-from hftransfer.checkpoint import RunLock
+from hftransfer.training.checkpoint import RunLock
 
 EARLIER = {"all_results.json": '{"eval_accuracy": 0.99}\n', "model.safetensors": "weights of the earlier run",
            "config.yaml": "seed: 1\n"}

@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from builders import TEXT_LABELS, image_model, make_run_dir, noise_image, text_model
-from hftransfer.card import build_model_card, card_context, write_model_card
+from hftransfer.hub.card import build_model_card, card_context, write_model_card
 
 
 def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):

@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from hftransfer import HFTransferError
-from hftransfer.checkpoint import (LOCK_NAME, MANIFEST_NAME, RunLock, checkpoint_problem, find_latest_checkpoint,
+from hftransfer.training.checkpoint import (LOCK_NAME, MANIFEST_NAME, RunLock, checkpoint_problem, find_latest_checkpoint,
                                    rotate_checkpoints)
-from hftransfer.run_files import write_json
-from hftransfer.runtime import RunInterrupted, StopSignals, step_seed
+from hftransfer.files import write_json
+from hftransfer.training.runtime import RunInterrupted, StopSignals, step_seed
 
 
 def make_checkpoint(root, step: int, manifest: bool = True):
@@ -139,7 +139,7 @@ def test_interrupted_message_names_the_checkpoint_and_how_to_continue():
 
 def test_a_second_ctrl_c_aborts_at_once():
     code = ("import os, signal, time\n"
-            "from hftransfer.runtime import StopSignals\n"
+            "from hftransfer.training.runtime import StopSignals\n"
             "stop = StopSignals().install(); stop.in_training = True\n"
             "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2)\n"
             "print('still running after one', flush=True)\n"
@@ -154,7 +154,7 @@ def test_a_second_ctrl_c_aborts_at_once():
 def test_the_epoch_train_loss_is_the_mean_over_every_process():
     from types import SimpleNamespace
 
-    from hftransfer.runtime import mean_over_processes
+    from hftransfer.training.runtime import mean_over_processes
 
     other_rank = torch.tensor([[9.0, 3.0]], dtype=torch.float64)  # rank 1: three batches summing to 9
     fake = SimpleNamespace(num_processes=2, device=torch.device("cpu"),

@@ -5,8 +5,8 @@ import pytest
 
 from builders import make_image_folder, make_text_file
 from hftransfer import HFTransferError
-from hftransfer.data import INDEX_COLUMN, load_raw_splits, prepare_splits
-from hftransfer.preprocessing import decode_images
+from hftransfer.data.sources import INDEX_COLUMN, load_raw_splits, prepare_splits
+from hftransfer.data.preprocessing import decode_images
 
 
 def text_bundle(train, val=None, **kw):
@@ -123,7 +123,7 @@ def test_uint8_pipeline_matches_timm_normalization():
     from PIL import Image
 
     from hftransfer import create_backbone
-    from hftransfer.preprocessing import image_transforms
+    from hftransfer.data.preprocessing import image_transforms
 
     backbone = create_backbone("image", "test_efficientnet", weights="random").eval()
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))

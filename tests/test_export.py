@@ -267,7 +267,7 @@ def test_user_defined_heads_stay_hftransfer_only_and_say_why(tmp_path):
 
 
 def test_saving_another_layout_into_the_same_folder_removes_the_stale_loader_files(tmp_path):
-    from hftransfer.export import stale_native_files
+    from hftransfer.files import stale_native_files
 
     out = image_model().save_pretrained(tmp_path / "m")
     assert json.loads((out / "config.json").read_text())["architecture"] == "test_efficientnet"

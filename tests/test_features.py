@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from builders import IMAGE_TINY_MODEL, image_data_args, read_results, run_recipe
-from hftransfer.loaders import LengthGroupedSampler
+from hftransfer.training.loaders import LengthGroupedSampler
 
 TINY = [*IMAGE_TINY_MODEL, "--per_device_train_batch_size", "4",
         "--per_device_eval_batch_size", "4", "--head_learning_rate", "0.05", "--strategy", "linear_probe",

@@ -7,9 +7,9 @@ import torch
 
 from builders import IMAGE_TINY, LABELS, TEXT_LABELS, TEXTS, image_data_args, read_results, tiny_image_transfer_model
 from hftransfer import TransferModel, create_transfer_model
-from hftransfer.backbone_base import Backbone
+from hftransfer.models.backbone import Backbone
 from hftransfer.errors import HFTransferError
-from hftransfer.strategies import apply_trainable
+from hftransfer.tuning.strategies import apply_trainable
 
 
 def image_model(checkpointing: bool, trainable_groups: int = 2) -> TransferModel:
@@ -130,8 +130,8 @@ def test_a_backbone_without_checkpointing_is_a_one_line_error():
 
 def test_recipe_run_with_checkpointing_trains_the_same_weights_and_records_it(tmp_path, image_data):
     """The whole loop (partial strategy: lower groups frozen) ends with the same parameters either way."""
-    from hftransfer.config import load_config
-    from hftransfer.trainer import train
+    from hftransfer.config.parsing import load_config
+    from hftransfer.runs.train import train
 
     runs = {}
     for flag in ("false", "true"):

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from hftransfer import TransferModel
 from hftransfer.errors import HFTransferError
-from hftransfer.lora import add_lora, is_lora_parameter, merged_copy, resolve_targets
-from hftransfer.strategies import Strategy, apply_trainable
+from hftransfer.models.lora import add_lora, is_lora_parameter, merged_copy, resolve_targets
+from hftransfer.tuning.strategies import Strategy, apply_trainable
 
 ATOL = 1e-5
 
@@ -115,7 +115,7 @@ def test_a_model_without_any_matching_layer_is_refused_in_one_line():
 
 
 def test_lora_options_are_checked(image_data, tmp_path):
-    from hftransfer.config import TrainConfig
+    from hftransfer.config.parsing import TrainConfig
 
     cfg = TrainConfig(model_name_or_path="test_vit", train_dir=image_data["train"], output_dir=str(tmp_path),
                       strategy="full", lora_target_modules=["qkv"])
@@ -137,7 +137,7 @@ def test_only_adapters_and_head_train(train_norm):
     for name, p in model.named_parameters():
         expected = is_lora_parameter(name) or name.startswith("head.") or (train_norm and name in norms)
         assert p.requires_grad == expected, name
-    from hftransfer.lora import record
+    from hftransfer.models.lora import record
 
     rec = record(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -149,7 +149,7 @@ def test_only_adapters_and_head_train(train_norm):
 
 
 def test_lp_lora_probes_first_then_trains_the_adapters_with_layer_decay():
-    from hftransfer.strategies import param_groups
+    from hftransfer.tuning.strategies import param_groups
 
     model = image_model("test_vit")
     add_lora(model)
@@ -329,8 +329,8 @@ def test_saving_a_plain_model_over_a_lora_save_removes_the_stale_adapter(tmp_pat
 
 # ---------------------------------------------------------------------------------------------- runs
 def run_in_process(modality: str, **kwargs) -> dict:
-    from hftransfer.config import TrainConfig
-    from hftransfer.trainer import train
+    from hftransfer.config.parsing import TrainConfig
+    from hftransfer.runs.train import train
 
     base = dict(per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=0.01,
                 head_learning_rate=0.01, num_train_epochs=2, save_total_limit=0, seed=0)

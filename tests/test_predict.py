@@ -29,11 +29,11 @@ from builders import (
 )
 
 from hftransfer import HFTransferError, TransferModel, cli, create_transfer_model
-from hftransfer.data import load_data
-from hftransfer.inference import InferenceSettings, to_predictions
-from hftransfer.options import TrainConfig
-from hftransfer.predict import run
-from hftransfer.run_files import read_yaml
+from hftransfer.data.sources import load_data
+from hftransfer.models.inference import InferenceSettings, to_predictions
+from hftransfer.config.options import TrainConfig
+from hftransfer.cli.predict import run
+from hftransfer.files import read_yaml
 
 MULTI_LABELS = {0: "action", 1: "comedy", 2: "drama"}
 
@@ -131,7 +131,7 @@ def test_text_predictions_equal_eval_predictions_with_the_runs_max_seq_length(te
 
 
 def test_a_hub_repo_id_fetches_the_runs_config_yaml(hub, text_run, text_data):
-    from hftransfer.hub import push_output_dir
+    from hftransfer.hub.push import push_output_dir
 
     push_output_dir(text_run, "me/tiny-text", private=False, revision=None, create_pr=False)
     assert predict_cli("me/tiny-text", text_data["val"]) == predict_cli(text_run, text_data["val"])

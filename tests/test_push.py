@@ -21,8 +21,8 @@ from builders import (IMAGE_TINY_MODEL, LABELS, LOAD_WITHOUT_HFTRANSFER, ROOT, T
                       image_data_args, image_model, logits_of, make_run_dir, noise_image, run_python, text_inputs,
                       text_model)
 from hftransfer import HFTransferError, TransferModel
-from hftransfer.preprocessing import image_transforms
-from hftransfer.hub import main, push_output_dir
+from hftransfer.data.preprocessing import image_transforms
+from hftransfer.hub.push import main, push_output_dir
 from hub_server import HubError
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from builders import (IMAGE_TINY, LOAD_WITHOUT_HFTRANSFER, ROOT, image_args, logits_of, read_results, recipe_in_process,
                       run_python, run_recipe, save_tiny_timm_weights)
 from hftransfer import TransferModel
-from hftransfer.preprocessing import image_transforms
+from hftransfer.data.preprocessing import image_transforms
 
 pytestmark = pytest.mark.integration  # every test runs a recipe in a fresh interpreter
 

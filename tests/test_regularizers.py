@@ -6,8 +6,8 @@ import torch
 
 from builders import tiny_image_transfer_model
 from hftransfer import HFTransferError, create_transfer_model
-from hftransfer.regularizers import L2SP, decoupled_weight_decay_groups
-from hftransfer.strategies import param_groups
+from hftransfer.tuning.regularizers import L2SP, decoupled_weight_decay_groups
+from hftransfer.tuning.strategies import param_groups
 
 LABELS = {0: "a", 1: "b"}
 ALPHA, BETA = 0.3, 0.07

@@ -8,7 +8,7 @@ import pytest
 
 from builders import IMAGE_TINY_MODEL, recipe_in_process, read_results, run_recipe, save_tiny_timm_weights
 from hftransfer.errors import HFTransferError
-from hftransfer.report import confusion_matrix, transfer_gain, write_report
+from hftransfer.evaluation.report import confusion_matrix, transfer_gain, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

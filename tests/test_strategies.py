@@ -6,7 +6,7 @@ import torch
 
 from builders import tiny_image_transfer_model
 from hftransfer import HFTransferError, create_transfer_model
-from hftransfer.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
+from hftransfer.tuning.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
 
 LABELS = {0: "a", 1: "b", 2: "c"}
 

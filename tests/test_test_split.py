@@ -9,7 +9,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from builders import ROOT, make_text_file, read_results
 
 from hftransfer import HFTransferError, cli
-from hftransfer.data import load_raw_splits, prepare_splits
+from hftransfer.data.sources import load_raw_splits, prepare_splits
 
 
 def text_run(out, tiny_bert, train, val, *extra):

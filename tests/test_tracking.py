@@ -15,11 +15,11 @@ import yaml
 from builders import IMAGE_TINY_MODEL, ROOT, image_args, image_data_args, launch_two_processes, read_results
 
 from hftransfer import HFTransferError, cli
-from hftransfer.config import load_config
-from hftransfer.options import TRACKERS, tracker_installed
-from hftransfer.runtime import create_accelerator
-from hftransfer.strategies import Strategy
-from hftransfer.tracking import LossWindow, RunLog, flatten, learning_rates, log_with, phase_index
+from hftransfer.config.parsing import load_config
+from hftransfer.config.options import TRACKERS, tracker_installed
+from hftransfer.training.runtime import create_accelerator
+from hftransfer.tuning.strategies import Strategy
+from hftransfer.training.tracking import LossWindow, RunLog, flatten, learning_rates, log_with, phase_index
 
 IMAGE_JOB = ROOT / "recipes" / "configs" / "image_cls.yaml"
 TEXT_JOB = ROOT / "recipes" / "configs" / "text_cls.yaml"
@@ -184,13 +184,13 @@ def test_a_tracker_whose_package_is_missing_is_refused_naming_the_package(tmp_pa
 def test_all_with_no_tracker_installed_and_none_with_others_are_refused(tmp_path, image_data, monkeypatch):
     with pytest.raises(HFTransferError, match="'none' cannot be combined"):
         load_config(argv(image_data, tmp_path / "run", "--report_to", "none", "tensorboard"))
-    monkeypatch.setattr("hftransfer.options.tracker_installed", lambda name: False)
+    monkeypatch.setattr("hftransfer.config.options.tracker_installed", lambda name: False)
     with pytest.raises(HFTransferError, match="--report_to all: no tracker package is installed: pip install tensorboard"):
         load_config(argv(image_data, tmp_path / "run", "--report_to", "all"))
 
 
 def test_report_to_takes_several_names_on_the_command_line_and_in_yaml(tmp_path, image_data, monkeypatch):
-    monkeypatch.setattr("hftransfer.options.tracker_installed", lambda name: True)
+    monkeypatch.setattr("hftransfer.config.options.tracker_installed", lambda name: True)
     cfg = load_config(argv(image_data, tmp_path / "run", "--report_to", "tensorboard", "mlflow"))
     assert cfg.report_to == ["tensorboard", "mlflow"]
     (tmp_path / "c.yaml").write_text("report_to: tensorboard, wandb\nlogging_steps: 5\nrun_name: mine\n")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hftransfer import HFTransferError
-from hftransfer.transferability import (
+from hftransfer.evaluation.transferability import (
     _PRECISION_RANGE,
     HIGHER_IS_BETTER,
     METRICS,

@@ -1,0 +1,55 @@
+"""Entry points: the recipes' ``run_recipe`` and the ``hftransfer`` command (``hftransfer rank ...``).
+
+Each parses its options (defaults < YAML ``--config`` < flags, validated before anything runs),
+then calls the library; a problem the user can fix ends as one ``error:`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..config.parsing import RankConfig, load_config, read_config_file
+from ..errors import USAGE_EXIT_CODE, exit_on_user_error, show_progress_messages
+
+
+def run_recipe(modality: str, default_config: str | Path, argv: list[str] | None = None, description: str = "") -> dict:
+    """Parse flags over the recipe's embedded default job, train, and turn user errors into one line.
+
+    The default job's data (e.g. the bundled ants/bees images) is used only when the user names no
+    data of their own; its model and hyper-parameters stay the defaults either way.
+    """
+    from ..runs.train import train
+
+    show_progress_messages()
+    with exit_on_user_error():
+        cfg = load_config(argv, read_config_file(str(default_config)), description=description)
+        return train(cfg, modality)
+
+
+COMMANDS = {
+    "rank": "score candidate backbones on a dataset by LogME and H-score before fine-tuning",
+    "predict": "label image files / folders or text files with a trained model (output folder or Hub repo id)",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``hftransfer <command> [options]``; training itself runs through ``accelerate launch recipes/*.py``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        asked = bool(argv) and argv[0] in ("-h", "--help")
+        usage = "\n".join(f"  {name:8s} {text}" for name, text in COMMANDS.items())
+        print(f"usage: hftransfer <command> [options]\n\ncommands:\n{usage}\n\n"
+              "Fine-tuning runs through the recipes: accelerate launch recipes/image_cls.py (or text_cls.py).",
+              file=sys.stdout if asked else sys.stderr)
+        sys.exit(0 if asked else USAGE_EXIT_CODE)
+    command, rest = argv[0], argv[1:]
+    show_progress_messages()
+    with exit_on_user_error():
+        if command == "rank":
+            from ..runs.rank import rank_backbones
+
+            rank_backbones(load_config(rest, description=COMMANDS["rank"], config_cls=RankConfig, prog="hftransfer rank"))
+        elif command == "predict":
+            from .predict import run
+
+            run(rest)

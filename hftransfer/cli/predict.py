@@ -1,0 +1,334 @@
+"""``hftransfer predict MODEL INPUT...``: label image files / folders / globs, or text files, with a trained model.
+
+MODEL is a run's output folder (or any ``save_pretrained`` folder) or a Hub repo id; the run's
+``config.yaml`` (next to the model, or fetched from the repo) gives the preprocessing settings the
+run evaluated with, so predictions for the validation split equal its ``eval_predictions.jsonl``.
+
+INPUT, by the model's modality:
+
+* image model: image files, folders (every file with an image extension, recursively, hidden ones
+  left out), globs (``'photos/*.jpg'``, ``**`` recursive), or ``-``: one path per stdin line;
+* text model: ``.csv`` / ``.tsv`` (the ``--text_column_name`` column), ``.jsonl`` / ``.json`` (that key of
+  each object; a JSON array may also hold plain strings), any other file one text per line, folders
+  and globs of such files, or ``-``: one text per stdin line. Blank lines are not inputs.
+
+An INPUT that matches nothing is refused before the model loads. An input that cannot be read (a
+corrupt or non-image file, an empty text cell, a broken JSON line, a file in an undetectable
+encoding) is **skipped**: the run goes on, and at the end prints on stderr how many were skipped and
+which, with the reason. ``--strict`` refuses instead: one ``error:`` line naming the first such
+input, exit status 2, nothing written.
+
+Output: ``--output preds.jsonl`` or ``preds.csv`` (columns ``input, label, score, top_k``), else JSON
+Lines on stdout (the progress bar and messages go to stderr). See ``inference.to_predictions`` for
+the fields, the multi-label form included.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import glob
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ..config.parsing import _Parser
+from ..errors import ConsoleHandler, HFTransferError
+from ..models.inference import PRECISIONS, InferenceSettings, Skipped, predict
+from ..files import RUN_CONFIG_NAME, atomic_path
+from ..data.text_files import decode
+
+DESCRIPTION = "label images or texts with a trained hftransfer model (an output folder or a Hub repo id)"
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+JSON_SUFFIXES = (".jsonl", ".json")
+TEXT_FILE_SUFFIXES = (*TABLE_SUFFIXES, *JSON_SUFFIXES, ".txt")
+SHOWN_SKIPPED = 50  # stderr lists this many skipped inputs, then a count of the rest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: a mistyped --top would otherwise be taken as --top_k
+    parser = _Parser(prog="hftransfer predict", description=DESCRIPTION, allow_abbrev=False,
+                     epilog="Unreadable inputs are skipped and listed on stderr at the end; --strict refuses them.")
+    parser.add_argument("model", help="a run's output_dir / save_pretrained folder, or a Hub repo id (user/name)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders or globs; or CSV/TSV/JSONL/JSON/TXT files of texts; - reads stdin")
+    parser.add_argument("--output", help="write predictions to this .jsonl or .csv file (default: JSON Lines on stdout)")
+    parser.add_argument("--batch_size", type=int, help="inputs per forward pass (default: 8 images on a CPU, where "
+                        "cache-sized batches run fastest, else 32)")
+    parser.add_argument("--top_k", type=int, default=5, help="most probable labels listed per input (default: 5, "
+                        "capped at the number of labels)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="multi-label models: a label is predicted when its "
+                        "sigmoid probability exceeds this (default: 0.5, the rule evaluation uses)")
+    parser.add_argument("--text_column_name", default="text", help="the text column of CSV/TSV/JSON inputs (default: text)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--mixed_precision", default="auto", choices=PRECISIONS,
+                        help="autocast dtype (default: auto = the run's setting, else bf16 on GPUs that support it)")
+    parser.add_argument("--strict", action="store_true", help="refuse unreadable inputs with one error line (exit 2) "
+                        "instead of skipping and listing them")
+    parser.add_argument("--max_seq_length", type=int, help="text: truncation length (default: the run's, else 128)")
+    parser.add_argument("--decode_size", type=int, help="image: shorter side images are shrunk to before the eval "
+                        "transform (default: the run's, else the model's resize size; 0 = keep)")
+    parser.add_argument("--num_workers", type=int, help="image decoding threads (default: by core count)")
+    parser.add_argument("--revision", help="Hub branch, tag or commit of MODEL")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse and check every option before anything is loaded."""
+    args = build_parser().parse_args(argv)
+    if args.output and Path(args.output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise HFTransferError(f"--output '{args.output}' must end in .jsonl or .csv")
+    if args.output and Path(args.output).is_dir():
+        raise HFTransferError(f"--output '{args.output}' is a folder: pass a file name ending in .jsonl or .csv")
+    for flag, low in (("batch_size", 1), ("top_k", 1), ("max_seq_length", 2), ("decode_size", 0), ("num_workers", 0)):
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            raise HFTransferError(f"--{flag} {value} is out of range: use a number >= {low}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise HFTransferError(f"--threshold {args.threshold} is out of range: use a probability in [0, 1]")
+    if args.inputs.count("-") > 1:
+        raise HFTransferError("- (stdin) is given more than once: pass it once")
+    for item in args.inputs:
+        if item != "-" and not Path(item).exists() and not glob.glob(item, recursive=True):
+            raise HFTransferError(f"input '{item}' matches no file or folder: check the path (quote globs so the "
+                                  "shell does not expand them)")
+    return args
+
+
+def load_model(source: str, revision: str | None = None):
+    """(model, settings): ``TransferModel.from_pretrained(source)`` and the run settings stored with it.
+
+    A folder's ``config.yaml`` (or its parent's, for ``best_model/``); for a Hub repo id, the
+    repo's ``config.yaml``, which ``--push_to_hub`` uploads with the run (defaults when absent).
+    """
+    from ..models.transfer_model import TransferModel
+
+    folder = Path(source)
+    if folder.is_dir():
+        return TransferModel.from_pretrained(folder), InferenceSettings.from_run(folder)
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or (folder.parent != Path(".")
+                                                                                 and folder.parent.is_dir())
+    if looks_local:  # a mistyped folder must not turn into a Hub download
+        raise HFTransferError(f"model folder '{source}' does not exist: pass a run's output_dir or a Hub repo id (user/name)")
+    from ..hub.push import download_model
+
+    folder = download_model(source, revision=revision)
+    return TransferModel.from_pretrained(folder), _hub_settings(source, revision)
+
+
+def _hub_settings(repo_id: str, revision: str | None) -> InferenceSettings:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return InferenceSettings.from_file(hf_hub_download(repo_id.removeprefix("hf-hub:"), RUN_CONFIG_NAME,
+                                                           revision=revision))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        print(f"{repo_id} has no {RUN_CONFIG_NAME}: using the default preprocessing settings (pass --max_seq_length / "
+              "--decode_size if the run used others)", file=sys.stderr)
+        return InferenceSettings()
+
+
+# ---- inputs -----------------------------------------------------------------------------------------
+def _image_suffixes() -> set[str]:
+    from PIL import Image
+
+    return {s.lower() for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def _files_in(folder: Path, suffixes) -> list[Path]:
+    """Files under ``folder`` with one of ``suffixes``, recursively, sorted; hidden files and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _paths(item: str, suffixes) -> list[Path]:
+    """The files one INPUT names: a file, a folder's files with ``suffixes``, or a glob's matches (folders expanded)."""
+    path = Path(item)
+    matches = [path] if path.exists() else [Path(m) for m in sorted(glob.glob(item, recursive=True))]
+    out = []
+    for match in matches:
+        out += _files_in(match, suffixes) if match.is_dir() else [match]
+    return out
+
+
+def expand_inputs(items: list[str], modality: str, text_column: str = "text", stdin=None,
+                  strict: bool = False) -> tuple[list, list[str], list[Skipped]]:
+    """(inputs for ``inference.predict``, what each prediction's ``input`` says, skipped inputs) for the
+    INPUT arguments of a ``modality`` model. ``stdin``: the stream ``-`` reads (default ``sys.stdin``)."""
+    stdin = stdin if stdin is not None else sys.stdin
+    if modality == "image":
+        suffixes = _image_suffixes()
+        paths = []
+        for item in items:
+            if item == "-":
+                paths += [line.strip() for line in stdin if line.strip()]
+            else:
+                paths += [str(p) for p in _paths(item, suffixes)]
+        return paths, paths, []
+    texts, skipped = [], []
+    for item in items:
+        if item == "-":
+            texts += [line.rstrip("\r\n") for line in stdin if line.strip()]
+            continue
+        for path in _paths(item, TEXT_FILE_SUFFIXES):
+            try:
+                file_texts, file_skipped = read_texts(path, text_column)
+            except HFTransferError as e:
+                if strict:
+                    raise
+                skipped.append(Skipped(str(path), str(e)))
+                continue
+            if strict and file_skipped:
+                first = file_skipped[0]
+                raise HFTransferError(f"{first.input}: {first.reason}: fix that row, or leave out --strict to skip it")
+            texts += file_texts
+            skipped += file_skipped
+    return texts, texts, skipped
+
+
+def read_texts(path: Path, column: str = "text") -> tuple[list[str], list[Skipped]]:
+    """The texts of one file and its unreadable rows (``file:line`` and why); an unusable file raises.
+
+    Encoding: UTF-8, else the one charset-normalizer detects (said so), as the recipes read text files.
+    """
+    _, content = decode(path, path.read_bytes(), "auto")
+    suffix = path.suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        return _table_texts(path, content, column, TABLE_SUFFIXES[suffix])
+    if suffix in JSON_SUFFIXES:
+        return _json_texts(path, content, column)
+    return [line for line in content.splitlines() if line.strip()], []
+
+
+def _table_texts(path: Path, content: str, column: str, delimiter: str):
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    if column not in (reader.fieldnames or []):
+        raise HFTransferError(f"{path} has no column '{column}' (columns: {', '.join(reader.fieldnames or [])}): "
+                              "pass --text_column_name")
+    texts, skipped = [], []
+    try:
+        for row in reader:
+            value = row.get(column)
+            if isinstance(value, str) and value.strip():
+                texts.append(value)
+            else:
+                skipped.append(Skipped(f"{path}:{reader.line_num}", f"empty '{column}'"))
+    except csv.Error as e:
+        raise HFTransferError(f"{path}:{reader.line_num}: {e}: fix the quoting on that line") from None
+    return texts, skipped
+
+
+def _json_texts(path: Path, content: str, column: str):
+    stripped = content.lstrip()
+    if stripped.startswith("["):  # one JSON array (of objects or strings), not JSON Lines
+        try:
+            rows = list(enumerate(json.loads(stripped), 1))
+        except json.JSONDecodeError as e:
+            raise HFTransferError(f"{path}:{e.lineno}: not valid JSON ({e.msg}): fix that line") from None
+        where = "item"
+    else:
+        rows, where = [], "line"
+        for number, line in enumerate(content.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    rows.append((number, e))
+    texts, skipped = [], []
+    for number, row in rows:
+        value = row.get(column) if isinstance(row, dict) else row
+        if isinstance(value, str) and value.strip():
+            texts.append(value)
+            continue
+        if isinstance(row, json.JSONDecodeError):
+            reason = f"not valid JSON ({row.msg}, column {row.colno})"
+        elif isinstance(row, dict) and column not in row:
+            reason = f"no '{column}' key (keys: {', '.join(row)}); pass --text_column_name"
+        else:
+            reason = f"empty or non-text '{column}'"
+        skipped.append(Skipped(f"{path}:{number}" if where == "line" else f"{path} item {number}", reason))
+    return texts, skipped
+
+
+# ---- outputs ----------------------------------------------------------------------------------------
+def write_predictions(predictions: list[dict], output: str | None, stream=None) -> None:
+    """``predictions`` as ``.jsonl`` / ``.csv`` at ``output`` (written atomically), or JSON Lines on ``stream``."""
+    if output is None:
+        stream = stream or sys.stdout
+        for row in predictions:
+            stream.write(json.dumps(row) + "\n")
+        stream.flush()
+        return
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        if Path(output).suffix.lower() == ".csv":
+            writer = csv.writer(f)
+            writer.writerow(["input", "label", "score", "top_k"])
+            for row in predictions:
+                # multi-label rows hold lists: JSON keeps them one unambiguous cell
+                label, score = (json.dumps(row[k]) if isinstance(row[k], list) else row[k] for k in ("label", "score"))
+                writer.writerow([row["input"], label, score, json.dumps(row["top_k"])])
+        else:
+            for row in predictions:
+                f.write(json.dumps(row) + "\n")
+
+
+def report_skipped(skipped: list[Skipped], total: int) -> None:
+    """The count and the list of skipped inputs, on stderr."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} of {total} input(s) that could not be read (--strict refuses them instead):",
+          file=sys.stderr)
+    for s in skipped[:SHOWN_SKIPPED]:
+        print(f"  {s.input}: {s.reason}", file=sys.stderr)
+    if len(skipped) > SHOWN_SKIPPED:
+        print(f"  ... and {len(skipped) - SHOWN_SKIPPED} more", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def messages_on_stderr():
+    """hftransfer's progress messages (``errors.show_progress_messages``) on stderr while predictions own stdout."""
+    handlers = [h for h in logging.getLogger("hftransfer").handlers if isinstance(h, ConsoleHandler)]
+    targets = [h.target for h in handlers]
+    for handler in handlers:
+        handler.target = "stderr"
+    try:
+        yield
+    finally:
+        for handler, target in zip(handlers, targets):
+            handler.target = target
+
+
+def run(argv: list[str], stdin=None, stdout=None) -> list[dict]:
+    """The whole command: parse, load, expand, predict, write; returns the predictions written."""
+    with messages_on_stderr():
+        return _run(parse_args(argv), stdin, stdout)
+
+
+def _run(args: argparse.Namespace, stdin, stdout) -> list[dict]:
+    start = time.perf_counter()
+    model, settings = load_model(args.model, args.revision)
+    settings = settings.replace(max_seq_length=args.max_seq_length, decode_size=args.decode_size)
+    inputs, names, skipped = expand_inputs(args.inputs, model.modality, args.text_column_name, stdin, args.strict)
+    if not inputs and not skipped:
+        what = "image files" if model.modality == "image" else "texts"
+        raise HFTransferError(f"no {what} found in {' '.join(args.inputs)}: pass "
+                              + ("image files, folders or globs" if model.modality == "image" else
+                                 "CSV/TSV/JSONL/JSON/TXT files, or - for stdin"))
+    result = predict(model, inputs, batch_size=args.batch_size, top_k=args.top_k, threshold=args.threshold,
+                     device=args.device, settings=settings, skip_unreadable=not args.strict, progress=None,
+                     mixed_precision=args.mixed_precision, num_workers=args.num_workers, input_names=names)
+    write_predictions(result.predictions, args.output, stdout)
+    report_skipped(skipped + result.skipped, total=len(inputs) + len(skipped))  # expansion skips never reach predict
+    rate = len(result.predictions) / max(result.seconds, 1e-9)
+    where = f" -> {args.output}" if args.output else ""
+    print(f"predicted {len(result.predictions)} {model.modality} input(s) with {args.model} on {result.device} in "
+          f"{time.perf_counter() - start:.1f}s ({rate:.1f}/s in the model loop){where}", file=sys.stderr)
+    return result.predictions
+
+
+__all__ = ["build_parser", "expand_inputs", "load_model", "read_texts", "run", "write_predictions"]

@@ -1,0 +1,199 @@
+"""Per-modality preprocessing: what turns a split's raw column into model inputs, and how to batch them.
+
+A backbone hands out its pipeline (``Backbone.data_pipeline``), so the loaders never ask which
+modality they serve. Every pipeline prepares a split once (``prepare``: images decoded and shrunk,
+texts tokenized, both cached on disk by ``datasets``), then gives a training view (augmented images,
+seeded per example and epoch: ``set_epoch``) and an evaluation view of it, a collate function, the
+example lengths used for length-grouped batching (or ``None``), and ``key``: a string that changes
+whenever the features of a frozen backbone would, for the feature cache.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import datasets
+import torch
+
+from .sources import INDEX_COLUMN
+from ..errors import HFTransferError
+
+
+class ImagePipeline:
+    """timm preprocessing of one model: decode once, uint8 batches, normalization on the device.
+
+    Training: random resized crop (``crop_scale``), flip and color jitter, unless ``augment`` is off;
+    evaluation: resize + center crop. Sizes, interpolation and crop fraction come from timm's
+    ``data_config``; images are decoded and shrunk to ``decode_size`` (default: the eval resize size).
+    """
+
+    def __init__(self, data_config: dict, decode_size: int | None = None, crop_scale=(0.08, 1.0),
+                 color_jitter: float = 0.4, augment: bool = True, seed: int = 0):
+        self.shorter_side = decode_size if decode_size is not None else resize_size(data_config)
+        self.augmentation = SeededAugmentation(image_transforms(data_config, True, crop_scale, as_uint8=True,
+                                                                color_jitter=color_jitter or None, augment=augment), seed)
+        self.eval_transform = image_transforms(data_config, False, as_uint8=True)
+        self.key = repr(self.eval_transform)
+
+    def prepare(self, ds: datasets.Dataset, column: str, split: str) -> datasets.Dataset:
+        return decode_images(ds, column, self.shorter_side or None, desc=f"decoding {split} images")
+
+    def train_view(self, ds: datasets.Dataset, column: str) -> datasets.Dataset:
+        return with_image_transform(ds, column, self.augmentation)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.augmentation.epoch = epoch
+
+    def eval_view(self, ds: datasets.Dataset, column: str) -> datasets.Dataset:
+        return with_image_transform(ds, column, self.eval_transform)
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        return collate_images(examples)
+
+    def lengths(self, ds: datasets.Dataset) -> None:
+        return None  # every image is the same size after the crop
+
+
+class TextPipeline:
+    """Tokenize once without padding; batches are padded dynamically to their longest sequence."""
+
+    def __init__(self, tokenizer, max_seq_length: int):
+        from transformers import DataCollatorWithPadding
+
+        self.tokenizer, self.max_seq_length = tokenizer, max_seq_length
+        self.collate = DataCollatorWithPadding(tokenizer)
+        self.key = f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|max_length={max_seq_length}"
+
+    def prepare(self, ds: datasets.Dataset, column: str, split: str) -> datasets.Dataset:
+        return tokenize(ds, column, self.tokenizer, self.max_seq_length)
+
+    def train_view(self, ds: datasets.Dataset, column: str) -> datasets.Dataset:
+        return ds
+
+    def eval_view(self, ds: datasets.Dataset, column: str) -> datasets.Dataset:
+        return ds
+
+    def lengths(self, ds: datasets.Dataset) -> list[int]:
+        return [len(ids) for ids in ds["input_ids"]]
+
+    def set_epoch(self, epoch: int) -> None:
+        pass  # nothing random in text preprocessing
+
+
+def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = None,
+                  desc: str = "decoding images") -> datasets.Dataset:
+    """Decode every image once: RGB, shrunk so its shorter side is ``shorter_side`` (never enlarged).
+
+    Runs as a ``datasets`` map, so the result is cached on disk by the data's fingerprint and later
+    runs and epochs skip the JPEG decode and the big resize; a corrupt or non-image file is named
+    here, before training, instead of mid-epoch. The shrink target is the eval transform's resize
+    size, which the eval crop and random resized crops of training cut from.
+    """
+    from PIL import Image
+
+    def fn(batch):
+        out = []
+        for i, item in enumerate(batch[column]):
+            source = item.get("path") or f"example {i}"
+            try:
+                im = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"])
+                im.load()
+            except Exception as e:
+                raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace that file") from None
+            im = im.convert("RGB")
+            if shorter_side and min(im.size) > shorter_side:
+                scale = shorter_side / min(im.size)
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+            out.append(im)
+        return {column: out}
+
+    raw = ds.cast_column(column, datasets.Image(decode=False))
+    return raw.map(fn, batched=True, batch_size=32, desc=desc, features=ds.features)
+
+
+def resize_size(data_config: dict) -> int:
+    """The eval transform's resize (shorter side) before its center crop, as timm computes it."""
+    return math.floor(data_config["input_size"][-1] / data_config.get("crop_pct", 0.875))
+
+
+def image_transforms(data_config: dict, train: bool, crop_scale=(0.08, 1.0), hflip: float = 0.5,
+                     color_jitter: float | None = 0.4, augment: bool = True, as_uint8: bool = False):
+    """Train (random resized crop, flip, jitter) or eval (resize + center crop) transform for a timm model.
+
+    Sizes, interpolation, crop fraction and mean/std come from timm's ``data_config``.
+    ``augment=False`` trains on the eval transform. ``as_uint8`` stops at a uint8 tensor: batches
+    travel 4x smaller and the backbone normalizes on the device; otherwise the output is the
+    normalized float tensor timm's own transforms give.
+    """
+    from torchvision.transforms import v2
+
+    size = data_config["input_size"][-1]
+    interpolation = v2.InterpolationMode(data_config.get("interpolation", "bilinear"))
+    if train and augment:
+        steps = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interpolation)]
+        steps += [v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+        steps += [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
+    else:
+        steps = [v2.Resize(resize_size(data_config), interpolation=interpolation), v2.CenterCrop(size)]
+    steps.append(v2.PILToTensor())
+    if not as_uint8:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data_config["mean"], data_config["std"])]
+    return v2.Compose(steps)
+
+
+class SeededAugmentation:
+    """Random augmentation whose draws for example ``i`` in epoch ``e`` depend on (seed, e, i) only.
+
+    Each example is transformed under its own seed (the global RNG is forked and restored around
+    it), so the augmentation of a batch does not depend on what ran before it: a run resumed in the
+    middle of an epoch, or one whose loader workers see examples in another order, augments every
+    example exactly as the uninterrupted run did. ``epoch`` is set by the loop before each epoch.
+    """
+
+    def __init__(self, transform, seed: int):
+        self.transform, self.seed, self.epoch = transform, seed, 0
+
+    def __call__(self, image, index: int):
+        import random
+
+        with torch.random.fork_rng(devices=[]):
+            # the CPU generator only: transforms run on the CPU, and torch.manual_seed would also queue a
+            # CUDA seeding (with a captured stack trace) for every example
+            torch.default_generator.manual_seed(random.Random(f"{self.seed}/{self.epoch}/{index}").getrandbits(63))
+            return self.transform(image)
+
+
+def with_image_transform(ds: datasets.Dataset, column: str, transform) -> datasets.Dataset:
+    """Apply ``transform`` on access, yielding ``pixel_values``; a ``SeededAugmentation`` gets each example's index."""
+    seeded = isinstance(transform, SeededAugmentation)
+
+    def apply(batch):
+        images = [im if im.mode == "RGB" else im.convert("RGB") for im in batch[column]]
+        if seeded:
+            out = {"pixel_values": [transform(im, int(i)) for im, i in zip(images, batch[INDEX_COLUMN])]}
+        else:
+            out = {"pixel_values": [transform(im) for im in images]}
+        for key in ("labels", INDEX_COLUMN):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+    return ds.with_transform(apply)
+
+
+def tokenize(ds: datasets.Dataset, column: str, tokenizer, max_length: int) -> datasets.Dataset:
+    """Tokenize once (cached by ``datasets``) without padding; batches are padded dynamically."""
+
+    def fn(batch):
+        texts = [t if isinstance(t, str) else "" for t in batch[column]]
+        return tokenizer(texts, truncation=True, max_length=max_length)
+
+    return ds.map(fn, batched=True, remove_columns=[column], desc="tokenizing")
+
+
+def collate_images(examples: list[dict]) -> dict[str, torch.Tensor]:
+    batch = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    batch["labels"] = torch.tensor([e["labels"] for e in examples])
+    if INDEX_COLUMN in examples[0]:
+        batch[INDEX_COLUMN] = torch.tensor([e[INDEX_COLUMN] for e in examples])
+    return batch

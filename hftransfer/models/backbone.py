@@ -1,0 +1,91 @@
+"""The backbone contract: layer groups and the ``Backbone`` base class every adapter implements."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import HFTransferError
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass
+class LayerGroup:
+    """A named slice of the backbone, ``params`` are parameter names relative to the backbone."""
+
+    name: str
+    params: list[str]
+
+
+class Backbone(nn.Module):
+    """Base class of the adapters.
+
+    Subclasses set ``modality`` (``"image"`` or ``"text"``), ``feature_dim`` and ``name``, and
+    implement ``forward(**inputs) -> Tensor[batch, feature_dim]``, ``layer_groups()``, and
+    ``config()`` / ``from_config()`` so that a saved model rebuilds its architecture without
+    downloading weights.
+    """
+
+    modality: str
+    library: str  # the library whose models it wraps: "timm" or "transformers"
+    config_type: str  # ``config()["type"]``, which ``backbone_from_config`` dispatches on
+    feature_dim: int
+    name: str
+    input_names: tuple[str, ...]
+
+    @classmethod
+    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "Backbone":
+        """The factory ``create_backbone`` calls; each adapter takes the options that apply to it."""
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[LayerGroup]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    def data_pipeline(self, options):
+        """This backbone's preprocessing (``preprocessing.ImagePipeline`` / ``TextPipeline``) for ``options``
+        (a ``TrainConfig`` or anything with its data and augmentation attributes)."""
+        raise NotImplementedError
+
+    def use_fast_layout(self) -> "Backbone":
+        """Switch weights and inputs to the fastest memory layout for this kind of model (a no-op by default)."""
+        return self
+
+    def set_gradient_checkpointing(self, enable: bool = True) -> "Backbone":
+        """Recompute activations in the backward pass instead of keeping them (``--gradient_checkpointing``).
+
+        Adapters must use *non-reentrant* checkpointing: the reentrant kind returns outputs that need no
+        gradient when its inputs need none, so with frozen lower layers (or only adapters training) the
+        checkpointed layers silently get no gradients at all."""
+        raise HFTransferError(f"{type(self).__name__} has no gradient checkpointing: drop --gradient_checkpointing")
+
+    def save_preprocessing(self, save_dir: Path) -> None:
+        """Write whatever a reload needs besides weights (tokenizer files, encoder config)."""
+
+
+def group_name(params: list[str]) -> str:
+    """A readable name for a group of parameters: their common module prefix, or the modules joined."""
+    parts = [p.rsplit(".", 1)[0].split(".") for p in params]
+    common = os.path.commonprefix(parts)
+    if common:
+        return ".".join(common)
+    tops = dict.fromkeys(".".join(p[:2]) if len(p) > 1 and p[1].isdigit() else p[0] for p in parts)
+    return "+".join(tops)
+
+
+def load_state_file(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise HFTransferError(f"weights file '{path}' not found: pass --weights pretrained, random or an existing file")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(p)
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)

@@ -1,0 +1,29 @@
+"""Classification heads that sit on the backbone's pooled features, and their losses."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import HFTransferError
+# the built-in heads are defined in the modeling file shipped with exports, so both compute the same logits
+from .modeling_hftransfer import HEADS, LinearHead, MLPHead  # noqa: F401
+
+
+def create_head(head: str | nn.Module, in_features: int, num_labels: int, **kwargs) -> nn.Module:
+    """A head by name (``linear`` or ``mlp``, with ``hidden_sizes`` / ``dropout``) or a user module as is."""
+    if isinstance(head, nn.Module):
+        return head
+    if head not in HEADS:
+        raise HFTransferError(f"unknown head '{head}': use one of {', '.join(HEADS)} or pass an nn.Module")
+    if head == "linear":
+        kwargs.pop("hidden_sizes", None)
+    return HEADS[head](in_features, num_labels, **kwargs)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy for single-label (integer labels), BCE-with-logits for multi-label (multi-hot)."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)

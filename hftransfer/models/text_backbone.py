@@ -1,0 +1,155 @@
+"""``TextBackbone``: any transformers encoder as a backbone (mean / CLS / pooler pooling, one group per layer)."""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .backbone import Backbone, LayerGroup, load_state_file
+from ..errors import HFTransferError
+from .modeling_hftransfer import POOLINGS, pool
+from .bundled import bundled_text_model_path
+from ..files import ENCODER_CONFIG_NAME, write_text
+
+
+class TextBackbone(Backbone):
+    """Any transformers encoder loadable with ``AutoModel`` (BERT, DistilBERT, RoBERTa, MiniLM, ...).
+
+    ``pooling``: ``"mean"`` (attention-mask-aware mean of the last hidden states), ``"cls"`` (first
+    token) or ``"pooler"`` (the model's own pooler, BERT's tanh dense layer). With mean/cls pooling
+    the encoder's pooler is dropped so that no parameter goes unused (DDP requires that).
+    """
+
+    modality = "text"
+    library = "transformers"
+    config_type = "text"
+    input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean",
+                 encoder_config: dict | None = None, tokenizer_path: str | None = None):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        if pooling not in POOLINGS:
+            raise HFTransferError(f"unknown pooling '{pooling}': use mean, cls or pooler")
+        self.name, self.pooling = model_name_or_path, pooling
+        source = bundled_text_model_path(model_name_or_path) or model_name_or_path
+        try:
+            if encoder_config is not None:
+                config = AutoConfig.for_model(**encoder_config)
+                self.encoder = AutoModel.from_config(config)
+            elif weights == "random":
+                self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
+            elif weights == "pretrained":
+                self.encoder = AutoModel.from_pretrained(source)
+            else:
+                self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
+                self._load_strict(load_state_file(weights))
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or source, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise HFTransferError(
+                f"could not load text encoder '{model_name_or_path}' ({str(e).splitlines()[0][:200]}): "
+                "pass a transformers model folder or a Hub model id reachable from here"
+            ) from None
+        if pooling == "pooler" and getattr(self.encoder, "pooler", None) is None:
+            raise HFTransferError(f"'{model_name_or_path}' has no pooler layer: use --pooling mean or cls")
+        if pooling != "pooler" and getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None
+        self.feature_dim = self.encoder.config.hidden_size
+        accepted = inspect.signature(self.encoder.forward).parameters
+        self.input_names = tuple(n for n in TextBackbone.input_names if n in accepted)
+
+    @classmethod
+    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "TextBackbone":
+        return cls(model_name_or_path, weights=weights, pooling=pooling)
+
+    def set_gradient_checkpointing(self, enable: bool = True) -> "TextBackbone":
+        """transformers' checkpointing of every encoder layer, non-reentrant: the reentrant kind needs
+        ``enable_input_require_grads`` to give anything a gradient behind frozen embeddings. Active in
+        training mode only (transformers' rule); evaluation and feature extraction are unchanged.
+
+        transformers 5.x renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``
+        (the old name warns until v6); the new name is used where it exists."""
+        if not getattr(self.encoder, "supports_gradient_checkpointing", False):
+            raise HFTransferError(f"the {type(self.encoder).__name__} encoder of '{self.name}' does not support "
+                                  "gradient checkpointing: drop --gradient_checkpointing")
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.encoder, "activation_checkpointing_enable"):
+            if enable:
+                self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.encoder.activation_checkpointing_disable()
+        elif enable:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        else:
+            self.encoder.gradient_checkpointing_disable()
+        return self
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the encoder's layers recompute their activations in the backward pass."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.encoder.modules())
+
+    def data_pipeline(self, options):
+        from ..data.preprocessing import TextPipeline
+
+        return TextPipeline(self.tokenizer, options.max_seq_length)
+
+    def _load_strict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.encoder.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("pooler.")]
+        unexpected = [k for k in unexpected if not k.startswith("pooler.")]
+        if missing or unexpected:
+            raise HFTransferError(
+                f"weights do not match '{self.name}': {len(missing)} missing (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.encoder(**kwargs)
+        return pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """Embeddings, one group per transformer layer, then whatever follows (final norm, pooler).
+
+        The layer stack is found as the ``nn.ModuleList`` with ``num_hidden_layers`` entries, which
+        covers BERT (``encoder.layer``), DistilBERT (``transformer.layer``), RoBERTa and friends.
+        """
+        n_layers = self.encoder.config.num_hidden_layers
+        stack = next(
+            (name for name, m in self.encoder.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers),
+            None,
+        )
+        names = [n for n, _ in self.encoder.named_parameters()]
+        if stack is None:
+            return [LayerGroup("encoder", [f"encoder.{n}" for n in names])]
+        before, layers, after = [], [[] for _ in range(n_layers)], []
+        for n in names:
+            if n.startswith(stack + "."):
+                layers[int(n[len(stack) + 1 :].split(".")[0])].append(n)
+            elif any(layers):
+                after.append(n)
+            else:
+                before.append(n)
+        groups = [("embeddings", before)] + [(f"{stack}.{i}", g) for i, g in enumerate(layers)]
+        groups += [("final", after)] if after else []
+        return [LayerGroup(f"encoder.{name}", [f"encoder.{n}" for n in g]) for name, g in groups if g]
+
+    def config(self) -> dict:
+        return {"type": "text", "model_name": self.name, "pooling": self.pooling}
+
+    def save_preprocessing(self, save_dir: Path) -> None:
+        self.tokenizer.save_pretrained(save_dir)
+        write_text(save_dir / ENCODER_CONFIG_NAME, json.dumps(self.encoder.config.to_dict(), indent=2))
+
+    @classmethod
+    def from_config(cls, config: dict, save_dir: Path) -> "TextBackbone":
+        encoder_config = json.loads((save_dir / ENCODER_CONFIG_NAME).read_text())
+        return cls(config["model_name"], pooling=config["pooling"], encoder_config=encoder_config,
+                   tokenizer_path=str(save_dir))

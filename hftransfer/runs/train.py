@@ -1,0 +1,76 @@
+"""A whole recipe run: lock the output folder, ``fit``, compare with training from scratch, report, publish.
+
+The layers below do the work: ``training`` (the loop), ``scratch`` (the from-scratch twins),
+``report`` and ``card`` (what the run shows), ``hub`` (publishing), ``checkpoint`` (the folder, its
+lock and checkpoints), ``runtime`` (processes and stop signals).
+"""
+from __future__ import annotations
+
+from .auto_backbone import choose_backbone
+from ..hub.card import write_model_card
+from ..training.checkpoint import RunLock, check_output_dir
+from ..config.options import AUTO_MODEL, TrainConfig
+from ..errors import HFTransferError
+from ..hub.push import push_output_dir
+from ..evaluation.report import write_report
+from ..training.runtime import StopSignals, any_process, configure_threads, create_accelerator
+from .scratch import compare_with_scratch
+from .source_only import compare_with_source_only
+from ..training.loop import fit
+
+
+def train(cfg: TrainConfig, modality: str) -> dict:
+    """Run a fine-tune described by ``cfg``, export the best model and its report to ``cfg.output_dir``.
+
+    With ``compare_scratch`` the same architecture is then trained from random init with the same
+    budget (``scratch_seeds`` times, on the same data split) and the transfer gain is added to
+    ``all_results.json`` and the model card. Returns ``all_results`` (empty on other processes).
+    SIGTERM / SIGINT save a checkpoint and raise ``runtime.RunInterrupted``. With ``--model_name_or_path
+    auto`` the candidates are ranked first and the best one is fine-tuned (``auto.choose_backbone``).
+    """
+    cfg.validate(modality)
+    stop = StopSignals().install()
+    accelerator = create_accelerator(cfg)
+    lock, locked_out = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = RunLock(cfg.output_dir).acquire()
+        except HFTransferError as e:
+            locked_out = e
+    if any_process(accelerator, locked_out is not None):  # every rank stops, none waits for the others
+        stop.uninstall()
+        raise locked_out or HFTransferError("the main process could not lock output_dir")
+    try:
+        output_dir = check_output_dir(cfg.output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
+        threads = configure_threads(cfg.num_threads, accelerator)
+        choice = None
+        if cfg.model_name_or_path == AUTO_MODEL:  # from here on cfg names the chosen backbone
+            cfg, choice = choose_backbone(cfg, modality, accelerator, output_dir)
+        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice)
+        if cfg.compare_scratch:
+            compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
+        if cfg.runs_source_only_twin:
+            compare_with_source_only(cfg, modality, accelerator, output_dir, threads, results, stop)
+        failure = None
+        if accelerator.is_main_process:
+            write_report(output_dir)
+            write_model_card(output_dir, repo_id=cfg.hub_model_id)
+            if cfg.push_to_hub:
+                # the local output_dir is complete before any network call: a failed push loses nothing
+                try:
+                    push_output_dir(output_dir, cfg.hub_model_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
+                except HFTransferError as e:
+                    failure = e  # raised after the barrier, so the other ranks are not left waiting
+        accelerator.wait_for_everyone()
+        if failure is not None:
+            raise failure
+        return results.to_dict() if results is not None else {}
+    finally:
+        try:
+            # also when interrupted (every rank stopped after the same step) or failed: the trackers flush
+            # what they logged and close their runs
+            accelerator.end_training()
+        finally:
+            if lock is not None:
+                lock.release()
+            stop.uninstall()

@@ -1,0 +1,203 @@
+"""DataLoaders of a run: preprocessed splits, length-grouped sampling, and the feature-cache loaders.
+
+``create_dataloaders`` asks the backbone for its preprocessing pipeline (``Backbone.data_pipeline``)
+and builds the training loader (augmented, shuffled or length-grouped), the evaluation loader and,
+when some epochs train on cached features, the loaders that extract and then serve those features.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..adaptation.methods import TARGET_PREFIX
+from ..data.sources import INDEX_COLUMN, DataBundle
+from .feature_cache import FeatureDataset
+
+
+@dataclass
+class Loaders:
+    """The run's DataLoaders; the ``cached_*`` ones exist when some epochs train on cached features.
+
+    ``fingerprints`` identify the prepared (decoded / tokenized) splits and ``preprocessing`` the eval
+    preprocessing: with the backbone's weights they key the on-disk feature cache.
+    """
+
+    train: DataLoader
+    eval: DataLoader
+    train_extract: DataLoader | None = None  # train split, eval preprocessing, in order: feeds the cache
+    cached_train: DataLoader | None = None
+    cached_eval: DataLoader | None = None
+    test: DataLoader | None = None  # scored once, after training, with the exported model
+    # domain adaptation: unlabelled target examples scored by the selection criterion each epoch, and the
+    # labelled target splits that are only reported (oracle validation, test with the exported model)
+    target_selection: DataLoader | None = None
+    target_eval: DataLoader | None = None
+    target_test: DataLoader | None = None
+    preprocessing: str = ""
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    pipeline: object = None  # the backbone's preprocessing pipeline (its augmentation is seeded per epoch)
+    prepared: dict = field(default_factory=dict)  # split -> its decoded / tokenized dataset (before any view)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Before iterating the training loader of ``epoch``: the augmentation draws for that epoch."""
+        if self.pipeline is not None:
+            self.pipeline.set_epoch(epoch)
+        if isinstance(self.train.dataset, PairedDomains):
+            self.train.dataset.set_epoch(epoch)
+
+    def prepare(self, accelerator) -> None:
+        """``accelerator.prepare`` every loader, in a fixed order so checkpoints line up on resume."""
+        # test last: checkpoints of runs without a test split keep their loader order
+        names = [n for n in ("train", "eval", "train_extract", "cached_train", "cached_eval", "test",
+                             "target_selection", "target_eval", "target_test") if getattr(self, n) is not None]
+        for name, loader in zip(names, accelerator.prepare(*[getattr(self, n) for n in names])):
+            setattr(self, name, loader)
+
+
+def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> Loaders:
+    """Loaders for ``bundle`` preprocessed the way ``backbone`` expects (``cfg``: a ``TrainConfig``)."""
+    workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
+    pipeline = backbone.data_pipeline(cfg)
+    common = {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": pipeline.collate}
+    # the training loader's workers are forked anew each epoch, so they see the epoch its augmentation uses
+    train_common = {**common, "persistent_workers": False}
+    column = bundle.input_column
+    train, evaluation = pipeline.prepare(bundle.train, column, "train"), pipeline.prepare(bundle.eval, column, "eval")
+    lengths = pipeline.lengths(train) if cfg.group_by_length else None
+    sampler = LengthGroupedSampler(lengths, cfg.per_device_train_batch_size, seed=cfg.seed) if lengths else None
+    train_view, train_collate = pipeline.train_view(train, column), pipeline.collate
+    target = bundle.target
+    if target is not None:
+        target_train = pipeline.prepare(target.train, column, "target train")
+        if cfg.domain_adaptation != "none":  # each source example brings a target example along
+            train_view = PairedDomains(train_view, pipeline.train_view(target_train, column), cfg.seed)
+            train_collate = PairedCollate(pipeline.collate)
+    loaders = Loaders(
+        train=DataLoader(train_view, batch_size=cfg.per_device_train_batch_size, shuffle=sampler is None,
+                         sampler=sampler, **{**train_common, "collate_fn": train_collate}),
+        eval=DataLoader(pipeline.eval_view(evaluation, column), batch_size=cfg.per_device_eval_batch_size,
+                        shuffle=False, **common),
+        preprocessing=pipeline.key,
+        fingerprints={"train": train._fingerprint, "eval": evaluation._fingerprint},
+        pipeline=pipeline,
+        prepared={"train": train, "eval": evaluation},
+    )
+    if bundle.test is not None:
+        test = pipeline.prepare(bundle.test, column, "test")
+        loaders.test = DataLoader(pipeline.eval_view(test, column), batch_size=cfg.per_device_eval_batch_size,
+                                  shuffle=False, **common)
+    if target is not None:
+        loaders.prepared["target_train"] = target_train
+        selection = target_train
+        if len(selection) > cfg.target_selection_samples:  # a fixed subset: every epoch is scored on the same examples
+            selection = selection.shuffle(seed=cfg.seed).select(range(cfg.target_selection_samples))
+        loaders.target_selection = DataLoader(pipeline.eval_view(selection, column),
+                                              batch_size=cfg.per_device_eval_batch_size, shuffle=False, **common)
+        for name, split in (("target_eval", target.validation), ("target_test", target.test)):
+            if split is not None:
+                prepared = pipeline.prepare(split, column, name.replace("_", " "))
+                setattr(loaders, name, DataLoader(pipeline.eval_view(prepared, column),
+                                                  batch_size=cfg.per_device_eval_batch_size, shuffle=False, **common))
+    if with_cache:
+        loaders.train_extract = DataLoader(pipeline.eval_view(train, column), batch_size=cfg.per_device_eval_batch_size,
+                                           shuffle=False, **common)
+        loaders.cached_train = DataLoader(FeatureDataset(len(train)), batch_size=cfg.per_device_train_batch_size,
+                                          shuffle=True)
+        loaders.cached_eval = DataLoader(FeatureDataset(len(evaluation)), batch_size=cfg.per_device_eval_batch_size,
+                                         shuffle=False)
+    return loaders
+
+
+class PairedDomains(torch.utils.data.Dataset):
+    """Source example ``i`` with a target example drawn for it: one dataset, so the sampler, DDP sharding,
+    ``skip_first_batches`` and exact resume need nothing new.
+
+    An epoch has one example per source example; the target examples come from a fresh permutation per
+    pass over the target split, seeded by (seed, epoch, pass), so which target example meets which
+    source example depends only on the epoch, never on what ran before.
+    """
+
+    def __init__(self, source, target, seed: int = 0):
+        self.source, self.target, self.seed, self.epoch = source, target, seed, 0
+        self._orders: dict[tuple[int, int], list[int]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def target_index(self, i: int) -> int:
+        n = len(self.target)
+        key = (self.epoch, i // n)
+        if key not in self._orders:
+            if len(self._orders) > 64:
+                self._orders.clear()
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 1_009 + key[1])
+            self._orders[key] = torch.randperm(n, generator=g).tolist()
+        return self._orders[key][i % n]
+
+    def __getitem__(self, i: int) -> dict:
+        example = dict(self.source[i])
+        for key, value in self.target[self.target_index(i)].items():
+            if key != INDEX_COLUMN:
+                example[TARGET_PREFIX + key] = value
+        return example
+
+
+class PairedCollate:
+    """Collate a paired batch: each domain with the pipeline's own collate, target keys prefixed."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples: list[dict]) -> dict:
+        source = [{k: v for k, v in e.items() if not k.startswith(TARGET_PREFIX)} for e in examples]
+        target = [{k[len(TARGET_PREFIX):]: v for k, v in e.items() if k.startswith(TARGET_PREFIX)} for e in examples]
+        batch = self.collate(source)
+        target_batch = self.collate(target)
+        target_batch.pop("labels", None)  # the target's labels are -1: never seen by the loss
+        batch.update({TARGET_PREFIX + k: v for k, v in target_batch.items()})
+        return batch
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Random order, but batches of similar lengths: less padding, same examples per epoch.
+
+    Indices are shuffled (seeded by ``seed + epoch``), cut into mega-batches of ``mega_batches``
+    batches, and sorted by length inside each, so consecutive batches hold similar lengths while the
+    epoch stays random. ``set_epoch`` (called through accelerate's loaders) makes the order a
+    function of the epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
+        self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.mega
+        for start in range(0, len(order), size):
+            yield from sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset / container CPU sets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_num_workers() -> int:
+    """Loader workers: leave most cores to the model on small machines, cap at 8 on big ones."""
+    cores = available_cores()
+    return 0 if cores <= 2 else min(8, cores // 2)
