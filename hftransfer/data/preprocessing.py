@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 
 import datasets
 import torch
@@ -19,19 +20,30 @@ from .sources import INDEX_COLUMN
 from ..errors import HFTransferError
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """How training images are randomly transformed: random resized crop over ``crop_scale``, a flip and
+    ``color_jitter`` (0 = none), each example seeded by (``seed``, epoch, index)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    color_jitter: float = 0.4
+    seed: int = 0
+
+
 class ImagePipeline:
     """timm preprocessing of one model: decode once, uint8 batches, normalization on the device.
 
-    Training: random resized crop (``crop_scale``), flip and color jitter, unless ``augment`` is off;
-    evaluation: resize + center crop. Sizes, interpolation and crop fraction come from timm's
-    ``data_config``; images are decoded and shrunk to ``decode_size`` (default: the eval resize size).
+    Training: random resized crop, flip and color jitter (``augmentation``; None trains on the eval
+    transform); evaluation: resize + center crop. Sizes, interpolation and crop fraction come from
+    timm's ``data_config``; images are decoded and shrunk to ``decode_size`` (default: the eval resize size).
     """
 
-    def __init__(self, data_config: dict, decode_size: int | None = None, crop_scale=(0.08, 1.0),
-                 color_jitter: float = 0.4, augment: bool = True, seed: int = 0):
+    def __init__(self, data_config: dict, decode_size: int | None = None, augmentation: Augmentation | None = None):
         self.shorter_side = decode_size if decode_size is not None else resize_size(data_config)
-        self.augmentation = SeededAugmentation(image_transforms(data_config, True, crop_scale, as_uint8=True,
-                                                                color_jitter=color_jitter or None, augment=augment), seed)
+        aug = augmentation or Augmentation()
+        self.augmentation = SeededAugmentation(image_transforms(data_config, True, aug.crop_scale, as_uint8=True,
+                                                                color_jitter=aug.color_jitter or None,
+                                                                augment=augmentation is not None), aug.seed)
         self.eval_transform = image_transforms(data_config, False, as_uint8=True)
         self.key = repr(self.eval_transform)
 

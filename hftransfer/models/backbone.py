@@ -48,9 +48,12 @@ class Backbone(nn.Module):
     def config(self) -> dict:
         raise NotImplementedError
 
-    def data_pipeline(self, options):
-        """This backbone's preprocessing (``preprocessing.ImagePipeline`` / ``TextPipeline``) for ``options``
-        (a ``TrainConfig`` or anything with its data and augmentation attributes)."""
+    def data_pipeline(self, *, decode_size: int | None = None, max_seq_length: int = 128, augmentation=None):
+        """This backbone's preprocessing (``data.preprocessing.ImagePipeline`` / ``TextPipeline``).
+
+        Each adapter reads what applies to it: images the ``decode_size`` they are shrunk to once and the
+        training ``augmentation`` (a ``preprocessing.Augmentation``; None = train on the eval transform),
+        texts the ``max_seq_length`` they are truncated to."""
         raise NotImplementedError
 
     def use_fast_layout(self) -> "Backbone":

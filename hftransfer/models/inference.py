@@ -7,7 +7,7 @@ so this module sits below ``model`` and ``model.TransferModel.predict`` delegate
 
 What makes predictions equal the run's own ``eval_predictions.jsonl``:
 
-* the backbone's own eval pipeline (``backbone.data_pipeline(settings)``): images are decoded the way
+* the backbone's own eval pipeline (``backbone.data_pipeline``): images are decoded the way
   ``preprocessing.decode_images`` does (RGB, shrunk with bicubic to the pipeline's ``shorter_side``,
   never enlarged), then go through the pipeline's ``eval_transform`` (resize + center crop to uint8)
   and are normalized on the device by the backbone, in its fast layout (channels_last for CNNs), as
@@ -49,18 +49,12 @@ class InferenceSettings:
 
     Defaults are the recipes' defaults (``options.DataOptions``): ``decode_size`` None = the model's
     eval resize size (0 = keep the decoded size), ``max_seq_length`` 128, ``mixed_precision`` None =
-    bf16 autocast on CUDA GPUs that support it, else none. ``crop_scale``, ``color_jitter``,
-    ``augment`` and ``seed`` only shape training augmentation, which inference never applies; they are
-    here because ``Backbone.data_pipeline`` builds both views from one options object.
+    bf16 autocast on CUDA GPUs that support it, else none.
     """
 
     decode_size: int | None = None
     max_seq_length: int = 128
     mixed_precision: str | None = None
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    color_jitter: float = 0.4
-    augment: bool = True
-    seed: int = 42
 
     @classmethod
     def from_file(cls, path: str | Path) -> "InferenceSettings":
@@ -69,8 +63,6 @@ class InferenceSettings:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         # a YAML null means "the default", which only the fields defaulting to None can hold
         values = {k: v for k, v in values.items() if v is not None or getattr(cls, k) is None}
-        if "crop_scale" in values:
-            values["crop_scale"] = tuple(values["crop_scale"])
         return cls(**values)
 
     @classmethod
@@ -203,7 +195,8 @@ def predict(model, inputs, batch_size: int | None = None, top_k: int = 5, thresh
         raise HFTransferError(f"input_names has {len(input_names)} entries for {len(inputs)} inputs: pass one per input")
     settings = InferenceSettings.resolve(settings)
     dtype = autocast_dtype(mixed_precision if mixed_precision not in (None, "auto") else settings.mixed_precision, dev)
-    pipeline = model.backbone.data_pipeline(settings)
+    pipeline = model.backbone.data_pipeline(decode_size=settings.decode_size,
+                                             max_seq_length=settings.max_seq_length)
     was_training = model.training
     model.backbone.use_fast_layout()
     model.to(dev).eval()

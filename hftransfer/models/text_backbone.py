@@ -93,10 +93,10 @@ class TextBackbone(Backbone):
         """Whether the encoder's layers recompute their activations in the backward pass."""
         return any(getattr(m, "gradient_checkpointing", False) for m in self.encoder.modules())
 
-    def data_pipeline(self, options):
+    def data_pipeline(self, *, decode_size: int | None = None, max_seq_length: int = 128, augmentation=None):
         from ..data.preprocessing import TextPipeline
 
-        return TextPipeline(self.tokenizer, options.max_seq_length)
+        return TextPipeline(self.tokenizer, max_seq_length)
 
     def _load_strict(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.encoder.load_state_dict(state, strict=False)

@@ -113,11 +113,10 @@ class TimmBackbone(Backbone):
                                   "--gradient_checkpointing") from None
         return self
 
-    def data_pipeline(self, options):
+    def data_pipeline(self, *, decode_size: int | None = None, max_seq_length: int = 128, augmentation=None):
         from ..data.preprocessing import ImagePipeline
 
-        return ImagePipeline(self.data_config, options.decode_size, options.crop_scale, options.color_jitter,
-                             options.augment, seed=options.seed)
+        return ImagePipeline(self.data_config, decode_size, augmentation)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled features of normalized float images, or of uint8 images normalized here, on the device."""

@@ -60,7 +60,7 @@ class Loaders:
 def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> Loaders:
     """Loaders for ``bundle`` preprocessed the way ``backbone`` expects (``cfg``: a ``TrainConfig``)."""
     workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
-    pipeline = backbone.data_pipeline(cfg)
+    pipeline = backbone.data_pipeline(**pipeline_kwargs(cfg))
     common = {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": pipeline.collate}
     # the training loader's workers are forked anew each epoch, so they see the epoch its augmentation uses
     train_common = {**common, "persistent_workers": False}
@@ -109,6 +109,15 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
         loaders.cached_eval = DataLoader(FeatureDataset(len(evaluation)), batch_size=cfg.per_device_eval_batch_size,
                                          shuffle=False)
     return loaders
+
+
+def pipeline_kwargs(cfg) -> dict:
+    """What ``Backbone.data_pipeline`` takes from a ``TrainConfig`` / ``RankConfig``."""
+    from ..data.preprocessing import Augmentation
+
+    augment = getattr(cfg, "augment", False)  # rank reads features only: never augmented
+    augmentation = Augmentation(tuple(cfg.crop_scale), cfg.color_jitter, cfg.seed) if augment else None
+    return {"decode_size": cfg.decode_size, "max_seq_length": cfg.max_seq_length, "augmentation": augmentation}
 
 
 class PairedDomains(torch.utils.data.Dataset):

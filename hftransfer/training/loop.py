@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..adaptation.methods import SELECTION_RULES, AdaptationMethod, DomainAdaptationModel, create_method, selection_score, target_scores
-from ..hub.card import describe_run
+from .describe import describe_run
 from .checkpoint import RunState, clear_earlier_run, holds_earlier_run, resume, save_checkpoint
 from ..config.parsing import save_config
 from ..config.options import TrainConfig
