@@ -180,10 +180,10 @@ def timed(step, spec: Spec, args) -> dict:
 
 def run_recipe(spec: Spec, args, compiled: bool) -> dict:
     """hftransfer's setup and training loop body (its ``train_step``), minus data loading, evaluation and checkpoints."""
-    from hftransfer.config.parsing import TrainConfig
+    from hftransfer.config import TrainConfig
+    from hftransfer.training.loop import train_step
     from hftransfer.training.runtime import create_accelerator
     from hftransfer.tuning.strategies import Strategy, TransferScheduler, apply_trainable, param_groups
-    from hftransfer.training.loop import train_step
 
     cfg = TrainConfig(mixed_precision="bf16", learning_rate=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
                       strategy="full", torch_compile=compiled)

@@ -434,9 +434,9 @@ def step_comparison(args) -> dict:
     import torch
 
     from hftransfer import create_transfer_model
-    from hftransfer.config.parsing import TrainConfig
-    from hftransfer.training.runtime import create_accelerator
+    from hftransfer.config import TrainConfig
     from hftransfer.training.loop import train_step
+    from hftransfer.training.runtime import create_accelerator
 
     torch.set_num_threads(args.threads)
     accelerator = create_accelerator(TrainConfig(mixed_precision="no"))

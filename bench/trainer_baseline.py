@@ -88,7 +88,9 @@ def make_timm_folder(out_dir: str | Path, arch: str = "tf_efficientnet_lite0") -
     from timm.data import ImageNetInfo
     from timm.models import save_for_hf
 
-    from hftransfer.models.bundled import bundled_timm_state_dict  # only the weights file; training uses no hftransfer code
+    from hftransfer.models.bundled import (
+        bundled_timm_state_dict,  # only the weights file; training uses no hftransfer code
+    )
 
     out = Path(out_dir)
     model = timm.create_model(arch, pretrained=False)
@@ -158,8 +160,13 @@ def build_image(args):
 
 def build_text(args):
     from datasets import load_dataset
-    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              default_data_collator)
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        default_data_collator,
+    )
 
     raw = load_dataset("json", data_files={"train": args.train_file, "validation": args.validation_file})
     label_list = sorted(set(raw["train"]["label"]))

@@ -190,9 +190,9 @@ def logits_of(model: TransferModel, inputs) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- run folders
 def make_run_dir(out: Path, model, modality: str, extra_results: dict | None = None, **cfg_kwargs) -> Path:
     """A finished run's output_dir: model files, all_results.json (with the recipe), config.yaml, checkpoints."""
-    from hftransfer.config.parsing import TrainConfig, save_config
-    from hftransfer.tuning.strategies import Strategy
+    from hftransfer.config import TrainConfig, save_config
     from hftransfer.training.describe import describe_run
+    from hftransfer.tuning.strategies import Strategy
 
     defaults = dict(model_name_or_path="test_efficientnet", weights="random", strategy="lp_ft", layer_decay=0.8,
                     num_train_epochs=3, learning_rate=1e-4, head_learning_rate=1e-3, per_device_train_batch_size=4,

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from hub_server import HubServer
 
 __all__ = ["hub", "HubHandle", "TEST_TOKEN", "point_clients_at"]
@@ -50,8 +49,8 @@ def point_clients_at(monkeypatch: pytest.MonkeyPatch, url: str, home: Path, toke
 
     Returns the environment a subprocess needs. All changes go through ``monkeypatch``.
     """
-    from huggingface_hub import constants
     import huggingface_hub.hf_api as hf_api_module
+    from huggingface_hub import constants
 
     cache = home / "hub"
     env = {

@@ -18,13 +18,24 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from hftransfer import TransferModel
-from hftransfer.adaptation.methods import (CDAN, DANN, MCC, DomainAdaptationModel, concat_inputs, domain_loss, grl_coefficient,
-                                   minimum_class_confusion, reverse_gradient, selection_score, target_scores)
-from hftransfer.config.parsing import TrainConfig
 from hftransfer.adaptation.domain_gap import domain_gap, mmd, proxy_a_distance
+from hftransfer.adaptation.methods import (
+    CDAN,
+    DANN,
+    MCC,
+    DomainAdaptationModel,
+    concat_inputs,
+    domain_loss,
+    grl_coefficient,
+    minimum_class_confusion,
+    reverse_gradient,
+    selection_score,
+    target_scores,
+)
+from hftransfer.config import TrainConfig
 from hftransfer.errors import HFTransferError
-from hftransfer.runs.source_only import verdict
 from hftransfer.records import DomainAdaptation, SourceOnlyRun
+from hftransfer.runs.source_only import verdict
 from hftransfer.runs.train import train
 
 

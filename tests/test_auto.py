@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from builders import IMAGE_TINY, ROOT, image_data_args, read_results, run_recipe, save_tiny_timm_weights
-from hftransfer.runs.auto_backbone import select
-from hftransfer.config.parsing import RankConfig, TrainConfig, load_config, read_config_file
+
+from hftransfer.config import RankConfig, TrainConfig, load_config, read_config_file
 from hftransfer.errors import HFTransferError, exit_on_user_error
-from hftransfer.runs.rank import rank_backbones
 from hftransfer.files import BACKBONE_CHOICE_NAME, FEATURE_CACHE_DIR, read_yaml
+from hftransfer.runs.auto_backbone import select
+from hftransfer.runs.rank import rank_backbones
 from hftransfer.runs.train import train
 
 # the tiny stand-ins: the same architecture, different weights (so different features and scores)

@@ -7,10 +7,10 @@ test in test_push.py checks the card of a real run. ``make_run_dir`` comes from 
 from __future__ import annotations
 
 import pytest
+from builders import TEXT_LABELS, image_model, make_run_dir, noise_image, text_model
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from builders import TEXT_LABELS, image_model, make_run_dir, noise_image, text_model
 from hftransfer.hub.card import build_model_card, card_context, write_model_card
 
 

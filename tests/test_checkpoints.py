@@ -11,9 +11,15 @@ import torch
 from safetensors.torch import save_file
 
 from hftransfer import HFTransferError
-from hftransfer.training.checkpoint import (LOCK_NAME, MANIFEST_NAME, RunLock, checkpoint_problem, find_latest_checkpoint,
-                                   rotate_checkpoints)
 from hftransfer.files import write_json
+from hftransfer.training.checkpoint import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    RunLock,
+    checkpoint_problem,
+    find_latest_checkpoint,
+    rotate_checkpoints,
+)
 from hftransfer.training.runtime import RunInterrupted, StopSignals, step_seed
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from hftransfer import HFTransferError
-from hftransfer.config.parsing import load_config
+from hftransfer.config import load_config
 
 DEFAULT_JOB = {"model_name_or_path": "tf_efficientnet_lite0", "train_dir": "/data/train", "validation_dir": "/data/val",
                "max_train_samples": 100, "learning_rate": 1e-4, "num_train_epochs": 3, "overwrite_output_dir": True}

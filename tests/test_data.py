@@ -2,11 +2,11 @@
 import json
 
 import pytest
-
 from builders import make_image_folder, make_text_file
+
 from hftransfer import HFTransferError
-from hftransfer.data.sources import INDEX_COLUMN, load_raw_splits, prepare_splits
 from hftransfer.data.preprocessing import decode_images
+from hftransfer.data.sources import INDEX_COLUMN, load_raw_splits, prepare_splits
 
 
 def text_bundle(train, val=None, **kw):

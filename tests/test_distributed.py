@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from builders import IMAGE_TINY_MODEL, image_data_args, launch_two_processes, read_results
 from safetensors.torch import load_file
 
-from builders import IMAGE_TINY_MODEL, image_data_args, launch_two_processes, read_results
 from hftransfer import TransferModel
 
 pytestmark = pytest.mark.integration  # accelerate launch: two fresh interpreters

@@ -12,9 +12,20 @@ import json
 
 import pytest
 import torch
+from builders import (
+    LABELS,
+    TEXT_LABELS,
+    TEXTS,
+    ScaledHead,
+    image_inputs,
+    image_model,
+    logits_of,
+    make_encoder_folder,
+    noise_image,
+    text_inputs,
+    text_model,
+)
 
-from builders import (LABELS, TEXT_LABELS, TEXTS, ScaledHead, image_inputs, image_model, logits_of,
-                      make_encoder_folder, noise_image, text_inputs, text_model)
 from hftransfer import HFTransferError, TransferModel
 
 
@@ -203,8 +214,7 @@ def _non_native_model(case: str, tmp_path, tiny_bert) -> TransferModel:
 @pytest.mark.parametrize("case", ["image-mlp", "image-mlp-multi", "text-mean", "text-mean-multi", "text-cls-mlp",
                                   "distilbert-cls", "distilbert-mean-mlp"])
 def test_models_without_native_layout_load_in_transformers_through_the_shipped_modeling_code(tmp_path, tiny_bert, case):
-    from transformers import (AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification,
-                              pipeline)
+    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification, pipeline
 
     model = _non_native_model(case, tmp_path, tiny_bert)
     inputs = image_inputs(model) if model.modality == "image" else text_inputs(model)

@@ -1,9 +1,9 @@
 """Frozen-feature cache and length-grouped batches."""
 import pytest
 import torch
+from builders import IMAGE_TINY_MODEL, image_data_args, read_results, run_recipe
 from safetensors.torch import load_file
 
-from builders import IMAGE_TINY_MODEL, image_data_args, read_results, run_recipe
 from hftransfer.training.loaders import LengthGroupedSampler
 
 TINY = [*IMAGE_TINY_MODEL, "--per_device_train_batch_size", "4",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from builders import IMAGE_TINY, LABELS, TEXT_LABELS, TEXTS, image_data_args, read_results, tiny_image_transfer_model
+
 from hftransfer import TransferModel, create_transfer_model
-from hftransfer.models.backbone import Backbone
 from hftransfer.errors import HFTransferError
+from hftransfer.models.backbone import Backbone
 from hftransfer.tuning.strategies import apply_trainable
 
 
@@ -130,7 +130,7 @@ def test_a_backbone_without_checkpointing_is_a_one_line_error():
 
 def test_recipe_run_with_checkpointing_trains_the_same_weights_and_records_it(tmp_path, image_data):
     """The whole loop (partial strategy: lower groups frozen) ends with the same parameters either way."""
-    from hftransfer.config.parsing import load_config
+    from hftransfer.config import load_config
     from hftransfer.runs.train import train
 
     runs = {}

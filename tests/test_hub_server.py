@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from builders import TINY_ENCODER, run_python
 from hub_fixtures import hub  # noqa: F401  (pytest fixture)
 from hub_server import git_blob_sha1
-
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,

@@ -11,8 +11,19 @@ import os
 
 import pytest
 import torch
-from builders import (LABELS, TEXT_LABELS, TEXTS, image_inputs, image_model, launch_two_processes, logits_of,
-                      read_results, save_tiny_timm_weights, text_inputs, text_model)
+from builders import (
+    LABELS,
+    TEXT_LABELS,
+    TEXTS,
+    image_inputs,
+    image_model,
+    launch_two_processes,
+    logits_of,
+    read_results,
+    save_tiny_timm_weights,
+    text_inputs,
+    text_model,
+)
 from safetensors.torch import load_file
 
 from hftransfer import TransferModel
@@ -115,7 +126,7 @@ def test_a_model_without_any_matching_layer_is_refused_in_one_line():
 
 
 def test_lora_options_are_checked(image_data, tmp_path):
-    from hftransfer.config.parsing import TrainConfig
+    from hftransfer.config import TrainConfig
 
     cfg = TrainConfig(model_name_or_path="test_vit", train_dir=image_data["train"], output_dir=str(tmp_path),
                       strategy="full", lora_target_modules=["qkv"])
@@ -329,7 +340,7 @@ def test_saving_a_plain_model_over_a_lora_save_removes_the_stale_adapter(tmp_pat
 
 # ---------------------------------------------------------------------------------------------- runs
 def run_in_process(modality: str, **kwargs) -> dict:
-    from hftransfer.config.parsing import TrainConfig
+    from hftransfer.config import TrainConfig
     from hftransfer.runs.train import train
 
     base = dict(per_device_train_batch_size=4, per_device_eval_batch_size=4, learning_rate=0.01,

@@ -7,13 +7,13 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from builders import IMAGE_TINY, ROOT, image_inputs, make_text_file, read_results
+from PIL import Image
 
 from hftransfer import HFTransferError, TransferModel, cli
-from hftransfer.data.sources import load_raw_splits, prepare_splits
-from hftransfer.config.options import TrainConfig
+from hftransfer.config import TrainConfig
 from hftransfer.data.preprocessing import collate_images, decode_images
+from hftransfer.data.sources import load_raw_splits, prepare_splits
 
 # row i: image i (brightness by the first label), its labels; "dog" co-occurs with both
 ROWS = [["cat"], ["cat", "dog"], ["bird"], ["bird", "dog"], ["cat"], ["bird", "dog"], ["cat", "dog"], ["bird"]]

@@ -1,11 +1,11 @@
 """Backbone adapters, heads and TransferModel, on tiny local models and on the bundled real weights."""
 import pytest
 import torch
-
 from builders import BUNDLED_IMAGES, ScaledHead, tiny_image_transfer_model
+
 from hftransfer import HFTransferError, MLPHead, TransferModel, create_backbone, create_transfer_model
-from hftransfer.models.heads import classification_loss
 from hftransfer.models.bundled import bundled_timm_state_dict, remap_lukemelas_efficientnet
+from hftransfer.models.heads import classification_loss
 
 LABELS = {0: "a", 1: "b", 2: "c"}
 

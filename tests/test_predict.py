@@ -29,11 +29,11 @@ from builders import (
 )
 
 from hftransfer import HFTransferError, TransferModel, cli, create_transfer_model
-from hftransfer.data.sources import load_data
-from hftransfer.models.inference import InferenceSettings, to_predictions
-from hftransfer.config.options import TrainConfig
 from hftransfer.cli.predict import run
+from hftransfer.config import TrainConfig
+from hftransfer.data.sources import load_data
 from hftransfer.files import read_yaml
+from hftransfer.models.inference import InferenceSettings, to_predictions
 
 MULTI_LABELS = {0: "action", 1: "comedy", 2: "drama"}
 

@@ -15,16 +15,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import (
+    IMAGE_TINY_MODEL,
+    LABELS,
+    LOAD_WITHOUT_HFTRANSFER,
+    ROOT,
+    TEXT_LABELS,
+    TEXTS,
+    ScaledHead,
+    image_data_args,
+    image_model,
+    logits_of,
+    make_run_dir,
+    noise_image,
+    run_python,
+    text_inputs,
+    text_model,
+)
+from hub_server import HubError
 from huggingface_hub import metadata_load
 
-from builders import (IMAGE_TINY_MODEL, LABELS, LOAD_WITHOUT_HFTRANSFER, ROOT, TEXT_LABELS, TEXTS, ScaledHead,
-                      image_data_args, image_model, logits_of, make_run_dir, noise_image, run_python, text_inputs,
-                      text_model)
 from hftransfer import HFTransferError, TransferModel
 from hftransfer.data.preprocessing import image_transforms
 from hftransfer.hub.push import main, push_output_dir
-from hub_server import HubError
-
 
 
 def _env(hub) -> dict:

@@ -4,9 +4,9 @@ import csv
 import json
 
 import pytest
-
 from builders import BUNDLED_IMAGES, cli_in_process, image_data_args, recipe_in_process, save_tiny_timm_weights
-from hftransfer.config.parsing import RankConfig, load_config
+
+from hftransfer.config import RankConfig, load_config
 from hftransfer.errors import HFTransferError
 from hftransfer.runs.rank import check_modalities, parse_candidate, rank_backbones
 

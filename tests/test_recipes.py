@@ -5,11 +5,21 @@ import os
 
 import pytest
 import torch
+from builders import (
+    IMAGE_TINY,
+    LOAD_WITHOUT_HFTRANSFER,
+    ROOT,
+    image_args,
+    logits_of,
+    read_results,
+    recipe_in_process,
+    run_python,
+    run_recipe,
+    save_tiny_timm_weights,
+)
 from PIL import Image
 from safetensors.torch import load_file
 
-from builders import (IMAGE_TINY, LOAD_WITHOUT_HFTRANSFER, ROOT, image_args, logits_of, read_results, recipe_in_process,
-                      run_python, run_recipe, save_tiny_timm_weights)
 from hftransfer import TransferModel
 from hftransfer.data.preprocessing import image_transforms
 

@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-
 from builders import tiny_image_transfer_model
+
 from hftransfer import HFTransferError, create_transfer_model
 from hftransfer.tuning.regularizers import L2SP, decoupled_weight_decay_groups
 from hftransfer.tuning.strategies import param_groups

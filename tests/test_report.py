@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from builders import IMAGE_TINY_MODEL, read_results, recipe_in_process, run_recipe, save_tiny_timm_weights
 
-from builders import IMAGE_TINY_MODEL, recipe_in_process, read_results, run_recipe, save_tiny_timm_weights
 from hftransfer.errors import HFTransferError
 from hftransfer.evaluation.report import confusion_matrix, transfer_gain, write_report
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from builders import ROOT, make_text_file, read_results
 from huggingface_hub import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from builders import ROOT, make_text_file, read_results
 
 from hftransfer import HFTransferError, cli
 from hftransfer.data.sources import load_raw_splits, prepare_splits

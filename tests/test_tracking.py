@@ -15,11 +15,11 @@ import yaml
 from builders import IMAGE_TINY_MODEL, ROOT, image_args, image_data_args, launch_two_processes, read_results
 
 from hftransfer import HFTransferError, cli
-from hftransfer.config.parsing import load_config
+from hftransfer.config import load_config
 from hftransfer.config.options import TRACKERS, tracker_installed
 from hftransfer.training.runtime import create_accelerator
-from hftransfer.tuning.strategies import Strategy
 from hftransfer.training.tracking import LossWindow, RunLog, flatten, learning_rates, log_with, phase_index
+from hftransfer.tuning.strategies import Strategy
 
 IMAGE_JOB = ROOT / "recipes" / "configs" / "image_cls.yaml"
 TEXT_JOB = ROOT / "recipes" / "configs" / "text_cls.yaml"

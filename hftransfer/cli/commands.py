@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..config.parsing import RankConfig, load_config, read_config_file
+from ..config import RankConfig, load_config, read_config_file
 from ..errors import USAGE_EXIT_CODE, exit_on_user_error, show_progress_messages
 
 

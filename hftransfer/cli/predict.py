@@ -35,11 +35,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..config.parsing import _Parser
-from ..errors import ConsoleHandler, HFTransferError
-from ..models.inference import PRECISIONS, InferenceSettings, Skipped, predict
-from ..files import RUN_CONFIG_NAME, atomic_path
+from ..config import UsageErrorParser
 from ..data.text_files import decode
+from ..errors import ConsoleHandler, HFTransferError
+from ..files import RUN_CONFIG_NAME, atomic_path
+from ..models.devices import PRECISIONS
+from ..models.inference import InferenceSettings, Skipped, predict
 
 DESCRIPTION = "label images or texts with a trained hftransfer model (an output folder or a Hub repo id)"
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
@@ -51,7 +52,7 @@ SHOWN_SKIPPED = 50  # stderr lists this many skipped inputs, then a count of the
 
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a mistyped --top would otherwise be taken as --top_k
-    parser = _Parser(prog="hftransfer predict", description=DESCRIPTION, allow_abbrev=False,
+    parser = UsageErrorParser(prog="hftransfer predict", description=DESCRIPTION, allow_abbrev=False,
                      epilog="Unreadable inputs are skipped and listed on stderr at the end; --strict refuses them.")
     parser.add_argument("model", help="a run's output_dir / save_pretrained folder, or a Hub repo id (user/name)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",

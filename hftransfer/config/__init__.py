@@ -1,5 +1,5 @@
 """Run options: the option groups (``options``), ``TrainConfig`` / ``RankConfig``, and parsing flags and YAML."""
 from .options import RankConfig, TrainConfig
-from .parsing import build_parser, load_config, read_config_file, save_config
+from .parsing import UsageErrorParser, build_parser, load_config, read_config_file, save_config
 
-__all__ = ["TrainConfig", "RankConfig", "build_parser", "load_config", "read_config_file", "save_config"]
+__all__ = ["TrainConfig", "RankConfig", "UsageErrorParser", "build_parser", "load_config", "read_config_file", "save_config"]

@@ -17,10 +17,11 @@ from typing import Optional
 from accelerate.utils import LoggerType
 from accelerate.utils import imports as accelerate_imports
 
-from ..adaptation.methods import METHODS as ADAPTATION_METHODS, SELECTION_CRITERIA
+from ..adaptation.methods import METHODS as ADAPTATION_METHODS
+from ..adaptation.methods import SELECTION_CRITERIA
 from ..errors import HFTransferError
-from ..models.transfer_model import BN_STATS
 from ..models.bundled import bundled_backbones
+from ..models.norms import BN_STATS
 from ..tuning.strategies import LORA_STRATEGIES, STRATEGIES
 
 DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")

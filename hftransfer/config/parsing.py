@@ -17,10 +17,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..errors import HFTransferError
-from .options import DATA_SOURCE_FIELDS, JOB_FIELDS, PATH_FIELDS, Options, RankConfig, TrainConfig
 from ..files import read_yaml, write_yaml
+from .options import DATA_SOURCE_FIELDS, JOB_FIELDS, PATH_FIELDS, Options, TrainConfig
 
-__all__ = ["TrainConfig", "RankConfig", "load_config", "read_config_file", "save_config", "build_parser"]
+__all__ = ["UsageErrorParser", "build_parser", "load_config", "read_config_file", "save_config"]
 
 
 # ---- parsing ---------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageErrorParser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``error:`` line (via ``HFTransferError``), like every other error."""
 
     def error(self, message: str):
@@ -52,7 +52,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(description: str, config_cls=TrainConfig, prog: str | None = None) -> argparse.ArgumentParser:
     # allow_abbrev=False: argparse would otherwise take a mistyped --learning_rat as --learning_rate
-    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,
+    parser = UsageErrorParser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
     groups = {}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import datasets
 import torch
 
-from .sources import INDEX_COLUMN
 from ..errors import HFTransferError
+from .sources import INDEX_COLUMN
 
 
 @dataclass(frozen=True)

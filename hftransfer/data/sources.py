@@ -20,8 +20,8 @@ import numpy as np
 from datasets import ClassLabel, DatasetDict
 
 from ..errors import HFTransferError
-from .manifests import MANIFEST_SUFFIXES, csv_label_lists, has_csv_label_lists, resolve_images
 from ..files import write_text
+from .manifests import MANIFEST_SUFFIXES, csv_label_lists, has_csv_label_lists, resolve_images
 from .text_files import SUFFIXES, check_text_file
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HFTransferError
-from ..files import CONFUSION_PNG, CURVES_PNG, PER_CLASS_CSV, PREDICTIONS_NAME, RESULTS_NAME, RUN_CONFIG_NAME, atomic_path, read_yaml, write_text
+from ..files import (
+    CONFUSION_PNG,
+    CURVES_PNG,
+    PER_CLASS_CSV,
+    PREDICTIONS_NAME,
+    RESULTS_NAME,
+    RUN_CONFIG_NAME,
+    atomic_path,
+    read_yaml,
+    write_text,
+)
 from ..records import RunResults, ScratchRun, TransferGain
 
 MAX_ANNOTATED_CLASSES = 20  # beyond this the cell counts are unreadable; colours still tell the story

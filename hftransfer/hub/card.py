@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import card_sections as sections
 from ..errors import HFTransferError
 from ..files import CARD_NAME, CONFIG_NAME, CONFUSION_PNG, CURVES_PNG, RUN_CONFIG_NAME, read_json, read_yaml, write_text
 from ..records import RunResults
+from . import card_sections as sections
 
 TEMPLATE_NAME = "model_card.md"
 

@@ -10,8 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from ..files import stale_native_files, CARD_NAME, TMP_SUFFIX
+from ..files import CARD_NAME, TMP_SUFFIX, stale_native_files
 from ..records import BackboneChoice, DomainAdaptation, RunDescription, RunResults, TransferGain
 
 # Offline bundles (see offline.py) -> the Hub repos they are copies of, for ``base_model``.

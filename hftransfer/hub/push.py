@@ -19,11 +19,21 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from .card import write_model_card
 from ..errors import HFTransferError, exit_on_user_error, show_progress_messages
-
-from ..files import (stale_native_files, BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, ENCODER_CONFIG_NAME, IMAGE_PROCESSOR_NAME,
-                        NATIVE_CONFIG_NAME, REMOTE_CODE_NAME, SCRATCH_DIR, TMP_SUFFIX, FEATURE_CACHE_DIR)
+from ..files import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_NAME,
+    ENCODER_CONFIG_NAME,
+    FEATURE_CACHE_DIR,
+    IMAGE_PROCESSOR_NAME,
+    NATIVE_CONFIG_NAME,
+    REMOTE_CODE_NAME,
+    SCRATCH_DIR,
+    TMP_SUFFIX,
+    stale_native_files,
+)
+from .card import write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +186,15 @@ def hub_error(e: Exception, repo_id: str, revision: str | None, action: str, tok
               retry: str | None = None) -> HFTransferError:
     """One line naming what failed and how to fix it, for any huggingface_hub / HTTP / network error."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     endpoint = constants.ENDPOINT
     status = getattr(getattr(e, "response", None), "status_code", None)

@@ -10,8 +10,6 @@ from torch import nn
 
 from ..errors import HFTransferError
 
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-
 
 @dataclass
 class LayerGroup:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .backbone import NORM_TYPES, Backbone, LayerGroup
 from ..errors import HFTransferError
+from .backbone import Backbone, LayerGroup
 from .text_backbone import TextBackbone
 from .timm_backbone import TimmBackbone
 
@@ -32,5 +32,5 @@ def backbone_from_config(config: dict, save_dir: Path) -> Backbone:
     return by_type[config["type"]].from_config(config, save_dir)
 
 
-__all__ = ["NORM_TYPES", "Backbone", "LayerGroup", "TextBackbone", "TimmBackbone", "BACKBONE_CLASSES",
+__all__ = ["Backbone", "LayerGroup", "TextBackbone", "TimmBackbone", "BACKBONE_CLASSES",
            "create_backbone", "backbone_from_config"]

@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import HFTransferError
+
 # the built-in heads are defined in the modeling file shipped with exports, so both compute the same logits
 from .modeling_hftransfer import HEADS, LinearHead, MLPHead  # noqa: F401
 

@@ -25,7 +25,6 @@ batch pads to similar lengths, and the results are put back in input order.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -36,9 +35,8 @@ import torch
 
 from ..errors import HFTransferError
 from ..files import BEST_DIR, RUN_CONFIG_NAME, read_yaml
+from .devices import autocast_dtype, resolve_device, usable_cores
 
-PRECISIONS = ("auto", "no", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # a hint every unreadable-input error ends with: where the skip switch is in each entry point
 SKIP_HINT = "remove or replace it, or skip unreadable inputs (hftransfer predict without --strict; Python: skip_unreadable=True)"
 
@@ -120,45 +118,6 @@ class PredictionResult:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
-
-
-def default_device() -> torch.device:
-    """CUDA, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_device(device) -> torch.device:
-    """``device`` (None = ``default_device()``) as a ``torch.device``, with a one-line error if it is unusable."""
-    if device is None or device == "auto":
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise HFTransferError(f"unknown device '{device}': use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HFTransferError(f"device '{device}' asked for, but no CUDA GPU is usable here: use --device cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise HFTransferError(f"device '{device}' does not exist ({torch.cuda.device_count()} GPU(s)): use cuda:0 .. "
-                              f"cuda:{torch.cuda.device_count() - 1}")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise HFTransferError(f"device '{device}' asked for, but MPS is not available here: use --device cpu or auto")
-    return dev
-
-
-def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (``auto``/None: bf16 on CUDA GPUs that support it, like the
-    recipes' default; ``no``: none), or None for plain float32."""
-    if precision not in (None, *PRECISIONS):
-        raise HFTransferError(f"unknown mixed precision '{precision}': use one of {', '.join(PRECISIONS)}")
-    if precision in (None, "auto"):
-        bf16_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16_gpu and "ACCELERATE_MIXED_PRECISION" not in os.environ else None
-    return _AUTOCAST_DTYPES.get(precision)
 
 
 def default_batch_size(modality: str, device: torch.device) -> int:
@@ -256,7 +215,7 @@ def _decode_workers(num_workers: int | None, device: torch.device) -> int:
     """Decoding threads: on a small CPU-only machine one helper (the model needs the cores), else up to 4."""
     if num_workers is not None:
         return max(0, num_workers)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return min(4, cores) if device.type != "cpu" else min(4, max(1, cores // 2))
 
 

@@ -38,12 +38,23 @@ from pathlib import Path
 
 import torch
 
-from .factory import TextBackbone, TimmBackbone
 from ..errors import HFTransferError
-from .heads import HEADS, LinearHead
+from ..files import (
+    CONFIG_NAME,
+    HFTRANSFER_FORMAT,
+    IMAGE_PROCESSOR_NAME,
+    NATIVE_CONFIG_NAME,
+    REMOTE_CODE_FILES,
+    REMOTE_CODE_NAME,
+    WEIGHTS_NAME,
+    copy_file,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 from . import modeling_hftransfer
-from ..files import (CONFIG_NAME, HFTRANSFER_FORMAT, REMOTE_CODE_FILES, IMAGE_PROCESSOR_NAME, NATIVE_CONFIG_NAME, REMOTE_CODE_NAME, WEIGHTS_NAME,
-                        copy_file, read_json, save_safetensors, write_json)
+from .factory import TextBackbone, TimmBackbone
+from .heads import HEADS, LinearHead
 
 # modality -> (transformers auto class, the class of modeling_hftransfer.py it maps to)
 REMOTE_CODE_CLASSES = {"text": ("AutoModelForSequenceClassification", "HFTransferForSequenceClassification"),

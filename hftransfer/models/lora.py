@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbone import NORM_TYPES
 from ..errors import HFTransferError
 from ..files import ADAPTER_HEAD_NAME, ADAPTER_NORMS_NAME, save_safetensors
+from .norms import NORM_TYPES
 from .text_backbone import TextBackbone
 from .timm_backbone import TimmBackbone
 
@@ -275,8 +275,7 @@ def save_adapter_files(model, folder: Path) -> list[str]:
     for the bare inner module, so ``PeftModel.from_pretrained(base, folder, is_trainable=True)`` attaches them.
     """
     from peft.utils import CONFIG_NAME as PEFT_CONFIG_NAME
-    from peft.utils import SAFETENSORS_WEIGHTS_NAME
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     module = inner_module(model.backbone)

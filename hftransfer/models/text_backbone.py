@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbone import Backbone, LayerGroup, load_state_file
 from ..errors import HFTransferError
-from .modeling_hftransfer import POOLINGS, pool
-from .bundled import bundled_text_model_path
 from ..files import ENCODER_CONFIG_NAME, write_text
+from .backbone import Backbone, LayerGroup, load_state_file
+from .bundled import bundled_text_model_path
+from .modeling_hftransfer import POOLINGS, pool
 
 
 class TextBackbone(Backbone):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .backbone import Backbone, LayerGroup, group_name, load_state_file
 from ..errors import HFTransferError
+from .backbone import Backbone, LayerGroup, group_name, load_state_file
 from .bundled import bundled_timm_state_dict, has_bundled_timm_weights
 
 

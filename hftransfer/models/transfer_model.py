@@ -10,21 +10,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .factory import NORM_TYPES, Backbone, LayerGroup, backbone_from_config, create_backbone
 from ..errors import HFTransferError
+from ..files import ADAPTER_DIR, CONFIG_NAME, write_json
+from .factory import Backbone, LayerGroup, backbone_from_config, create_backbone
+from .heads import classification_loss, create_head
 from .layouts import load_weights, save_weights
 from .lora import LoraSpec, add_lora, base_backbone, load_adapter_files, merged_copy, save_adapter_files
 from .lora import record as lora_record
-from .heads import HEADS, classification_loss, create_head
-from ..files import ADAPTER_DIR, CONFIG_NAME, write_json
-
-# --bn_stats: which BatchNorm layers keep their pretrained running statistics while training
-BN_STATS_DESCRIPTIONS = {
-    "frozen": "BatchNorm layers of frozen groups keep their pretrained running statistics",
-    "all": "every BatchNorm layer keeps its pretrained running statistics (eval mode while training)",
-    "none": "BatchNorm running statistics update in every layer",
-}
-BN_STATS = tuple(BN_STATS_DESCRIPTIONS)
+from .norms import BN_STATS_DESCRIPTIONS, keep_bn_statistics
 
 
 @dataclass
@@ -45,8 +38,6 @@ class TransferModel(nn.Module):
     advice when fine-tuning on small data, where batch statistics are noisy and shifted by
     augmentation; ``"none"`` no layer (plain ``nn.Module`` behaviour).
     """
-
-    BN_STATS = BN_STATS
 
     def __init__(self, backbone: Backbone, head: nn.Module, id2label: dict[int, str], multi_label: bool = False,
                  label_smoothing: float = 0.0, head_config: dict | None = None):
@@ -108,10 +99,8 @@ class TransferModel(nn.Module):
 
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
-        if mode and self.bn_stats != "none":
-            for module in self.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and (self.bn_stats == "all" or _is_frozen(module)):
-                    module.eval()
+        if mode:
+            keep_bn_statistics(self, self.bn_stats)
         return self
 
     def describe_bn_stats(self) -> str:
@@ -270,11 +259,6 @@ class TransferModel(nn.Module):
         return result.predictions
 
 
-def _is_frozen(module: nn.Module) -> bool:
-    params = list(module.parameters(recurse=False))
-    return bool(params) and not any(p.requires_grad for p in params)
-
-
 def _head_config(head, head_kwargs: dict, module: nn.Module) -> dict:
     if isinstance(head, str):
         return {"type": head, **head_kwargs}
@@ -307,4 +291,4 @@ def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict
     return model
 
 
-__all__ = ["TransferModel", "TransferOutput", "create_transfer_model", "HEADS", "NORM_TYPES"]
+__all__ = ["TransferModel", "TransferOutput", "create_transfer_model"]

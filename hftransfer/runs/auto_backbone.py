@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ..config.options import AUTO_METRICS, RANDOM_PREFIX, TrainConfig
 from ..data.sources import load_data
 from ..errors import HFTransferError
-from ..config.options import AUTO_METRICS, RANDOM_PREFIX, TrainConfig
-from .rank import check_modalities, format_table, parse_candidate, score_candidates
 from ..files import FEATURE_CACHE_DIR
 from ..records import BackboneChoice
 from ..training.runtime import from_main_process
+from .rank import check_modalities, format_table, parse_candidate, score_candidates
 
 METRIC_NAMES = {"h_score": "H-score", "logme": "LogME"}
 

@@ -26,15 +26,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from ..config.options import RANDOM_PREFIX
 from ..data.sources import load_data
 from ..errors import HFTransferError
-from ..training.feature_cache import FeatureDataset, feature_cache_file, load_or_extract
-from ..training.loaders import available_cores, create_dataloaders
-from ..models.transfer_model import create_transfer_model
-from ..config.options import RANDOM_PREFIX
 from ..evaluation.report import new_figure, save_figure
-from ..files import write_json, write_text
 from ..evaluation.transferability import transferability_scores
+from ..files import write_json, write_text
+from ..models.devices import usable_cores
+from ..models.transfer_model import create_transfer_model
+from ..training.feature_cache import FeatureDataset, feature_cache_file, load_or_extract
+from ..training.loaders import create_dataloaders
 
 COLUMNS = ("rank", "candidate", "logme", "h_score", "feature_dim", "samples", "seconds", "features")
 
@@ -124,7 +125,7 @@ def rank_backbones(cfg) -> list[dict]:
     modality = check_modalities(candidates, _data_modality(cfg))
     accelerator = Accelerator()
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or available_cores())
+        torch.set_num_threads(cfg.num_threads or usable_cores())
     with accelerator.main_process_first():
         bundle = load_data(cfg.train_config(candidates[0].name, candidates[0].weights), modality)
     rows = score_candidates(accelerator, candidates, bundle, lambda c: cfg.train_config(c.name, c.weights))

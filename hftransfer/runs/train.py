@@ -6,17 +6,17 @@ lock and checkpoints), ``runtime`` (processes and stop signals).
 """
 from __future__ import annotations
 
-from .auto_backbone import choose_backbone
-from ..hub.card import write_model_card
-from ..training.checkpoint import RunLock, check_output_dir
 from ..config.options import AUTO_MODEL, TrainConfig
 from ..errors import HFTransferError
-from ..hub.push import push_output_dir
 from ..evaluation.report import write_report
+from ..hub.card import write_model_card
+from ..hub.push import push_output_dir
+from ..training.checkpoint import RunLock, check_output_dir
+from ..training.loop import fit
 from ..training.runtime import StopSignals, any_process, configure_threads, create_accelerator
+from .auto_backbone import choose_backbone
 from .scratch import compare_with_scratch
 from .source_only import compare_with_source_only
-from ..training.loop import fit
 
 
 def train(cfg: TrainConfig, modality: str) -> dict:

@@ -10,6 +10,7 @@ from ..models.lora import record as lora_record
 from ..records import Phase, RunDescription
 from ..version import __version__
 
+
 def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[str]) -> RunDescription:
     """The transfer recipe of a run about to train: phases, frozen groups, LRs, sizes, data, versions.
 

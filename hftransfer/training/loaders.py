@@ -6,7 +6,6 @@ when some epochs train on cached features, the loaders that extract and then ser
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..adaptation.methods import TARGET_PREFIX
 from ..data.sources import INDEX_COLUMN, DataBundle
+from ..models.devices import usable_cores
 from .feature_cache import FeatureDataset
 
 
@@ -201,12 +201,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (respects taskset / container CPU sets)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def default_num_workers() -> int:
     """Loader workers: leave most cores to the model on small machines, cap at 8 on big ones."""
-    cores = available_cores()
+    cores = usable_cores()
     return 0 if cores <= 2 else min(8, cores // 2)

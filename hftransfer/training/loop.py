@@ -19,27 +19,41 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..adaptation.methods import SELECTION_RULES, AdaptationMethod, DomainAdaptationModel, create_method, selection_score, target_scores
-from .describe import describe_run
-from .checkpoint import RunState, clear_earlier_run, holds_earlier_run, resume, save_checkpoint
-from ..config.parsing import save_config
-from ..config.options import TrainConfig
-from ..data.sources import INDEX_COLUMN, DataBundle, load_data, load_target_data
 from ..adaptation.domain_gap import domain_gap
+from ..adaptation.methods import (
+    SELECTION_RULES,
+    AdaptationMethod,
+    DomainAdaptationModel,
+    create_method,
+    selection_score,
+    target_scores,
+)
+from ..config import TrainConfig
+from ..config import save_config
+from ..data.sources import INDEX_COLUMN, DataBundle, load_data, load_target_data
 from ..errors import HFTransferError
+from ..evaluation.metrics import ClassificationMetrics
+from ..files import ADAPTER_DIR, BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, RUN_CONFIG_NAME, read_json
+from ..models.layouts import load_weights
+from ..models.lora import add_lora, load_adapter_files
+from ..models.transfer_model import TransferModel, create_transfer_model
+from ..records import BackboneChoice, DomainAdaptation, RunResults
+from ..tuning.regularizers import L2SP, decoupled_weight_decay_groups
+from ..tuning.strategies import LORA_STRATEGIES, Strategy, TransferScheduler, apply_trainable, param_groups
+from .checkpoint import RunState, clear_earlier_run, holds_earlier_run, resume, save_checkpoint
+from .describe import describe_run
 from .feature_cache import fill_feature_cache, uses_feature_cache
 from .loaders import Loaders, create_dataloaders
-from ..evaluation.metrics import ClassificationMetrics
-from ..models.transfer_model import TransferModel, create_transfer_model
-from ..tuning.regularizers import L2SP, decoupled_weight_decay_groups
 from .outputs import export_run, save_best_epoch
-from ..models.layouts import load_weights
-from ..files import ADAPTER_DIR, BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, RUN_CONFIG_NAME, read_json
-from ..records import BackboneChoice, DomainAdaptation, RunResults
-from .runtime import (RunInterrupted, StopSignals, check_ranks_in_sync, from_main_process, mean_over_processes, rewrap_ddp,
-                      step_seed)
-from ..tuning.strategies import LORA_STRATEGIES, Strategy, TransferScheduler, apply_trainable, param_groups
-from ..models.lora import add_lora, load_adapter_files
+from .runtime import (
+    RunInterrupted,
+    StopSignals,
+    check_ranks_in_sync,
+    from_main_process,
+    mean_over_processes,
+    rewrap_ddp,
+    step_seed,
+)
 from .tracking import RunLog, continue_tensorboard_after, hparams, init_kwargs
 
 

@@ -10,7 +10,19 @@ import shutil
 from pathlib import Path
 
 from ..errors import HFTransferError
-from ..files import ADAPTER_DIR, BEST_DIR, CONFIG_NAME, EVAL_RESULTS_NAME, PREDICTIONS_NAME, TEST_PREDICTIONS_NAME, atomic_dir, copy_file, read_json, write_json, write_jsonl
+from ..files import (
+    ADAPTER_DIR,
+    BEST_DIR,
+    CONFIG_NAME,
+    EVAL_RESULTS_NAME,
+    PREDICTIONS_NAME,
+    TEST_PREDICTIONS_NAME,
+    atomic_dir,
+    copy_file,
+    read_json,
+    write_json,
+    write_jsonl,
+)
 from ..records import BackboneChoice, EpochRecord, RunDescription, RunResults
 
 

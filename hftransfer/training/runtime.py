@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import ProjectConfiguration
 
-from .loaders import available_cores
+from ..models.devices import default_precision, usable_cores
 from .tracking import log_with, logging_dir
 
 
@@ -25,10 +25,9 @@ def create_accelerator(cfg) -> Accelerator:
     if trackers:  # the logging dir is also accelerate's check that directory-based trackers (aim) have one
         kwargs["log_with"] = trackers
         kwargs["project_config"] = ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(logging_dir(cfg)))
-    if cfg.mixed_precision:
-        kwargs["mixed_precision"] = cfg.mixed_precision
-    elif "ACCELERATE_MIXED_PRECISION" not in os.environ and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        kwargs["mixed_precision"] = "bf16"  # free speed on GPUs with bf16; on CPUs without it bf16 is slower
+    precision = cfg.mixed_precision or default_precision("cuda" if torch.cuda.is_available() else "cpu")
+    if precision:
+        kwargs["mixed_precision"] = precision
     if cfg.torch_compile:
         kwargs["dynamo_backend"] = "inductor"
     return Accelerator(
@@ -45,7 +44,7 @@ def configure_threads(num_threads: int | None, accelerator: Accelerator) -> int:
     if accelerator.device.type != "cpu":
         return torch.get_num_threads()
     local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    threads = num_threads or max(1, available_cores() // max(1, local_procs))
+    threads = num_threads or max(1, usable_cores() // max(1, local_procs))
     torch.set_num_threads(threads)
     return threads
 

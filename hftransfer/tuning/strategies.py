@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..models.factory import NORM_TYPES
 from ..errors import HFTransferError
 from ..models.lora import is_lora_parameter
+from ..models.norms import NORM_TYPES
 
 # what each strategy does, in the words logs, model cards and the README use
 DESCRIPTIONS = {
