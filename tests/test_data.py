@@ -6,16 +6,16 @@ from builders import make_image_folder, make_text_file
 
 from hftransfer import HFTransferError
 from hftransfer.data.preprocessing import decode_images
-from hftransfer.data.sources import INDEX_COLUMN, load_raw_splits, prepare_splits
+from hftransfer.data import INDEX_COLUMN, DataSource, load_raw_splits, prepare_splits
 
 
 def text_bundle(train, val=None, **kw):
-    raw = load_raw_splits("text", train_file=str(train), validation_file=str(val) if val else None)
+    raw = load_raw_splits("text", DataSource(train_file=str(train), validation_file=str(val) if val else None))
     return prepare_splits(raw, kw.pop("input_column", "text"), kw.pop("label_column", "label"), **kw)
 
 
 def test_image_folder_labels_from_subfolders(image_data):
-    raw = load_raw_splits("image", train_dir=str(image_data["train"]), validation_dir=str(image_data["val"]))
+    raw = load_raw_splits("image", DataSource(train_dir=str(image_data["train"]), validation_dir=str(image_data["val"])))
     bundle = prepare_splits(raw, "image", "label")
     assert bundle.id2label == {0: "cats", 1: "dogs"}
     assert not bundle.multi_label
@@ -71,7 +71,7 @@ def test_validation_label_unseen_in_training(tmp_path, text_data):
 def test_validation_class_folder_unseen_in_training(tmp_path):
     make_image_folder(tmp_path / "train", classes=("a", "b"), per_class=2)
     make_image_folder(tmp_path / "val", classes=("a", "b", "c"), per_class=2)
-    raw = load_raw_splits("image", train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    raw = load_raw_splits("image", DataSource(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val")))
     with pytest.raises(HFTransferError, match="validation label.*c never occur"):
         prepare_splits(raw, "image", "label")
 
@@ -80,7 +80,7 @@ def test_validation_class_folder_unseen_in_training(tmp_path):
 def test_corrupt_or_non_image_file_is_named(tmp_path, content):
     make_image_folder(tmp_path / "train", per_class=2)
     (tmp_path / "train" / "cats" / "broken.png").write_bytes(content)
-    raw = load_raw_splits("image", train_dir=str(tmp_path / "train"))
+    raw = load_raw_splits("image", DataSource(train_dir=str(tmp_path / "train")))
     bundle = prepare_splits(raw, "image", "label", validation_fraction=0.2)
     with pytest.raises(HFTransferError, match=r"cannot read image '.*broken.png'.*remove or replace"):
         decode_images(bundle.train, "image")
@@ -93,13 +93,13 @@ def test_corrupt_or_non_image_file_is_named(tmp_path, content):
 ])
 def test_bad_image_paths(kwargs, match):
     with pytest.raises(HFTransferError, match=match):
-        load_raw_splits("image", **kwargs)
+        load_raw_splits("image", DataSource(**kwargs))
 
 
 def test_unsupported_text_file(tmp_path):
     (tmp_path / "t.parquetx").write_text("x")
     with pytest.raises(HFTransferError, match="unsupported text file type"):
-        load_raw_splits("text", train_file=str(tmp_path / "t.parquetx"))
+        load_raw_splits("text", DataSource(train_file=str(tmp_path / "t.parquetx")))
 
 
 def test_decode_images_shrinks_once_and_keeps_small_images(tmp_path):
@@ -108,7 +108,7 @@ def test_decode_images_shrinks_once_and_keeps_small_images(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     Image.new("RGB", (640, 480), (200, 10, 10)).save(tmp_path / "train" / "a" / "big.jpg")
     Image.new("L", (40, 30), 128).save(tmp_path / "train" / "a" / "small.png")
-    raw = load_raw_splits("image", train_dir=str(tmp_path / "train"))
+    raw = load_raw_splits("image", DataSource(train_dir=str(tmp_path / "train")))
     decoded = decode_images(raw["train"], "image", shorter_side=256)
     sizes = sorted(im.size for im in decoded["image"])
     assert sizes == [(40, 30), (341, 256)]

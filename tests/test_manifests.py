@@ -13,7 +13,7 @@ from PIL import Image
 from hftransfer import HFTransferError, TransferModel, cli
 from hftransfer.config import TrainConfig
 from hftransfer.data.preprocessing import collate_images, decode_images
-from hftransfer.data.sources import load_raw_splits, prepare_splits
+from hftransfer.data import DataSource, load_raw_splits, prepare_splits
 
 # row i: image i (brightness by the first label), its labels; "dog" co-occurs with both
 ROWS = [["cat"], ["cat", "dog"], ["bird"], ["bird", "dog"], ["cat"], ["bird", "dog"], ["cat", "dog"], ["bird"]]
@@ -50,8 +50,9 @@ def multi_label_csv(tmp_path):
 
 
 def image_bundle(train, val=None, test=None, **kw):
-    raw = load_raw_splits("image", train_file=str(train), validation_file=str(val) if val else None,
-                          test_file=str(test) if test else None, image_column=kw.pop("image_column", "image"),
+    source = DataSource(train_file=str(train), validation_file=str(val) if val else None,
+                        test_file=str(test) if test else None)
+    raw = load_raw_splits("image", source, image_column=kw.pop("image_column", "image"),
                           label_column=kw.pop("label_column", "label"))
     return prepare_splits(raw, "image", "label", **kw)
 
@@ -107,9 +108,9 @@ def test_parquet_manifest_with_bytes_and_with_datasets_image_records(tmp_path):
                                       features=datasets.Features({"picture": datasets.Image(),
                                                                   "tags": datasets.List(datasets.Value("string"))}))
     test.to_parquet(tmp_path / "test.parquet")
-    raw = load_raw_splits("image", train_file=str(tmp_path / "train.parquet"),
-                          validation_file=str(tmp_path / "val.parquet"), test_file=str(tmp_path / "test.parquet"),
-                          image_column="picture", label_column="tags")
+    source = DataSource(train_file=str(tmp_path / "train.parquet"), validation_file=str(tmp_path / "val.parquet"),
+                        test_file=str(tmp_path / "test.parquet"))
+    raw = load_raw_splits("image", source, image_column="picture", label_column="tags")
     bundle = prepare_splits(raw, "picture", "tags")
     assert bundle.multi_label and bundle.id2label == {0: "bird", 1: "cat", 2: "dog"}
     assert isinstance(bundle.train.features["picture"], datasets.Image)
@@ -159,7 +160,7 @@ def test_a_manifest_and_an_image_folder_in_one_run_are_refused(tmp_path):
     (tmp_path / "val_dir" / "cat").mkdir(parents=True)
     message = r"--train_file \(manifest\) and --validation_dir \(image folder\) mix two kinds of input"
     with pytest.raises(HFTransferError, match=message):
-        load_raw_splits("image", train_file=str(train), validation_dir=str(tmp_path / "val_dir"))
+        load_raw_splits("image", DataSource(train_file=str(train), validation_dir=str(tmp_path / "val_dir")))
     with pytest.raises(HFTransferError, match=message):
         TrainConfig(model_name_or_path="test_efficientnet", train_file=str(train),
                     validation_dir=str(tmp_path / "val_dir")).validate()
@@ -185,7 +186,7 @@ def test_save_to_disk_folders_load_as_dataset_name_with_their_label_names(tmp_pa
     datasets.DatasetDict({"train": split(range(6)), "validation": split([6, 7])}).save_to_disk(tmp_path / "saved_dict")
     for i in range(len(images)):
         images[i].unlink()  # save_to_disk embedded the bytes: the folder stands alone
-    raw = load_raw_splits("image", dataset_name=str(tmp_path / "saved_dict"))
+    raw = load_raw_splits("image", DataSource(dataset_name=str(tmp_path / "saved_dict")))
     bundle = prepare_splits(raw, "image", "label")
     assert bundle.id2label == {0: "bird", 1: "cat"}  # ClassLabel names kept, the one training never shows dropped
     assert len(bundle.train) == 6 and len(bundle.eval) == 2
@@ -193,12 +194,12 @@ def test_save_to_disk_folders_load_as_dataset_name_with_their_label_names(tmp_pa
 
     text = datasets.load_dataset("csv", data_files=str(make_text_file(tmp_path / "t.csv")))["train"]
     text.save_to_disk(tmp_path / "saved_text")  # a single Dataset: the train split
-    bundle = prepare_splits(load_raw_splits("text", dataset_name=str(tmp_path / "saved_text")), "text", "label",
+    bundle = prepare_splits(load_raw_splits("text", DataSource(dataset_name=str(tmp_path / "saved_text"))), "text", "label",
                             validation_fraction=0.25)
     assert bundle.id2label == {0: "neg", 1: "pos"}
     assert len(bundle.train) == 18 and len(bundle.eval) == 6
     with pytest.raises(HFTransferError, match="--dataset_config_name 'plain' does not apply to .*save_to_disk"):
-        load_raw_splits("text", dataset_name=str(tmp_path / "saved_text"), dataset_config_name="plain")
+        load_raw_splits("text", DataSource(dataset_name=str(tmp_path / "saved_text"), dataset_config_name="plain"))
 
 
 def test_a_multi_label_image_run_from_a_csv_manifest_trains_and_exports(tmp_path):

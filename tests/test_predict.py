@@ -31,7 +31,7 @@ from builders import (
 from hftransfer import HFTransferError, TransferModel, cli, create_transfer_model
 from hftransfer.cli.predict import run
 from hftransfer.config import TrainConfig
-from hftransfer.data.sources import load_data
+from hftransfer.training.inputs import load_data
 from hftransfer.files import read_yaml
 from hftransfer.models.inference import InferenceSettings, to_predictions
 

@@ -9,7 +9,7 @@ from huggingface_hub import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hftransfer import HFTransferError, cli
-from hftransfer.data.sources import load_raw_splits, prepare_splits
+from hftransfer.data import DataSource, load_raw_splits, prepare_splits
 
 
 def text_run(out, tiny_bert, train, val, *extra):
@@ -55,7 +55,7 @@ def test_do_predict_without_a_test_split_is_one_line(tmp_path, tiny_bert, text_d
 def test_a_test_label_never_seen_in_training_is_refused(tmp_path):
     train = make_text_file(tmp_path / "train.csv")
     (tmp_path / "test.csv").write_text("text,label\ngood movie,pos\nodd film,weird\n")
-    raw = load_raw_splits("text", train_file=str(train), test_file=str(tmp_path / "test.csv"))
+    raw = load_raw_splits("text", DataSource(train_file=str(train), test_file=str(tmp_path / "test.csv")))
     with pytest.raises(HFTransferError, match="test label.s. weird never occur in the training data"):
         prepare_splits(raw, "text", "label", 0.2)
 
@@ -63,7 +63,7 @@ def test_a_test_label_never_seen_in_training_is_refused(tmp_path):
 def test_test_split_rows_are_encoded_like_training(tmp_path):
     train = make_text_file(tmp_path / "train.csv")
     test = make_text_file(tmp_path / "test.csv", n=6, seed=3)
-    bundle = prepare_splits(load_raw_splits("text", train_file=str(train), test_file=str(test)), "text", "label", 0.2)
+    bundle = prepare_splits(load_raw_splits("text", DataSource(train_file=str(train), test_file=str(test))), "text", "label", 0.2)
     assert len(bundle.test) == 6
     assert bundle.test["labels"] == [0, 1, 0, 1, 0, 1]  # neg, pos alternate; ids as in training
     assert json.dumps(bundle.id2label) == '{"0": "neg", "1": "pos"}'

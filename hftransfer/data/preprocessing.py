@@ -17,7 +17,7 @@ import datasets
 import torch
 
 from ..errors import HFTransferError
-from .sources import INDEX_COLUMN
+from .splits import INDEX_COLUMN
 
 
 @dataclass(frozen=True)

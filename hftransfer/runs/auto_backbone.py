@@ -24,7 +24,7 @@ import dataclasses
 from pathlib import Path
 
 from ..config.options import AUTO_METRICS, RANDOM_PREFIX, TrainConfig
-from ..data.sources import load_data
+from ..training.inputs import load_data
 from ..errors import HFTransferError
 from ..files import FEATURE_CACHE_DIR
 from ..records import BackboneChoice

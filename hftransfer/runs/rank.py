@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config.options import RANDOM_PREFIX
-from ..data.sources import load_data
+from ..training.inputs import load_data
 from ..errors import HFTransferError
 from ..evaluation.report import new_figure, save_figure
 from ..evaluation.transferability import transferability_scores

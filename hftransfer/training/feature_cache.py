@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..data.sources import INDEX_COLUMN
+from ..data import INDEX_COLUMN
 from ..files import save_safetensors
 
 

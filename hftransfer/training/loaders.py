@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..adaptation.methods import TARGET_PREFIX
-from ..data.sources import INDEX_COLUMN, DataBundle
+from ..data import INDEX_COLUMN, DataBundle
 from ..models.devices import usable_cores
 from .feature_cache import FeatureDataset
 

@@ -30,7 +30,8 @@ from ..adaptation.methods import (
 )
 from ..config import TrainConfig
 from ..config import save_config
-from ..data.sources import INDEX_COLUMN, DataBundle, load_data, load_target_data
+from ..data import INDEX_COLUMN, DataBundle
+from .inputs import load_data, load_target_data
 from ..errors import HFTransferError
 from ..evaluation.metrics import ClassificationMetrics
 from ..files import ADAPTER_DIR, BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, RUN_CONFIG_NAME, read_json
