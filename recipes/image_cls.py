@@ -5,7 +5,9 @@
     python recipes/image_cls.py --config my.yaml --learning_rate 3e-4
 
 With no data flags it fine-tunes ImageNet-pretrained tf_efficientnet_lite0 (offline weights) on the
-bundled ants/bees images; see configs/image_cls.yaml for every default and --help for all flags.
+bundled ants/bees images; configs/image_cls.yaml holds that job and the recipe's
+defaults, and --help lists the common and image flags with the defaults that run (the YAML's,
+where it sets one).
 """
 from pathlib import Path
 

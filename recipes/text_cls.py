@@ -5,7 +5,9 @@
     python recipes/text_cls.py --model_name_or_path bert-base-uncased --dataset_name rotten_tomatoes
 
 With no data flags it fine-tunes all-MiniLM-L6-v2 (offline weights) on the bundled rotten-tomatoes
-sentences; see configs/text_cls.yaml for every default and --help for all flags.
+sentences; configs/text_cls.yaml holds that job and the recipe's
+defaults, and --help lists the common and text flags with the defaults that run (the YAML's,
+where it sets one).
 """
 from pathlib import Path
 

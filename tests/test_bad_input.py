@@ -1,8 +1,10 @@
 """The bad-input matrix: every mistake a user can make ends as exit 2 with exactly one ``error:`` line,
 no traceback, and an earlier run in the same output_dir untouched (even with --overwrite_output_dir).
 
-The recipes and ``hftransfer rank`` run in this process (``cli.run_recipe`` / ``cli.main``, what the
-scripts call), so the matrix stays fast; test_recipes.py checks the same path in fresh interpreters.
+The recipes, ``hftransfer rank`` and ``hftransfer predict`` run in this process (``cli.run_recipe`` /
+``cli.main``, what the scripts call), so the matrix stays fast; test_recipes.py checks the same path in
+fresh interpreters. ``--push_to_hub`` targets that cannot work (no token, a wrong one, an unreachable
+Hub) are refused before the first training step, against the loopback Hub of hub_fixtures.py.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from builders import IMAGE_TINY, ROOT, make_image_folder, make_text_file
+from builders import IMAGE_TINY, ROOT, image_model, make_image_folder, make_text_file, noise_image, text_model
 
 from hftransfer import cli
 from hftransfer.training.checkpoint import RunLock
@@ -212,3 +214,91 @@ def test_overwrite_replaces_the_earlier_run_once_data_and_model_loaded(files, ea
     assert json.loads((earlier_run / "all_results.json").read_text())["epochs"] == 1
     assert (earlier_run / "model.safetensors").read_bytes() != EARLIER["model.safetensors"].encode()
     assert not (earlier_run / "hftransfer.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------- hftransfer predict
+@pytest.fixture(scope="module")
+def predict_files(tmp_path_factory, tiny_bert) -> dict:
+    """Tiny saved models of each modality, and inputs each of them cannot read."""
+    root = tmp_path_factory.mktemp("predict")
+    image_model().save_pretrained(root / "image_model")
+    text_model(tiny_bert).save_pretrained(root / "text_model")
+    photos = make_image_folder(root / "photos", per_class=2)  # 4 PNGs ...
+    (photos / "notes.txt").write_text("a stray note that is not a text to label\n")  # ... and one stray text file
+    (root / "texts").mkdir()
+    (root / "texts" / "a.txt").write_text("good\nbad\n")
+    (root / "texts" / "b.csv").write_text("text\nfine\n")
+    (root / "t.txt").write_text("the movie was good\n")
+    (root / "t.csv").write_text("text,label\nawful,neg\n")
+    (root / "t.jsonl").write_text('{"text": "superb"}\n')
+    (root / "sentence.csv").write_text("sentence,label\ngood,pos\nbad,neg\n")
+    (root / "empty.csv").write_text("text,label\n,pos\n  ,neg\n")
+    (root / "broken.jpg").write_bytes(b"not an image")
+    noise_image(1).save(root / "ok.png")
+    names = ("image_model", "text_model", "photos", "texts", "t.txt", "t.csv", "t.jsonl", "sentence.csv", "empty.csv",
+             "broken.jpg", "ok.png")
+    return {name.replace(".", "_"): str(root / name) for name in names}  # {t_txt}: format() reads a dot as .attr
+
+
+PREDICT_CASES = [  # (model, INPUTs and flags, words the error line must contain)
+    ("image_model", ["{t_txt}"], "t.txt is a text file, not an image: this image model reads image files, folders"),
+    ("image_model", ["{t_csv}", "{t_jsonl}"], "t.csv is a text file, not an image (1 other input(s) skipped too)"),
+    ("image_model", ["{texts}"], "texts is a folder of 2 text file(s), not images: this image model reads image"),
+    ("image_model", ["{t_txt}", "{broken_jpg}"], "t.txt is a text file, not an image (1 other input(s) skipped too)"),
+    ("image_model", ["{ok_png}", "{t_txt}", "--strict"], "t.txt is a text file, not an image"),
+    ("image_model", ["{broken_jpg}"], "broken.jpg could not be read (UnidentifiedImageError"),
+    ("text_model", ["{photos}"], ("photos is a folder of 4 image file(s) and 1 text file(s), not texts: this text "
+                                  "model reads CSV/TSV/JSONL/JSON/TXT files or - (stdin)")),
+    ("text_model", ["{ok_png}"], "ok.png is an image file, not text: this text model reads CSV/TSV/JSONL/JSON/TXT"),
+    ("text_model", ["{sentence_csv}"], "sentence.csv has no column 'text' (columns: sentence, label): pass --text_col"),
+    ("text_model", ["{sentence_csv}", "{sentence_csv}"], "none of the 2 inputs could be read, e.g. "),
+    ("text_model", ["{empty_csv}"], "none of the 2 inputs could be read, e.g. "),
+    ("text_model", ["{empty_csv}", "{ok_png}"], "ok.png is an image file, not text (2 other input(s) skipped too)"),
+]
+
+
+@pytest.mark.parametrize("model,argv,match", PREDICT_CASES, ids=[" ".join(c[1]) + " " + c[0] for c in PREDICT_CASES])
+def test_predict_refuses_what_the_model_cannot_read(model, argv, match, predict_files, tmp_path, capsys):
+    out = tmp_path / "preds.jsonl"
+    fails_with_one_line(cli.main, ["predict", predict_files[model], *_fill(argv, predict_files), "--output", out],
+                        capsys, match)
+    assert not out.exists()  # nothing written, and never "predicted 0 ..." with exit 0
+
+
+def test_predict_keeps_mixed_inputs_and_lists_the_other_modality(predict_files, capsys):
+    cli.main(["predict", predict_files["image_model"], predict_files["ok_png"], predict_files["t_txt"]])
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["input"] for line in out.splitlines()] == [predict_files["ok_png"]]
+    assert "skipped 1 of 2 input(s)" in err and f"  {predict_files['t_txt']} is a text file, not an image" in err
+    assert "predicted 1 image input(s)" in err and "error:" not in err
+    cli.main(["predict", predict_files["text_model"], predict_files["t_csv"], predict_files["photos"]])
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["input"] for line in out.splitlines()] == ["awful"]
+    assert f"  {predict_files['photos']} is a folder of 4 image file(s)" in err and "predicted 1 text" in err
+
+
+# ---------------------------------------------------------------------------------------------- --push_to_hub
+PUSH_CASES = [  # (what breaks the Hub, extra flags, words the error line must contain)
+    ("no token", ["--hub_model_id", "user/x"], "no Hugging Face token: set HF_TOKEN"),
+    ("wrong token", ["--hub_model_id", "user/x"], "rejected the token (401 Unauthorized) while trying to create"),
+    ("wrong token", [], "rejected the token (401 Unauthorized) while trying to look up your user name"),
+    ("down", ["--hub_model_id", "user/x"], "cannot reach the Hub at"),
+    ("up", ["--hub_model_id", "not a repo id"], "'not a repo id' is not a valid Hub repo id"),
+    ("up", ["--hub_model_id", "user/x", "--hub_revision", "dev", "--hub_create_pr"], "pull request against main"),
+]
+
+
+@pytest.mark.parametrize("hub_state,extra,match", PUSH_CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in PUSH_CASES])
+def test_push_to_hub_fails_before_training(hub_state, extra, match, hub, files, earlier_run, monkeypatch, capsys):
+    if hub_state == "no token":
+        monkeypatch.delenv("HF_TOKEN")
+    elif hub_state == "wrong token":
+        hub.server.require_token = "hf_a_token_this_user_does_not_have"
+    elif hub_state == "down":
+        hub.server.stop()
+    argv = [*IMAGE_TINY, "--train_dir", files["train"], "--validation_dir", files["val"], "--output_dir", earlier_run,
+            "--overwrite_output_dir", "--push_to_hub", *extra]
+    line = fails_with_one_line(recipe("image"), argv, capsys, match)
+    assert "push it again" not in line  # nothing was trained: there is nothing to push again
+    assert_untouched(earlier_run)  # no epoch, no checkpoint, no best_model/: the earlier run is as it was
+    assert ("model", "user/x") not in hub.server.repos

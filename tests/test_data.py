@@ -5,8 +5,8 @@ import pytest
 from builders import make_image_folder, make_text_file
 
 from hftransfer import HFTransferError
-from hftransfer.data.preprocessing import decode_images
 from hftransfer.data import INDEX_COLUMN, DataSource, load_raw_splits, prepare_splits
+from hftransfer.data.preprocessing import decode_images
 
 
 def text_bundle(train, val=None, **kw):

@@ -184,7 +184,7 @@ def test_lora_strategy_without_adapters_is_refused():
 
 
 def test_readme_and_description_of_lora():
-    assert Strategy("lora", 3, lora_r=4, lora_alpha=8.0).description().startswith(
+    assert Strategy("lora", 3).description(lora_r=4, lora_alpha=8.0).startswith(
         "low-rank adapters (LoRA, rank 4, alpha 8)")
 
 

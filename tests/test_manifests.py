@@ -12,8 +12,8 @@ from PIL import Image
 
 from hftransfer import HFTransferError, TransferModel, cli
 from hftransfer.config import TrainConfig
-from hftransfer.data.preprocessing import collate_images, decode_images
 from hftransfer.data import DataSource, load_raw_splits, prepare_splits
+from hftransfer.data.preprocessing import collate_images, decode_images
 
 # row i: image i (brightness by the first label), its labels; "dog" co-occurs with both
 ROWS = [["cat"], ["cat", "dog"], ["bird"], ["bird", "dog"], ["cat"], ["bird", "dog"], ["cat", "dog"], ["bird"]]

@@ -31,9 +31,10 @@ from builders import (
 from hftransfer import HFTransferError, TransferModel, cli, create_transfer_model
 from hftransfer.cli.predict import run
 from hftransfer.config import TrainConfig
-from hftransfer.training.inputs import load_data
 from hftransfer.files import read_yaml
-from hftransfer.models.inference import InferenceSettings, to_predictions
+from hftransfer.models.inference import InferenceSettings
+from hftransfer.models.predictions import to_predictions
+from hftransfer.training.inputs import load_data
 
 MULTI_LABELS = {0: "action", 1: "comedy", 2: "drama"}
 

@@ -3,7 +3,8 @@
 A pushed model is loaded back in a fresh Python process in which hftransfer cannot be imported,
 with plain timm, AutoModelFor... and pipeline, and compared logit for logit with hftransfer. Also:
 branches (revision), pull requests, a no-op re-push, the failure cases (401, 404, server down, no
-token) and the recipes' --push_to_hub flags end to end.
+token), the start-up check of --push_to_hub (``check_push_target``), a plain folder push that knows no
+model, and the recipes' --push_to_hub flags end to end.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from builders import (
     TEXT_LABELS,
     TEXTS,
     ScaledHead,
+    image_args,
     image_data_args,
     image_model,
     logits_of,
@@ -37,7 +39,7 @@ from huggingface_hub import metadata_load
 
 from hftransfer import HFTransferError, TransferModel
 from hftransfer.data.preprocessing import image_transforms
-from hftransfer.hub.push import main, push_output_dir
+from hftransfer.hub.push import check_push_target, main, push_folder, push_output_dir
 
 
 def _env(hub) -> dict:
@@ -324,19 +326,100 @@ def test_image_recipe_pushes_the_run_with_its_card(hub, tmp_path, image_data):
 
 @pytest.mark.integration
 def test_text_recipe_push_failure_exits_nonzero_with_one_line_and_a_complete_output_dir(hub, tmp_path, tiny_bert,
-                                                                                        text_data):
+                                                                                        text_data, monkeypatch):
+    """The start-up check passes (token and repo are fine), the final commit is refused: the run is kept whole."""
     out = tmp_path / "run"
-    hub.server.require_token = "hf_a_token_this_user_does_not_have"
+
+    def denied(*args, **kwargs):
+        raise HubError(403, "You don't have the rights to write to this repo", "Forbidden")
+
+    monkeypatch.setattr(hub.server, "_commit", denied)  # the server runs in this process, the recipe in another
     proc = _recipe("text_cls.py", ["--model_name_or_path", str(tiny_bert), "--weights", "pretrained", "--pooling", "pooler",
                                    "--train_file", str(text_data["train"]), "--validation_file", str(text_data["val"]),
                                    "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--max_seq_length", "16",
                                    "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/txt"], hub)
-    assert proc.returncode != 0, "the push should have failed with 401: is --push_to_hub wired?"
+    assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
-    assert "401" in errors[0], proc.stderr[-3000:]
+    assert "403" in errors[0] and f"python -m hftransfer.hub {out} --hub_model_id user/txt" in errors[0], errors[0]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert {"model.safetensors", "config.json", "hftransfer_config.json", "tokenizer.json", "all_results.json",
             "config.yaml", "README.md"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "hftransfer_config.json").read_text())["weights_format"] == "transformers"
     _assert_no_token(hub, proc.stdout, proc.stderr, folder=out)
+
+
+@pytest.mark.integration
+def test_a_recipe_with_a_wrong_token_fails_before_training_in_a_fresh_interpreter(hub, tmp_path, image_data):
+    out = tmp_path / "run"
+    hub.server.require_token = "hf_a_token_this_user_does_not_have"
+    proc = _recipe("image_cls.py", [*IMAGE_TINY_MODEL, *image_data_args(image_data, out), "--num_train_epochs", "1",
+                                    "--push_to_hub", "--hub_model_id", "user/x"], hub)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "401" in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (out / "best_model").exists() and not (out / "model.safetensors").exists()  # not one step was taken
+    assert "epoch" not in proc.stdout.lower()
+    assert hub.server.requests_to("POST", "/commit/") == []
+    _assert_no_token(hub, proc.stdout, proc.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- the start-up check
+def test_check_push_target_resolves_the_repo_and_creates_it_without_committing(hub):
+    assert check_push_target(None, True, None, False, output_dir_name="my-run") == "user/my-run"  # whoami
+    assert hub.server.repo("user/my-run").private
+    assert check_push_target("user/named", False, "dev", False, output_dir_name="ignored") == "user/named"
+    assert ("model", "user/named") in hub.server.repos
+    assert hub.server.requests_to("POST", "/commit/") == []
+    assert "dev" not in hub.server.repo("user/named").branches  # the branch is made when the run is pushed
+    assert check_push_target("user/named", False, None, False, output_dir_name="x") == "user/named"  # exists: fine
+
+
+def test_check_push_target_failures_are_one_line(hub, monkeypatch):
+    with pytest.raises(HFTransferError, match="pull request against main"):
+        check_push_target("user/x", False, "dev", True, output_dir_name="x")
+    hub.server.require_token = "hf_some_other_token"
+    with pytest.raises(HFTransferError) as err:
+        check_push_target("user/x", False, None, False, output_dir_name="x")
+    assert "push it again" not in _assert_one_line(err, hub, "401", "HF_TOKEN", "create 'user/x'")
+    with pytest.raises(HFTransferError) as err:
+        check_push_target(None, False, None, False, output_dir_name="x")
+    _assert_one_line(err, hub, "401", "look up your user name")
+    hub.server.require_token = None
+    hub.server.stop()
+    with pytest.raises(HFTransferError) as err:
+        check_push_target("user/x", False, None, False, output_dir_name="x")
+    _assert_one_line(err, hub, "cannot reach the Hub", hub.url)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HFTransferError, match="no Hugging Face token"):
+        check_push_target("user/x", False, None, False, output_dir_name="x")
+
+
+def test_a_recipe_pushes_to_the_default_repo_its_card_names(hub, tmp_path, image_data):
+    from hftransfer import cli
+
+    out = tmp_path / "pets-run"
+    argv = image_args(image_data, out, "--num_train_epochs", "1", "--strategy", "linear_probe", "--checkpointing_steps",
+                      "no", "--push_to_hub")
+    cli.run_recipe("image", ROOT / "recipes" / "configs" / "image_cls.yaml", list(map(str, argv)))
+    files = _repo_files(hub, "user/pets-run")  # <whoami>/<output_dir name>, resolved before training
+    assert files["README.md"] == (out / "README.md").read_bytes()
+    assert 'hf-hub:user/pets-run"' in files["README.md"].decode()
+
+
+# ---------------------------------------------------------------------------------------------- a plain folder
+def test_push_folder_uploads_a_folder_as_it_is(hub, tmp_path):
+    folder = tmp_path / "anything"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# a card\n")
+    (folder / "weights.bin").write_bytes(b"\0" * 64)
+    url = push_folder(folder, "user/plain", revision="dev")
+    assert url.startswith(f"{hub.url}/user/plain/commit/")
+    assert set(_repo_files(hub, "user/plain", "dev")) >= {"README.md", "weights.bin"}
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "weights.bin"]  # no card or model written here
+
+
+def test_importing_the_push_module_loads_no_torch():
+    code = "import sys, hftransfer.hub.push, hftransfer.hub.errors; print('torch' in sys.modules)"
+    proc = run_python("-c", code)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]

@@ -16,13 +16,16 @@ def run_recipe(modality: str, default_config: str | Path, argv: list[str] | None
     """Parse flags over the recipe's embedded default job, train, and turn user errors into one line.
 
     The default job's data (e.g. the bundled ants/bees images) is used only when the user names no
-    data of their own; its model and hyper-parameters stay the defaults either way.
+    data of their own; its model and hyper-parameters stay the defaults either way. The parser takes
+    the common options and ``modality``'s, and its --help shows these defaults as the YAML's.
     """
     from ..runs.train import train
 
     show_progress_messages()
+    default_config = Path(default_config)
     with exit_on_user_error():
-        cfg = load_config(argv, read_config_file(str(default_config)), description=description)
+        cfg = load_config(argv, read_config_file(str(default_config)), description=description, modality=modality,
+                          defaults_source=f"{default_config.parent.name}/{default_config.name}")
         return train(cfg, modality)
 
 

@@ -14,9 +14,12 @@ INPUT, by the model's modality:
 
 An INPUT that matches nothing is refused before the model loads. An input that cannot be read (a
 corrupt or non-image file, an empty text cell, a broken JSON line, a file in an undetectable
-encoding) is **skipped**: the run goes on, and at the end prints on stderr how many were skipped and
-which, with the reason. ``--strict`` refuses instead: one ``error:`` line naming the first such
-input, exit status 2, nothing written.
+encoding, a table without the text column) or that is of the other modality (a text file given to
+an image model, a folder of images given to a text model) is **skipped**: the run goes on, and at
+the end prints on stderr how many were skipped and which, with the reason. ``--strict`` refuses
+instead: one ``error:`` line naming the first such input, exit status 2, nothing written. When no
+input is left to predict, the run is refused the same way (one line, exit 2): it never reports
+success for nothing. Input expansion and reading live in ``inputs``.
 
 Output: ``--output preds.jsonl`` or ``preds.csv`` (columns ``input, label, score, top_k``), else JSON
 Lines on stdout (the progress bar and messages go to stderr). See ``inference.to_predictions`` for
@@ -28,7 +31,6 @@ import argparse
 import contextlib
 import csv
 import glob
-import io
 import json
 import logging
 import sys
@@ -36,17 +38,14 @@ import time
 from pathlib import Path
 
 from ..config import UsageErrorParser
-from ..data.text_files import decode
 from ..errors import ConsoleHandler, HFTransferError
 from ..files import RUN_CONFIG_NAME, atomic_path
 from ..models.devices import PRECISIONS
 from ..models.inference import InferenceSettings, Skipped, predict
+from .inputs import expand_inputs, nothing_to_predict, read_texts
 
 DESCRIPTION = "label images or texts with a trained hftransfer model (an output folder or a Hub repo id)"
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-JSON_SUFFIXES = (".jsonl", ".json")
-TEXT_FILE_SUFFIXES = (*TABLE_SUFFIXES, *JSON_SUFFIXES, ".txt")
 SHOWN_SKIPPED = 50  # stderr lists this many skipped inputs, then a count of the rest
 
 
@@ -134,128 +133,6 @@ def _hub_settings(repo_id: str, revision: str | None) -> InferenceSettings:
         return InferenceSettings()
 
 
-# ---- inputs -----------------------------------------------------------------------------------------
-def _image_suffixes() -> set[str]:
-    from PIL import Image
-
-    return {s.lower() for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
-def _files_in(folder: Path, suffixes) -> list[Path]:
-    """Files under ``folder`` with one of ``suffixes``, recursively, sorted; hidden files and folders left out."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def _paths(item: str, suffixes) -> list[Path]:
-    """The files one INPUT names: a file, a folder's files with ``suffixes``, or a glob's matches (folders expanded)."""
-    path = Path(item)
-    matches = [path] if path.exists() else [Path(m) for m in sorted(glob.glob(item, recursive=True))]
-    out = []
-    for match in matches:
-        out += _files_in(match, suffixes) if match.is_dir() else [match]
-    return out
-
-
-def expand_inputs(items: list[str], modality: str, text_column: str = "text", stdin=None,
-                  strict: bool = False) -> tuple[list, list[str], list[Skipped]]:
-    """(inputs for ``inference.predict``, what each prediction's ``input`` says, skipped inputs) for the
-    INPUT arguments of a ``modality`` model. ``stdin``: the stream ``-`` reads (default ``sys.stdin``)."""
-    stdin = stdin if stdin is not None else sys.stdin
-    if modality == "image":
-        suffixes = _image_suffixes()
-        paths = []
-        for item in items:
-            if item == "-":
-                paths += [line.strip() for line in stdin if line.strip()]
-            else:
-                paths += [str(p) for p in _paths(item, suffixes)]
-        return paths, paths, []
-    texts, skipped = [], []
-    for item in items:
-        if item == "-":
-            texts += [line.rstrip("\r\n") for line in stdin if line.strip()]
-            continue
-        for path in _paths(item, TEXT_FILE_SUFFIXES):
-            try:
-                file_texts, file_skipped = read_texts(path, text_column)
-            except HFTransferError as e:
-                if strict:
-                    raise
-                skipped.append(Skipped(str(path), str(e)))
-                continue
-            if strict and file_skipped:
-                first = file_skipped[0]
-                raise HFTransferError(f"{first.input}: {first.reason}: fix that row, or leave out --strict to skip it")
-            texts += file_texts
-            skipped += file_skipped
-    return texts, texts, skipped
-
-
-def read_texts(path: Path, column: str = "text") -> tuple[list[str], list[Skipped]]:
-    """The texts of one file and its unreadable rows (``file:line`` and why); an unusable file raises.
-
-    Encoding: UTF-8, else the one charset-normalizer detects (said so), as the recipes read text files.
-    """
-    _, content = decode(path, path.read_bytes(), "auto")
-    suffix = path.suffix.lower()
-    if suffix in TABLE_SUFFIXES:
-        return _table_texts(path, content, column, TABLE_SUFFIXES[suffix])
-    if suffix in JSON_SUFFIXES:
-        return _json_texts(path, content, column)
-    return [line for line in content.splitlines() if line.strip()], []
-
-
-def _table_texts(path: Path, content: str, column: str, delimiter: str):
-    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
-    if column not in (reader.fieldnames or []):
-        raise HFTransferError(f"{path} has no column '{column}' (columns: {', '.join(reader.fieldnames or [])}): "
-                              "pass --text_column_name")
-    texts, skipped = [], []
-    try:
-        for row in reader:
-            value = row.get(column)
-            if isinstance(value, str) and value.strip():
-                texts.append(value)
-            else:
-                skipped.append(Skipped(f"{path}:{reader.line_num}", f"empty '{column}'"))
-    except csv.Error as e:
-        raise HFTransferError(f"{path}:{reader.line_num}: {e}: fix the quoting on that line") from None
-    return texts, skipped
-
-
-def _json_texts(path: Path, content: str, column: str):
-    stripped = content.lstrip()
-    if stripped.startswith("["):  # one JSON array (of objects or strings), not JSON Lines
-        try:
-            rows = list(enumerate(json.loads(stripped), 1))
-        except json.JSONDecodeError as e:
-            raise HFTransferError(f"{path}:{e.lineno}: not valid JSON ({e.msg}): fix that line") from None
-        where = "item"
-    else:
-        rows, where = [], "line"
-        for number, line in enumerate(content.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    rows.append((number, e))
-    texts, skipped = [], []
-    for number, row in rows:
-        value = row.get(column) if isinstance(row, dict) else row
-        if isinstance(value, str) and value.strip():
-            texts.append(value)
-            continue
-        if isinstance(row, json.JSONDecodeError):
-            reason = f"not valid JSON ({row.msg}, column {row.colno})"
-        elif isinstance(row, dict) and column not in row:
-            reason = f"no '{column}' key (keys: {', '.join(row)}); pass --text_column_name"
-        else:
-            reason = f"empty or non-text '{column}'"
-        skipped.append(Skipped(f"{path}:{number}" if where == "line" else f"{path} item {number}", reason))
-    return texts, skipped
-
-
 # ---- outputs ----------------------------------------------------------------------------------------
 def write_predictions(predictions: list[dict], output: str | None, stream=None) -> None:
     """``predictions`` as ``.jsonl`` / ``.csv`` at ``output`` (written atomically), or JSON Lines on ``stream``."""
@@ -285,7 +162,8 @@ def report_skipped(skipped: list[Skipped], total: int) -> None:
     print(f"skipped {len(skipped)} of {total} input(s) that could not be read (--strict refuses them instead):",
           file=sys.stderr)
     for s in skipped[:SHOWN_SKIPPED]:
-        print(f"  {s.input}: {s.reason}", file=sys.stderr)
+        # a reason that starts with its input is a whole sentence (inputs.py): the input is not repeated
+        print(f"  {s.reason if s.reason.startswith(s.input) else f'{s.input}: {s.reason}'}", file=sys.stderr)
     if len(skipped) > SHOWN_SKIPPED:
         print(f"  ... and {len(skipped) - SHOWN_SKIPPED} more", file=sys.stderr)
 
@@ -315,14 +193,13 @@ def _run(args: argparse.Namespace, stdin, stdout) -> list[dict]:
     model, settings = load_model(args.model, args.revision)
     settings = settings.replace(max_seq_length=args.max_seq_length, decode_size=args.decode_size)
     inputs, names, skipped = expand_inputs(args.inputs, model.modality, args.text_column_name, stdin, args.strict)
-    if not inputs and not skipped:
-        what = "image files" if model.modality == "image" else "texts"
-        raise HFTransferError(f"no {what} found in {' '.join(args.inputs)}: pass "
-                              + ("image files, folders or globs" if model.modality == "image" else
-                                 "CSV/TSV/JSONL/JSON/TXT files, or - for stdin"))
+    if not inputs:
+        raise nothing_to_predict(args.inputs, model.modality, skipped)
     result = predict(model, inputs, batch_size=args.batch_size, top_k=args.top_k, threshold=args.threshold,
                      device=args.device, settings=settings, skip_unreadable=not args.strict, progress=None,
                      mixed_precision=args.mixed_precision, num_workers=args.num_workers, input_names=names)
+    if not result.predictions:  # a run that skipped everything never reports success
+        raise nothing_to_predict(args.inputs, model.modality, skipped + result.skipped)
     write_predictions(result.predictions, args.output, stdout)
     report_skipped(skipped + result.skipped, total=len(inputs) + len(skipped))  # expansion skips never reach predict
     rate = len(result.predictions) / max(result.seconds, 1e-9)

@@ -1,46 +1,32 @@
-"""Run configuration from defaults < YAML ``--config`` < command-line flags, into the option groups of ``options``.
+"""Run configuration from defaults < recipe YAML < ``--config`` YAML < command-line flags, into the option groups.
 
 Flag names follow transformers' example scripts where the concept is the same
-(``--model_name_or_path``, ``--train_dir``, ``--per_device_train_batch_size``, ...). Relative data
-paths inside a YAML file are resolved against that file's folder, so a config travels with its
-data; ``output_dir`` stays relative to the working directory. ``load_config`` validates the result.
-Usage mistakes (an unknown or misspelled flag: abbreviations are not accepted, a value of the wrong
-type) are ``HFTransferError`` lines like every other error.
+(``--model_name_or_path``, ``--train_dir``, ``--per_device_train_batch_size``, ...), and a recipe
+also takes transformers' own names where they mean one of its options (``aliases``). A recipe's
+parser holds the common options and its modality's only (``modality``); its ``--help`` shows the
+defaults that will run (``help``). Relative data paths inside a YAML file are resolved against that
+file's folder, so a config travels with its data; ``output_dir`` stays relative to the working
+directory. ``load_config`` validates the result. Usage mistakes (an unknown or misspelled flag:
+abbreviations are not accepted, a value of the wrong type) are ``HFTransferError`` lines like every
+other error.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import types
 import typing
-from dataclasses import fields
+from dataclasses import Field, fields
 from pathlib import Path
 
 from ..errors import HFTransferError
 from ..files import read_yaml, write_yaml
-from .options import DATA_SOURCE_FIELDS, JOB_FIELDS, PATH_FIELDS, Options, TrainConfig
+from .aliases import add_refusal, add_transformers_names, resolve_aliases
+from .configs import JOB_FIELDS, TrainConfig
+from .data_options import DATA_SOURCE_FIELDS, PATH_FIELDS
+from .fields import MODALITIES, Options, arg_type, coerce_value, to_bool
+from .help import modality_note, option_help, recipe_note
 
 __all__ = ["UsageErrorParser", "build_parser", "load_config", "read_config_file", "save_config"]
-
-
-# ---- parsing ---------------------------------------------------------------------------------------
-def _arg_type(tp) -> tuple[type, bool]:
-    """(item type, is_list) of a resolved field annotation such as ``Optional[list[int]]``."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if tp is list or typing.get_origin(tp) is list:
-        args = typing.get_args(tp)
-        return (args[0] if args else str), True
-    return tp, False
-
-
-def _bool(value: str) -> bool:
-    v = value.lower()
-    if v in ("1", "true", "yes", "y", "on"):
-        return True
-    if v in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
+RECIPE_DEFAULTS = "the recipe's defaults"  # where recipe defaults come from when the caller does not say
 
 
 class UsageErrorParser(argparse.ArgumentParser):
@@ -50,68 +36,92 @@ class UsageErrorParser(argparse.ArgumentParser):
         raise HFTransferError(f"{message}: see --help for the valid options")
 
 
-def build_parser(description: str, config_cls=TrainConfig, prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(description: str, config_cls=TrainConfig, prog: str | None = None, *, modality: str | None = None,
+                 defaults: dict | None = None, defaults_source: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``config_cls``'s options, each under its group's title.
+
+    ``modality`` (a recipe's: image or text; None = every option) leaves out the other modality's
+    options, which are then refused in one line naming their recipe. ``defaults`` (a recipe YAML's
+    values, read from ``defaults_source``) are the defaults ``--help`` shows where they apply. A
+    ``TrainConfig`` parser also takes transformers' names (``aliases``)."""
     # allow_abbrev=False: argparse would otherwise take a mistyped --learning_rat as --learning_rate
-    parser = UsageErrorParser(prog=prog, description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = UsageErrorParser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
+                              allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
-    groups = {}
+    recipe = {k: coerce_value(k, v, hints) for k, v in (defaults or {}).items() if k in hints}
+    source = defaults_source or RECIPE_DEFAULTS
+    groups, refused = {}, []
     for f in fields(config_cls):
-        # --help lists the options under the group (ModelOptions, DataOptions, ...) that declares them
-        owner = next(c for c in reversed(config_cls.__mro__) if f.name in getattr(c, "__annotations__", {}))
-        title = owner.__name__.removesuffix("Options").lower() if owner is not config_cls else "options"
-        if title not in groups:
-            doc = (owner.__doc__ or "").strip().split("\n")[0]
-            groups[title] = parser.add_argument_group(title, None if doc.startswith(owner.__name__ + "(") else doc)
-        group = groups[title]
-        tp, is_list = _arg_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = f.metadata.get("choices")
-        allowed = f"one of {{{','.join(choices)}}}, " if choices else ""
-        shown = "" if "default:" in f.metadata["help"] else f"default: {default}"
-        kwargs = {"help": f"{f.metadata['help']} ({allowed}{shown})" if allowed or shown else f.metadata["help"]}
-        if tp is bool:
-            group.add_argument(f"--{f.name}", type=_bool, nargs="?", const=True, **kwargs)
-        elif is_list:
-            group.add_argument(f"--{f.name}", nargs="+", **kwargs)
-        else:
-            group.add_argument(f"--{f.name}", type=tp, **kwargs)
+        if modality and f.metadata.get("modality") not in (None, modality):
+            refused.append(f.name)
+            add_refusal(parser, f.name, _other_recipe(f.name, f.metadata["modality"], modality))
+            continue
+        group = _group(parser, groups, config_cls, f.name)
+        _add_option(group, f, hints[f.name], option_help(f, recipe, source))
+    notes = []
+    if recipe:
+        notes.append(recipe_note(source, [name for name in DATA_SOURCE_FIELDS if name not in refused]))
+    if refused:
+        notes.append(modality_note(next(m for m in MODALITIES if m != modality), refused))
+    if issubclass(config_cls, TrainConfig):
+        notes.append(add_transformers_names(parser))
+    parser.epilog = "\n\n".join(notes) or None
     return parser
 
 
-def _coerce(name: str, value, hints: dict):
-    """Convert YAML / CLI values to the field's type, with a one-line error naming the option."""
-    tp, is_list = _arg_type(hints[name])
-    if value is None:
-        return None
-    try:
-        if is_list:
-            values = value if isinstance(value, list) else str(value).replace(",", " ").split()
-            return [tp(v) for v in values]
-        if tp is bool:
-            return value if isinstance(value, bool) else _bool(str(value))
-        return tp(value)
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
-        raise HFTransferError(f"option '{name}' got {value!r}, which is not a valid {tp.__name__}") from None
+def _other_recipe(name: str, other: str, modality: str) -> str:
+    return f"--{name} is an option of the {other} recipe (recipes/{other}_cls.py): drop it from this {modality} run"
+
+
+def _group(parser: argparse.ArgumentParser, groups: dict, config_cls, name: str):
+    """The argument group of the option group class (ModelOptions, DataOptions, ...) that declares ``name``."""
+    owner = next(c for c in reversed(config_cls.__mro__) if name in getattr(c, "__annotations__", {}))
+    title = owner.__name__.removesuffix("Options").lower() if owner is not config_cls else "options"
+    if title not in groups:
+        doc = (owner.__doc__ or "").strip().split("\n")[0]
+        groups[title] = parser.add_argument_group(title, None if doc.startswith(owner.__name__ + "(") else doc)
+    return groups[title]
+
+
+def _add_option(group, f: Field, hint, help: str) -> None:
+    tp, is_list = arg_type(hint)
+    if tp is bool:
+        group.add_argument(f"--{f.name}", type=to_bool, nargs="?", const=True, help=help)
+    elif is_list:
+        group.add_argument(f"--{f.name}", nargs="+", help=help)
+    else:
+        group.add_argument(f"--{f.name}", type=tp, help=help)
 
 
 def load_config(argv: list[str] | None, defaults: dict | None = None, description: str = "", config_cls=TrainConfig,
-                prog: str | None = None, validate: bool = True):
+                prog: str | None = None, validate: bool = True, *, modality: str | None = None,
+                defaults_source: str | None = None):
     """Merge dataclass defaults < recipe ``defaults`` < ``--config`` YAML < explicit flags, then ``validate()``
-    (``validate=False``: only parse and type-check, e.g. to inspect a config whose data is elsewhere)."""
-    parser = build_parser(description, config_cls, prog)
-    cli = vars(parser.parse_args(argv))
-    user = {**read_config_file(cli.get("config")), **cli}
+    (``validate=False``: only parse and type-check, e.g. to inspect a config whose data is elsewhere).
+
+    ``modality``: the recipe's (image or text), whose parser refuses the other modality's flags;
+    None takes every option. ``defaults_source`` names the file ``defaults`` came from, for --help."""
     defaults = dict(defaults or {})
+    parser = build_parser(description, config_cls, prog, modality=modality, defaults=defaults,
+                          defaults_source=defaults_source)
+    hints = typing.get_type_hints(config_cls)
+    cli = vars(parser.parse_args(argv))
+    user = {**_hftransfer_names(read_config_file(cli.get("config")), config_cls, hints), **_hftransfer_names(cli, config_cls, hints)}
     if any(k in user for k in DATA_SOURCE_FIELDS):  # the user's own data: none of the default job's data/output settings apply
         defaults = {k: v for k, v in defaults.items() if k not in JOB_FIELDS}
     values = {**defaults, **user}
     unknown = sorted(set(values) - {f.name for f in fields(config_cls)})
     if unknown:
         raise HFTransferError(f"unknown option(s) {', '.join(unknown)} in the config: see --help for the valid names")
-    hints = typing.get_type_hints(config_cls)
-    cfg = config_cls(**{k: _coerce(k, v, hints) for k, v in values.items()})
+    cfg = config_cls(**{k: coerce_value(k, v, hints) for k, v in values.items()})
     return cfg.validate() if validate else cfg
+
+
+def _hftransfer_names(values: dict, config_cls, hints: dict) -> dict:
+    """One source's values with transformers' names replaced (recipe configs only: ranking has no Trainer twin)."""
+    if not issubclass(config_cls, TrainConfig):
+        return values
+    return resolve_aliases(values, lambda name, value: coerce_value(name, value, hints))
 
 
 def read_config_file(path: str | None) -> dict:

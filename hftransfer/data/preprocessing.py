@@ -5,12 +5,17 @@ modality they serve. Every pipeline prepares a split once (``prepare``: images d
 texts tokenized, both cached on disk by ``datasets``), then gives a training view (augmented images,
 seeded per example and epoch: ``set_epoch``) and an evaluation view of it, a collate function, the
 example lengths used for length-grouped batching (or ``None``), and ``key``: a string that changes
-whenever the features of a frozen backbone would, for the feature cache.
+whenever the features of a frozen backbone would, for the feature cache. For prediction, a pipeline
+turns raw inputs (image paths / PIL images, or texts) into model batches: ``inference_batches``.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import math
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import datasets
@@ -28,6 +33,16 @@ class Augmentation:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     color_jitter: float = 0.4
     seed: int = 0
+
+
+@dataclass
+class RawBatch:
+    """One model batch made from raw inputs: ``rows`` the input indices of its rows, in row order, ``inputs``
+    the model inputs on the CPU (None when no input of it was readable), ``failed`` (input index, why) the others."""
+
+    rows: list[int]
+    inputs: dict[str, torch.Tensor] | None
+    failed: list[tuple[int, str]]
 
 
 class ImagePipeline:
@@ -65,6 +80,34 @@ class ImagePipeline:
     def lengths(self, ds: datasets.Dataset) -> None:
         return None  # every image is the same size after the crop
 
+    def inference_batches(self, inputs: list, batch_size: int, *, workers: int = 0) -> Iterator[RawBatch]:
+        """Batches of uint8 eval-transformed images (paths or PIL images), in input order, decoded as training
+        decodes them (``open_image``). With ``workers`` threads the next batch decodes while the model runs the
+        current one (PIL releases the GIL while decoding and resizing); 0 decodes in the caller's thread."""
+        shorter_side = self.shorter_side or None  # prepare's rule: 0 keeps the decoded size
+
+        def load(item) -> tuple[torch.Tensor | None, str | None]:
+            try:
+                return self.eval_transform(open_image(item, shorter_side)), None
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file (OSError, SyntaxError...)
+                return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'unreadable'}"
+
+        pool = ThreadPoolExecutor(workers) if workers else None
+
+        def submit(chunk: range) -> list[tuple[int, Future]]:
+            return [(i, pool.submit(load, inputs[i]) if pool else _finished(load(inputs[i]))) for i in chunk]
+
+        chunks = (range(s, min(s + batch_size, len(inputs))) for s in range(0, len(inputs), batch_size))
+        ahead = deque(submit(chunk) for chunk in itertools.islice(chunks, 2))
+        try:
+            while ahead:
+                batch = ahead.popleft()
+                ahead.extend(submit(chunk) for chunk in itertools.islice(chunks, 1))
+                yield _image_batch(batch)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
 
 class TextPipeline:
     """Tokenize once without padding; batches are padded dynamically to their longest sequence."""
@@ -91,6 +134,67 @@ class TextPipeline:
     def set_epoch(self, epoch: int) -> None:
         pass  # nothing random in text preprocessing
 
+    def inference_batches(self, inputs: list, batch_size: int, *, workers: int = 0) -> Iterator[RawBatch]:
+        """Batches of texts tokenized as ``prepare`` does, longest first (each pads to similar lengths, and an
+        out-of-memory batch shows at once); empty texts come first, as failed: training skips them too, and a
+        prediction for "" would be noise. ``workers`` is unused: tokenizing is one fast call."""
+        kept, failed = [], []
+        for i, text in enumerate(inputs):
+            if not isinstance(text, str):
+                raise HFTransferError(f"input {i} is a {type(text).__name__}, not a string: a text model predicts "
+                                      "texts")
+            if text.strip():
+                kept.append(i)
+            else:
+                failed.append((i, "empty text"))
+        if failed:
+            yield RawBatch([], None, failed)
+        if not kept:
+            return
+        encoded = self.tokenizer([inputs[i] for i in kept], truncation=True, max_length=self.max_seq_length)
+        columns = list(encoded.keys())
+        order = sorted(range(len(kept)), key=lambda j: -len(encoded["input_ids"][j]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = self.collate([{c: encoded[c][j] for c in columns} for j in rows])
+            yield RawBatch([kept[j] for j in rows], batch, [])
+
+
+def _finished(value) -> Future:
+    """A future that already holds ``value``: decoding without threads goes through the same batching."""
+    future = Future()
+    future.set_result(value)
+    return future
+
+
+def _image_batch(futures: list[tuple[int, Future]]) -> RawBatch:
+    rows, tensors, failed = [], [], []
+    for i, future in futures:
+        tensor, error = future.result()
+        if error is None:
+            rows.append(i)
+            tensors.append(tensor)
+        else:
+            failed.append((i, error))
+    return RawBatch(rows, {"pixel_values": torch.stack(tensors)} if tensors else None, failed)
+
+
+def open_image(source, shorter_side: int | None = None):
+    """An RGB PIL image shrunk (bicubic) so its shorter side is ``shorter_side`` pixels, never enlarged (None or 0
+    keeps the size): the one decode of training (``decode_images``) and prediction alike.
+
+    ``source``: a path, a binary file object or a PIL image.
+    """
+    from PIL import Image
+
+    im = source if hasattr(source, "convert") else Image.open(source)
+    im.load()
+    im = im.convert("RGB")
+    if shorter_side and min(im.size) > shorter_side:
+        scale = shorter_side / min(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+    return im
+
 
 def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = None,
                   desc: str = "decoding images") -> datasets.Dataset:
@@ -101,22 +205,16 @@ def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = 
     here, before training, instead of mid-epoch. The shrink target is the eval transform's resize
     size, which the eval crop and random resized crops of training cut from.
     """
-    from PIL import Image
 
     def fn(batch):
         out = []
         for i, item in enumerate(batch[column]):
             source = item.get("path") or f"example {i}"
             try:
-                im = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"])
-                im.load()
+                out.append(open_image(io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"],
+                                      shorter_side))
             except Exception as e:
                 raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace that file") from None
-            im = im.convert("RGB")
-            if shorter_side and min(im.size) > shorter_side:
-                scale = shorter_side / min(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
-            out.append(im)
         return {column: out}
 
     raw = ds.cast_column(column, datasets.Image(decode=False))

@@ -1,10 +1,16 @@
-"""Publishing to the Hugging Face Hub: push a finished run folder or a model, download one back.
+"""Publishing to the Hugging Face Hub: check a push target, push a folder or a finished run, download a model.
+
+Hub code pushes folders and never calls into a model: ``TransferModel.push_to_hub`` saves itself and
+its card into a folder and hands that to ``push_folder``. ``check_push_target`` is what
+``--push_to_hub`` runs before the first training step (token, user name, repo id, branch, and the
+repo itself, as transformers' ``Trainer`` does at start-up), so a push that cannot succeed fails in
+seconds, not after training.
 
 Every huggingface_hub / network error becomes an ``HFTransferError`` whose one-line message names
-the problem and the fix (the recipes print it and exit with status 2); the local output folder is
-never modified by a failed push. The token is read by huggingface_hub itself (``token`` argument,
-``HF_TOKEN``, or ``hf auth login``): it is never printed, written to a card or a config, and a push
-refuses to upload a text file that contains it.
+the problem and the fix (``errors.hub_error``; the recipes print it and exit with status 2); the
+local output folder is never modified by a failed push. The token is read by huggingface_hub
+itself (``token`` argument, ``HF_TOKEN``, or ``hf auth login``): it is never printed, written to a
+card or a config, and a push refuses to upload a text file that contains it.
 
 Retry a failed push of a finished run without retraining::
 
@@ -16,7 +22,6 @@ import argparse
 import logging
 import os
 import shlex
-import tempfile
 from pathlib import Path
 
 from ..errors import HFTransferError, exit_on_user_error, show_progress_messages
@@ -34,6 +39,7 @@ from ..files import (
     stale_native_files,
 )
 from .card import write_model_card
+from .errors import hub_error
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,27 @@ MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.md"]
 def is_main_process() -> bool:
     """False on every rank but 0 of a distributed launch (torchrun / accelerate set RANK)."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def check_push_target(repo_id: str | None, private: bool, revision: str | None, create_pr: bool,
+                      output_dir_name: str) -> str:
+    """Make sure a push can succeed before a run starts training; returns the repo id to push to.
+
+    Resolves the token (one line if there is none) and ``repo_id`` ``None`` to ``<your
+    user>/<output_dir_name>`` (whoami), checks the repo id / ``revision`` / ``create_pr``
+    combination, and creates the repo if missing (``private`` applies only then), as transformers'
+    ``Trainer`` does at start-up. Nothing is committed; the branch is created at push time.
+    """
+    if repo_id:
+        _branch(repo_id, revision, create_pr)  # offline mistakes first: no network call for a typo
+    api, token = _api()
+    repo_id = repo_id or _default_repo_id(api, token, output_dir_name, retry=None)
+    _branch(repo_id, revision, create_pr)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one actionable line
+        raise hub_error(e, repo_id, None, action="create", token=token) from None
+    return repo_id
 
 
 def push_output_dir(output_dir: Path, repo_id: str | None, private: bool, revision: str | None, create_pr: bool,
@@ -78,18 +105,19 @@ def push_output_dir(output_dir: Path, repo_id: str | None, private: bool, revisi
     return _upload(api, token, output_dir, repo_id, private, revision, create_pr, commit_message, retry)
 
 
-def push_model(model, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,
-               commit_message: str = "Upload model with hftransfer", token: str | None = None) -> str:
-    """``TransferModel.push_to_hub``: ``save_pretrained`` + a card into a temporary folder, then upload it."""
+def push_folder(folder: Path, repo_id: str, private: bool = False, revision: str | None = None,
+                create_pr: bool = False, commit_message: str = "Upload model with hftransfer",
+                token: str | None = None) -> str:
+    """Upload ``folder`` as it is (a saved model with its ``README.md``) to ``repo_id``; returns the commit or PR URL.
+
+    The repo and the branch ``revision`` are created if missing; ``create_pr`` opens a pull request
+    against main. Only the main process uploads: other ranks return ``""``.
+    """
     if not is_main_process():
         return ""
     _branch(repo_id, revision, create_pr)
     api, token = _api(token)
-    with tempfile.TemporaryDirectory(prefix="hftransfer-push-") as tmp:
-        folder = Path(tmp)
-        model.save_pretrained(folder)
-        write_model_card(folder, repo_id=repo_id)
-        return _upload(api, token, folder, repo_id, private, revision, create_pr, commit_message, retry=None)
+    return _upload(api, token, Path(folder), repo_id, private, revision, create_pr, commit_message, retry=None)
 
 
 def download_model(repo_id: str, revision: str | None = None, token: str | None = None) -> Path:
@@ -123,7 +151,7 @@ def _retry_command(output_dir: Path, repo_id: str | None, private: bool, revisio
     return "python -m hftransfer.hub " + shlex.join(args)
 
 
-def _default_repo_id(api, token: str, name: str, retry: str) -> str:
+def _default_repo_id(api, token: str, name: str, retry: str | None) -> str:
     try:
         user = api.whoami()["name"]
     except Exception as e:  # noqa: BLE001
@@ -180,77 +208,6 @@ def _check_no_token_inside(folder: Path, token: str) -> None:
         if token in path.read_text(errors="ignore"):
             raise HFTransferError(f"'{rel}' contains your Hugging Face token: remove it from that file and "
                                   "revoke the token before pushing")
-
-
-def hub_error(e: Exception, repo_id: str, revision: str | None, action: str, token: str | None = None,
-              retry: str | None = None) -> HFTransferError:
-    """One line naming what failed and how to fix it, for any huggingface_hub / HTTP / network error."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    endpoint = constants.ENDPOINT
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    rev = f" revision '{revision}'" if revision else ""
-    if isinstance(e, HFValidationError):
-        problem = f"'{repo_id}' is not a valid Hub repo id: use namespace/name"
-    elif isinstance(e, OfflineModeIsEnabled):
-        problem = "HF_HUB_OFFLINE is set: unset it to reach the Hub"
-    elif isinstance(e, GatedRepoError):
-        problem = f"'{repo_id}' is gated: request access on its Hub page, then use a token of that account"
-    elif status == 401:
-        problem = (f"the Hub at {endpoint} rejected the token (401 Unauthorized) while trying to {action} '{repo_id}': "
-                   "set HF_TOKEN to a valid token (write access to push) or run `hf auth login`")
-    elif status == 403:
-        problem = (f"the token may not {action} '{repo_id}' (403 Forbidden): use a token with write access to "
-                   "that namespace, or another --hub_model_id")
-    elif isinstance(e, RevisionNotFoundError):
-        problem = f"'{repo_id}' has no{rev or ' such revision'} (404): check the branch, tag or PR name"
-    elif (isinstance(e, RepositoryNotFoundError) or status == 404) and action == "download":
-        problem = (f"model '{repo_id}' not found at {endpoint} (404): check the repo id (namespace/name) or the "
-                   "local folder path, and for a private repo that your token can read it")
-    elif isinstance(e, RepositoryNotFoundError) or status == 404:
-        problem = (f"repo '{repo_id}' not found at {endpoint} (404) while trying to {action}: check --hub_model_id "
-                   "(namespace/name) and that your token may create or write to that repo")
-    elif isinstance(e, HfHubHTTPError) and status is not None:
-        problem = f"the Hub at {endpoint} answered {status} while trying to {action} '{repo_id}': {_first_line(e)}"
-    elif isinstance(e, LocalEntryNotFoundError) or _is_connection_error(e):
-        problem = (f"cannot reach the Hub at {endpoint} to {action} '{repo_id}' ({type(e).__name__}): check the "
-                   "network, a proxy or HF_ENDPOINT")
-    else:
-        problem = f"could not {action} '{repo_id}'{rev} ({type(e).__name__}: {_first_line(e)})"
-    if retry is not None:
-        problem += f"; the local output is complete, push it again with: {retry}"
-    if token:
-        problem = problem.replace(token, "***")
-    return HFTransferError(problem)
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(e).__name__
-
-
-def _is_connection_error(e: BaseException) -> bool:
-    """Transport failures of whichever HTTP library huggingface_hub uses (httpx or requests)."""
-    for _ in range(5):  # the transport error may sit a few causes deep
-        if e is None:
-            return False
-        library = type(e).__module__.split(".")[0]
-        name = type(e).__name__
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            return True
-        if library.startswith(("httpx", "httpcore", "requests", "urllib3")) and "Error" in name and "Status" not in name:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
 
 
 def main(argv: list[str] | None = None) -> None:

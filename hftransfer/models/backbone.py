@@ -4,11 +4,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import HFTransferError
+
+if TYPE_CHECKING:
+    from .layouts import NativeLayout
 
 
 @dataclass
@@ -25,7 +29,10 @@ class Backbone(nn.Module):
     Subclasses set ``modality`` (``"image"`` or ``"text"``), ``feature_dim`` and ``name``, and
     implement ``forward(**inputs) -> Tensor[batch, feature_dim]``, ``layer_groups()``, and
     ``config()`` / ``from_config()`` so that a saved model rebuilds its architecture without
-    downloading weights.
+    downloading weights. Whatever else differs per library is a method here too, so that no caller
+    asks which adapter it holds: the preprocessing (``data_pipeline``), the module LoRA adapts and its
+    default targets (``adaptable_module``, ``default_lora_layers``), and the exports
+    (``native_layout``, ``remote_code_config``).
     """
 
     modality: str
@@ -36,8 +43,14 @@ class Backbone(nn.Module):
     input_names: tuple[str, ...]
 
     @classmethod
-    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "Backbone":
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean") -> "Backbone":
         """The factory ``create_backbone`` calls; each adapter takes the options that apply to it."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict, save_dir: Path, *, weights: str | None = None) -> "Backbone":
+        """Rebuild the backbone ``config()`` describes: the architecture alone, offline (``weights`` None), or with
+        ``weights`` (``pretrained`` or a state-dict file, as ``create`` loads them: a LoRA adapter's base)."""
         raise NotImplementedError
 
     def layer_groups(self) -> list[LayerGroup]:
@@ -66,8 +79,34 @@ class Backbone(nn.Module):
         checkpointed layers silently get no gradients at all."""
         raise HFTransferError(f"{type(self).__name__} has no gradient checkpointing: drop --gradient_checkpointing")
 
+    def set_input_size(self, size: int) -> "Backbone":
+        """Train and serve at ``size`` x ``size`` pixels (``--image_size``), where inputs have a size."""
+        raise HFTransferError(f"--image_size applies to image models, not {type(self).__name__}: drop it "
+                              "(texts have --max_seq_length)")
+
     def save_preprocessing(self, save_dir: Path) -> None:
         """Write whatever a reload needs besides weights (tokenizer files, encoder config)."""
+
+    # ---- LoRA (``lora``) and the exports (``layouts``): what differs per library ------------------------------
+    default_lora_description = "no default targets for this backbone type"  # DEFAULT targets, for error messages
+
+    def adaptable_module(self) -> nn.Module:
+        """The wrapped library model that LoRA is injected into, whose parameter names peft's files use."""
+        raise HFTransferError(f"LoRA supports timm and transformers backbones, not {type(self).__name__}: "
+                              "use another --strategy")
+
+    def default_lora_layers(self) -> list[str]:
+        """Full names (in ``adaptable_module``) of the layers LoRA adapts when no targets are given."""
+        return []
+
+    def native_layout(self, model) -> tuple[NativeLayout | None, str]:
+        """(``layouts.NativeLayout``, ``""``) mapping ``model`` (this backbone + a ``LinearHead``, labels 0..n-1)
+        onto this library's own classifier, or (None, why there is none, in one sentence)."""
+        return None, f"{type(self).__name__} backbones have no native export"
+
+    def remote_code_config(self) -> dict | None:
+        """The ``config.json`` entries ``modeling_hftransfer.py`` rebuilds this backbone from (None: it cannot)."""
+        return None
 
 
 def group_name(params: list[str]) -> str:

@@ -16,7 +16,8 @@ from .timm_backbone import TimmBackbone
 BACKBONE_CLASSES = (TimmBackbone, TextBackbone)
 
 
-def create_backbone(modality: str, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> Backbone:
+def create_backbone(modality: str, model_name_or_path: str, *, weights: str = "pretrained",
+                    pooling: str = "mean") -> Backbone:
     """Build the adapter for ``modality`` (``"image"`` -> timm, ``"text"`` -> transformers).
 
     ``pooling`` applies to text encoders (timm models pool themselves)."""
@@ -26,10 +27,11 @@ def create_backbone(modality: str, model_name_or_path: str, weights: str = "pret
     return by_modality[modality].create(model_name_or_path, weights=weights, pooling=pooling)
 
 
-def backbone_from_config(config: dict, save_dir: Path) -> Backbone:
-    """Rebuild the adapter a saved ``hftransfer_config.json`` describes (architecture only, no download)."""
+def backbone_from_config(config: dict, save_dir: Path, *, weights: str | None = None) -> Backbone:
+    """Rebuild the adapter a saved ``hftransfer_config.json`` describes: its architecture only, no download
+    (``weights`` None), or with ``weights`` (``pretrained`` or a state-dict file: the base a LoRA adapter adapts)."""
     by_type = {cls.config_type: cls for cls in BACKBONE_CLASSES}
-    return by_type[config["type"]].from_config(config, save_dir)
+    return by_type[config["type"]].from_config(config, save_dir, weights=weights)
 
 
 __all__ = ["Backbone", "LayerGroup", "TextBackbone", "TimmBackbone", "BACKBONE_CLASSES",

@@ -26,13 +26,15 @@ Only user-defined heads, whose code the folder cannot carry, load with hftransfe
 A layout is only chosen after a structural check: the reference model a loader would build from
 the written config (instantiated on the ``meta`` device, so no memory or time is spent) must have
 exactly the mapped key set and shapes. ``key_map`` (hftransfer prefix -> native prefix) is stored
-in ``hftransfer_config.json`` so that ``load_weights`` maps back without consulting these tables.
+in ``hftransfer_config.json`` so that ``load_weights`` maps back without consulting the backbones.
+
+Each backbone adapter knows its own library: ``Backbone.native_layout`` builds the layout above and
+``Backbone.remote_code_config`` the backbone's part of the custom-code config; this module holds the
+checks they share and writes the files.
 """
 from __future__ import annotations
 
 import copy
-import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,18 +55,11 @@ from ..files import (
     write_json,
 )
 from . import modeling_hftransfer
-from .factory import TextBackbone, TimmBackbone
 from .heads import HEADS, LinearHead
 
 # modality -> (transformers auto class, the class of modeling_hftransfer.py it maps to)
 REMOTE_CODE_CLASSES = {"text": ("AutoModelForSequenceClassification", "HFTransferForSequenceClassification"),
                        "image": ("AutoModelForImageClassification", "HFTransferForImageClassification")}
-
-# transformers model_type -> how its ForSequenceClassification head relates to pooler + linear head
-# (checked key for key and logit for logit in tests/test_export.py; anything else keeps hftransfer's layout)
-POOLED_CLASSIFIER_TYPES = {"bert": "classifier_dropout", "ernie": "classifier_dropout",
-                           "albert": "classifier_dropout_prob"}
-ROBERTA_HEAD_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet"}
 
 
 @dataclass
@@ -107,80 +102,10 @@ def native_layout(model) -> tuple[NativeLayout | None, str]:
                       "whose classifiers are a single linear layer")
     if sorted(model.id2label) != list(range(model.num_labels)):
         return None, "label ids are not 0..n-1, which native label lists require"
-    if isinstance(model.backbone, TimmBackbone):
-        return _timm_layout(model)
-    if isinstance(model.backbone, TextBackbone):
-        return _transformers_layout(model)
-    return None, f"{type(model.backbone).__name__} backbones have no native export"
+    return model.backbone.native_layout(model)
 
 
-def _timm_layout(model) -> tuple[NativeLayout | None, str]:
-    import timm
-    from timm.models._hub import save_config_for_hf
-
-    timm_model = model.backbone.model
-    classifier = timm_model.pretrained_cfg.get("classifier", "classifier")
-    if not isinstance(classifier, str):
-        return None, f"the timm architecture has {len(classifier)} classifiers (e.g. a distillation head), not one"
-    with tempfile.TemporaryDirectory() as tmp:
-        # timm's own exporter knows which constructor arguments rebuild this model (img_size, ...)
-        save_config_for_hf(timm_model, Path(tmp) / NATIVE_CONFIG_NAME)
-        config = json.loads((Path(tmp) / NATIVE_CONFIG_NAME).read_text())
-    labels = [model.id2label[i] for i in range(model.num_labels)]
-    config["num_classes"] = model.num_labels
-    config["pretrained_cfg"]["num_classes"] = model.num_labels
-    config["label_names"] = labels
-    model_args = {k: v for k, v in config.get("model_args", {}).items() if k != "num_classes"}
-    config.pop("model_args", None)
-    if model_args:
-        config["model_args"] = model_args
-    if model.multi_label:
-        config["problem_type"] = "multi_label_classification"  # TimmWrapper / pipeline apply a sigmoid
-    layout = NativeLayout("timm", config["architecture"],
-                          [("backbone.model.", ""), ("head.fc.", f"{classifier}.")], config)
-    try:
-        with torch.device("meta"):
-            reference = timm.create_model(config["architecture"], pretrained=False, num_classes=model.num_labels,
-                                          **model_args)
-    except Exception as e:  # any failure to rebuild means loaders would fail too
-        return None, f"timm could not rebuild '{config['architecture']}' from its exported config ({type(e).__name__})"
-    return _checked(layout, model, reference.state_dict())
-
-
-def _transformers_layout(model) -> tuple[NativeLayout | None, str]:
-    from transformers import AutoModelForSequenceClassification
-
-    backbone = model.backbone
-    model_type = backbone.encoder.config.model_type
-    if backbone.pooling != "pooler":
-        return None, (f"{backbone.pooling} pooling has no transformers equivalent: sequence classifiers pool "
-                      "with the encoder's pooler (train with --pooling pooler for a native export)")
-    if model_type not in POOLED_CLASSIFIER_TYPES and model_type not in ROBERTA_HEAD_TYPES:
-        return None, (f"the {model_type} sequence classifier is not 'pooler -> linear' (only BERT, ERNIE, ALBERT, "
-                      "MPNet and the RoBERTa family map exactly)")
-    config = copy.deepcopy(backbone.encoder.config)
-    config.id2label = dict(model.id2label)
-    config.label2id = model.label2id
-    config.problem_type = "multi_label_classification" if model.multi_label else "single_label_classification"
-    dropout_field = POOLED_CLASSIFIER_TYPES.get(model_type, "classifier_dropout")
-    setattr(config, dropout_field, float(model.head.dropout.p))
-    try:
-        with torch.device("meta"):
-            reference = AutoModelForSequenceClassification.from_config(config)
-    except Exception as e:
-        return None, f"transformers could not build a sequence classifier for {model_type} ({type(e).__name__})"
-    config.architectures = [type(reference).__name__]
-    prefix = reference.base_model_prefix
-    if model_type in ROBERTA_HEAD_TYPES:
-        key_map = [("backbone.encoder.pooler.dense.", "classifier.dense."), ("backbone.encoder.", f"{prefix}."),
-                   ("head.fc.", "classifier.out_proj.")]
-    else:
-        key_map = [("backbone.encoder.", f"{prefix}."), ("head.fc.", "classifier.")]
-    layout = NativeLayout("transformers", config.architectures[0], key_map, json.loads(config.to_json_string()))
-    return _checked(layout, model, reference.state_dict())
-
-
-def _checked(layout: NativeLayout, model, reference: dict[str, torch.Tensor]) -> tuple[NativeLayout | None, str]:
+def checked_layout(layout: NativeLayout, model, reference: dict[str, torch.Tensor]) -> tuple[NativeLayout | None, str]:
     """Keep ``layout`` only if the mapped state matches the reference model key for key, shape for shape."""
     state = model.state_dict()
     mapped = map_keys(state, layout.key_map)
@@ -232,15 +157,10 @@ def remote_code_layout(model) -> tuple[RemoteCodeLayout | None, str]:
         "label2id": {model.id2label[i]: i for i in range(model.num_labels)},
         "problem_type": "multi_label_classification" if model.multi_label else "single_label_classification",
     }
-    backbone = model.backbone.config()
-    if isinstance(model.backbone, TextBackbone):
-        config.update(pooling=model.backbone.pooling, encoder_config=model.backbone.encoder.config.to_dict())
-    elif isinstance(model.backbone, TimmBackbone):
-        # image_processor_type + pretrained_cfg: AutoImageProcessor and pipeline apply timm's own eval transform
-        config.update(architecture=backbone["architecture"], pretrained_cfg=backbone["pretrained_cfg"],
-                      timm_kwargs=backbone.get("timm_kwargs", {}), image_processor_type="TimmWrapperImageProcessor")
-    else:
+    backbone = model.backbone.remote_code_config()
+    if backbone is None:
         return None, f"{type(model.backbone).__name__} backbones have no transformers custom code"
+    config.update(backbone)
     layout = RemoteCodeLayout(auto_class, architecture, config)
     try:
         with torch.device("meta"):

@@ -2,32 +2,25 @@
 
 LoRA (Hu et al. 2021) freezes a pretrained weight ``W`` and trains a low-rank update
 ``W + (alpha / r) * B @ A``. hftransfer never writes LoRA layers itself: ``add_lora`` hands a
-``peft.LoraConfig`` to ``peft.inject_adapter_in_model`` on the backbone's *inner* module (the timm
-model, or the transformers encoder), so the TransferModel keeps its structure and parameter names
+``peft.LoraConfig`` to ``peft.inject_adapter_in_model`` on the backbone's ``adaptable_module()`` (the
+timm model, or the transformers encoder), so the TransferModel keeps its structure and parameter names
 only gain ``.base_layer.`` / ``.lora_A.default.`` parts. The optimizer, DDP, layer groups (hence
 layer-wise LR decay), ``save_state`` checkpoints and exact resume therefore treat adapter weights
 like any other parameter; the strategy decides that only they, the head (and norms under
 ``--train_norm``) train.
 
-Default targets per family (``default_targets``):
-
-* transformers encoders: the attention projections (``query`` / ``key`` / ``value`` in BERT,
-  RoBERTa, ALBERT, ELECTRA, MiniLM; ``q_lin`` / ``k_lin`` / ``v_lin`` in DistilBERT; ``q`` / ``k`` /
-  ``v`` in MPNet), else peft's own per-model-type table;
-* timm models: ``nn.Linear`` layers named ``qkv``, ``proj``, ``fc1``, ``fc2`` (ViT-style blocks,
-  ConvNeXt's MLPs; a ViT's fused ``qkv`` gets one adapter pair over its fused output) and every 1x1,
-  ungrouped ``nn.Conv2d`` (EfficientNet's / MobileNet's pointwise and squeeze-excite convolutions,
-  ResNet bottlenecks), which peft's Conv2d LoRA adapts. A ViT's ``patch_embed.proj`` is a 16x16
-  convolution and is left alone.
+Default targets per family are the backbone's ``default_lora_layers()``: a transformers encoder's
+attention projections (else peft's own per-model-type table), a timm model's ``nn.Linear`` layers
+named ``qkv`` / ``proj`` / ``fc1`` / ``fc2`` and its 1x1 convolutions.
 
 Targets are written as the shortest module-name suffixes that match exactly the chosen layers
 (``attn.proj`` rather than ``proj`` in a ViT), which is also how peft matches ``target_modules``.
 
 Export: ``merged_copy`` folds every adapter into its base weight and removes the LoRA layers, so the
 existing native layouts apply unchanged; ``save_adapter`` writes peft's ``adapter_config.json`` +
-``adapter_model.safetensors`` (keys as ``PeftModel.save_pretrained`` writes them, for the bare inner
+``adapter_model.safetensors`` (keys as ``PeftModel.save_pretrained`` writes them, for the bare adaptable
 module) plus ``head.safetensors`` and, when norm layers changed in training (``--train_norm``,
-``--bn_stats none``), ``norms.safetensors`` (native key names of the inner module).
+``--bn_stats none``), ``norms.safetensors`` (native key names of the adaptable module).
 """
 from __future__ import annotations
 
@@ -42,20 +35,12 @@ from torch import nn
 from ..errors import HFTransferError
 from ..files import ADAPTER_HEAD_NAME, ADAPTER_NORMS_NAME, save_safetensors
 from .norms import NORM_TYPES
-from .text_backbone import TextBackbone
-from .timm_backbone import TimmBackbone
 
 LORA_PREFIX = "lora_"  # peft's LoraModel.prefix: every adapter parameter name has a part starting with it
 PEFT_KEY_PREFIX = "base_model.model."  # how PeftModel.save_pretrained prefixes the keys it writes
 ADAPTER_NAME = "default"
 # the layer types peft's LoRA adapts (and that --lora_target_modules may name)
 ADAPTABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
-TEXT_ATTENTION_NAMES = ("query", "key", "value", "q_lin", "k_lin", "v_lin", "q", "k", "v")
-TIMM_LINEAR_NAMES = ("qkv", "proj", "fc1", "fc2")
-DEFAULTS_IN_WORDS = {
-    "text": "the encoder's attention projections (query/key/value)",
-    "image": "Linear layers named qkv/proj/fc1/fc2 and 1x1 convolutions",
-}
 
 
 @dataclass
@@ -84,19 +69,17 @@ class LoraSpec:
         return cls(**{k: record[k] for k in ("r", "alpha", "dropout", "target_modules", "base_weights", "train_norm")
                       if k in record})
 
+    def rebuildable_base_weights(self, save_dir: Path) -> str:
+        """The ``base_weights`` that the adapter folder ``save_dir`` rebuilds its backbone from, or a one-line error."""
+        if self.base_weights in (None, "random"):
+            raise HFTransferError(f"the adapter in '{save_dir}' was trained on "
+                                  f"{'random' if self.base_weights else 'unrecorded'} base weights, which cannot be "
+                                  "rebuilt: load the merged model in its parent folder")
+        return self.base_weights
+
 
 # ---------------------------------------------------------------------------------------------- targets
-def inner_module(backbone) -> nn.Module:
-    """The module LoRA is injected into: the timm model, or the transformers encoder."""
-    if isinstance(backbone, TimmBackbone):
-        return backbone.model
-    if isinstance(backbone, TextBackbone):
-        return backbone.encoder
-    raise HFTransferError(f"LoRA supports timm and transformers backbones, not {type(backbone).__name__}: "
-                          "use another --strategy")
-
-
-def _matches(name: str, target: str) -> bool:
+def matches_target(name: str, target: str) -> bool:
     """peft's rule for a ``target_modules`` entry: the module name itself or a dotted suffix of it."""
     return name == target or name.endswith("." + target)
 
@@ -106,26 +89,6 @@ def adaptable_layers(module: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in module.named_modules() if n and isinstance(m, ADAPTABLE_TYPES)}
 
 
-def _is_pointwise_conv(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
-
-
-def default_layers(backbone) -> list[str]:
-    """Full names of the layers LoRA adapts by default for this backbone's family (see the module docstring)."""
-    module = inner_module(backbone)
-    layers = adaptable_layers(module)
-    if isinstance(backbone, TextBackbone):
-        chosen = [n for n, m in layers.items() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TEXT_ATTENTION_NAMES]
-        if not chosen:  # another family: peft's own table of attention projections per model type
-            from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
-
-            names = PEFT_DEFAULTS.get(backbone.encoder.config.model_type, [])
-            chosen = [n for n in layers if any(_matches(n, t) for t in names)]
-        return chosen
-    return [n for n, m in layers.items()
-            if (isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in TIMM_LINEAR_NAMES) or _is_pointwise_conv(m)]
-
-
 def shortest_suffixes(chosen: list[str], all_names: list[str]) -> list[str]:
     """The shortest dotted suffixes that, matched the way peft matches, select exactly ``chosen`` among ``all_names``."""
     wanted, out = set(chosen), []
@@ -133,7 +96,7 @@ def shortest_suffixes(chosen: list[str], all_names: list[str]) -> list[str]:
         parts = name.split(".")
         for k in range(1, len(parts) + 1):
             suffix = ".".join(parts[-k:])
-            if all(n in wanted for n in all_names if _matches(n, suffix)):
+            if all(n in wanted for n in all_names if matches_target(n, suffix)):
                 if suffix not in out:
                     out.append(suffix)
                 break
@@ -151,7 +114,7 @@ def resolve_targets(backbone, requested: list[str] | None = None) -> list[str]:
     A requested name that matches no layer, or only layers LoRA cannot adapt, is refused with the
     names that would match; a model with no default target is refused in one line.
     """
-    module = inner_module(backbone)
+    module = backbone.adaptable_module()
     layers = adaptable_layers(module)
     all_names = [n for n, _ in module.named_modules() if n]
     what = f"'{backbone.name}'"
@@ -159,14 +122,14 @@ def resolve_targets(backbone, requested: list[str] | None = None) -> list[str]:
         raise HFTransferError(f"{what} has no Linear, Conv or Embedding layer for LoRA to adapt: use another --strategy")
     candidates = candidate_names(module)
     if not requested:
-        chosen = default_layers(backbone)
+        chosen = backbone.default_lora_layers()
         if not chosen:
             raise HFTransferError(f"{what} has none of the layers LoRA adapts by default "
-                                  f"({DEFAULTS_IN_WORDS[backbone.modality]}): pass --lora_target_modules with some of "
+                                  f"({backbone.default_lora_description}): pass --lora_target_modules with some of "
                                   f"{', '.join(candidates[:20])}")
         return shortest_suffixes(chosen, all_names)
     for target in requested:
-        matched = [n for n in all_names if _matches(n, target)]
+        matched = [n for n in all_names if matches_target(n, target)]
         if not matched:
             close = difflib.get_close_matches(target.rsplit(".", 1)[-1], candidates, n=5)
             shown = ", ".join(close or candidates[:20])
@@ -201,7 +164,7 @@ def add_lora(model, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, targe
     if spec is None:
         spec = LoraSpec(r, alpha, dropout, resolve_targets(model.backbone, target_modules),
                         getattr(model, "base_weights", None), train_norm)
-    module = inner_module(model.backbone)
+    module = model.backbone.adaptable_module()
     try:
         inject_adapter_in_model(spec.peft_config(model.backbone.name), module, adapter_name=ADAPTER_NAME)
     except ValueError as e:  # peft's own refusal (e.g. a layer type it does not support)
@@ -231,7 +194,7 @@ def record(model) -> dict:
     """What ``hftransfer_config.json`` and the card say about the adapters of ``model``."""
     spec = model.lora
     count, fraction = trainable_fraction(model, spec)
-    adapted = sum(1 for _, m in inner_module(model.backbone).named_modules() if _is_lora_layer(m))
+    adapted = sum(1 for _, m in model.backbone.adaptable_module().named_modules() if _is_lora_layer(m))
     return {**asdict(spec), "adapted_layers": adapted, "lora_parameters": lora_parameter_count(model),
             "trainable_parameters": count, "trainable_fraction": fraction}
 
@@ -251,7 +214,7 @@ def merged_copy(model):
     ``safe_merge`` refuses weights that turn non-finite instead of exporting them.
     """
     merged = copy.deepcopy(model)
-    module = inner_module(merged.backbone)
+    module = merged.backbone.adaptable_module()
     for name, layer in [(n, m) for n, m in module.named_modules() if _is_lora_layer(m)]:
         layer.merge(safe_merge=True, adapter_names=[ADAPTER_NAME])
         parent, _, child = name.rpartition(".")
@@ -272,13 +235,13 @@ def save_adapter_files(model, folder: Path) -> list[str]:
     """Write peft's ``adapter_config.json`` + ``adapter_model.safetensors``, the head and (if they moved) the norms.
 
     Returns the file names written. The adapter keys are those ``PeftModel.save_pretrained`` writes
-    for the bare inner module, so ``PeftModel.from_pretrained(base, folder, is_trainable=True)`` attaches them.
+    for the bare adaptable module, so ``PeftModel.from_pretrained(base, folder, is_trainable=True)`` attaches them.
     """
     from peft.utils import CONFIG_NAME as PEFT_CONFIG_NAME
     from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
-    module = inner_module(model.backbone)
+    module = model.backbone.adaptable_module()
     state = get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
     state = {PEFT_KEY_PREFIX + k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_safetensors(folder / SAFETENSORS_WEIGHTS_NAME, state, metadata={"format": "pt"})
@@ -307,7 +270,7 @@ def load_adapter_files(model, folder: Path) -> None:
     if not path.is_file():
         raise HFTransferError(f"'{folder}' has no {SAFETENSORS_WEIGHTS_NAME}: the adapter folder is incomplete, "
                               "save or download it again")
-    module = inner_module(model.backbone)
+    module = model.backbone.adaptable_module()
     state = {k.removeprefix(PEFT_KEY_PREFIX): v for k, v in load_file(path).items()}
     result = set_peft_model_state_dict(module, state, adapter_name=ADAPTER_NAME)
     missing = [k for k in result.missing_keys if is_lora_parameter(k)]
@@ -323,15 +286,3 @@ def load_adapter_files(model, folder: Path) -> None:
             raise HFTransferError(f"{norms_file} holds weights this model lacks (e.g. {unexpected[:2]}): "
                                   "save or download the adapter again")
 
-
-def base_backbone(config: dict, save_dir: Path):
-    """The backbone an adapter folder adapts, with its base weights (``config['lora']['base_weights']``)."""
-    weights = config["lora"].get("base_weights")
-    backbone_cfg = config["backbone"]
-    if weights in (None, "random"):
-        raise HFTransferError(f"the adapter in '{save_dir}' was trained on {'random' if weights else 'unrecorded'} "
-                              "base weights, which cannot be rebuilt: load the merged model in its parent folder")
-    if backbone_cfg["type"] == TimmBackbone.config_type:
-        return TimmBackbone(backbone_cfg["model_name"], weights=weights, **backbone_cfg.get("timm_kwargs", {}))
-    return TextBackbone(backbone_cfg["model_name"], weights=weights, pooling=backbone_cfg["pooling"],
-                        tokenizer_path=str(save_dir))

@@ -1,6 +1,7 @@
 """``TextBackbone``: any transformers encoder as a backbone (mean / CLS / pooler pooling, one group per layer)."""
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from pathlib import Path
@@ -12,7 +13,18 @@ from ..errors import HFTransferError
 from ..files import ENCODER_CONFIG_NAME, write_text
 from .backbone import Backbone, LayerGroup, load_state_file
 from .bundled import bundled_text_model_path
+from .layouts import NativeLayout, checked_layout
+from .lora import adaptable_layers, matches_target
 from .modeling_hftransfer import POOLINGS, pool
+
+# LoRA's default targets, the attention projections: query/key/value in BERT, RoBERTa, ALBERT, ELECTRA, MiniLM;
+# q_lin/k_lin/v_lin in DistilBERT; q/k/v in MPNet
+LORA_ATTENTION_NAMES = ("query", "key", "value", "q_lin", "k_lin", "v_lin", "q", "k", "v")
+# transformers model_type -> how its ForSequenceClassification head relates to pooler + linear head
+# (checked key for key and logit for logit in tests/test_export.py; anything else keeps hftransfer's layout)
+POOLED_CLASSIFIER_TYPES = {"bert": "classifier_dropout", "ernie": "classifier_dropout",
+                           "albert": "classifier_dropout_prob"}
+ROBERTA_HEAD_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet"}
 
 
 class TextBackbone(Backbone):
@@ -63,7 +75,7 @@ class TextBackbone(Backbone):
         self.input_names = tuple(n for n in TextBackbone.input_names if n in accepted)
 
     @classmethod
-    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "TextBackbone":
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean") -> "TextBackbone":
         return cls(model_name_or_path, weights=weights, pooling=pooling)
 
     def set_gradient_checkpointing(self, enable: bool = True) -> "TextBackbone":
@@ -149,7 +161,62 @@ class TextBackbone(Backbone):
         write_text(save_dir / ENCODER_CONFIG_NAME, json.dumps(self.encoder.config.to_dict(), indent=2))
 
     @classmethod
-    def from_config(cls, config: dict, save_dir: Path) -> "TextBackbone":
+    def from_config(cls, config: dict, save_dir: Path, *, weights: str | None = None) -> "TextBackbone":
+        """The saved encoder config and tokenizer (random weights), or the encoder built from ``weights``."""
+        if weights is not None:
+            return cls(config["model_name"], weights=weights, pooling=config["pooling"], tokenizer_path=str(save_dir))
         encoder_config = json.loads((save_dir / ENCODER_CONFIG_NAME).read_text())
         return cls(config["model_name"], pooling=config["pooling"], encoder_config=encoder_config,
                    tokenizer_path=str(save_dir))
+
+    # ---- LoRA and the exports -----------------------------------------------------------------------------
+    default_lora_description = "the encoder's attention projections (query/key/value)"
+
+    def adaptable_module(self) -> nn.Module:
+        return self.encoder
+
+    def default_lora_layers(self) -> list[str]:
+        """The attention projections (``LORA_ATTENTION_NAMES``), else those of peft's own table per model type."""
+        layers = adaptable_layers(self.encoder)
+        chosen = [n for n, m in layers.items()
+                  if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in LORA_ATTENTION_NAMES]
+        if chosen:
+            return chosen
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+        names = PEFT_DEFAULTS.get(self.encoder.config.model_type, [])
+        return [n for n in layers if any(matches_target(n, t) for t in names)]
+
+    def native_layout(self, model) -> tuple[NativeLayout | None, str]:
+        """``<Family>ForSequenceClassification``, where the encoder's pooler + a linear head is its classifier."""
+        from transformers import AutoModelForSequenceClassification
+
+        model_type = self.encoder.config.model_type
+        if self.pooling != "pooler":
+            return None, (f"{self.pooling} pooling has no transformers equivalent: sequence classifiers pool "
+                          "with the encoder's pooler (train with --pooling pooler for a native export)")
+        if model_type not in POOLED_CLASSIFIER_TYPES and model_type not in ROBERTA_HEAD_TYPES:
+            return None, (f"the {model_type} sequence classifier is not 'pooler -> linear' (only BERT, ERNIE, ALBERT, "
+                          "MPNet and the RoBERTa family map exactly)")
+        config = copy.deepcopy(self.encoder.config)
+        config.id2label = dict(model.id2label)
+        config.label2id = model.label2id
+        config.problem_type = "multi_label_classification" if model.multi_label else "single_label_classification"
+        setattr(config, POOLED_CLASSIFIER_TYPES.get(model_type, "classifier_dropout"), float(model.head.dropout.p))
+        try:
+            with torch.device("meta"):
+                reference = AutoModelForSequenceClassification.from_config(config)
+        except Exception as e:
+            return None, f"transformers could not build a sequence classifier for {model_type} ({type(e).__name__})"
+        config.architectures = [type(reference).__name__]
+        prefix = reference.base_model_prefix
+        if model_type in ROBERTA_HEAD_TYPES:  # their classification head is a pooler (dense -> tanh) + out_proj
+            key_map = [("backbone.encoder.pooler.dense.", "classifier.dense."), ("backbone.encoder.", f"{prefix}."),
+                       ("head.fc.", "classifier.out_proj.")]
+        else:
+            key_map = [("backbone.encoder.", f"{prefix}."), ("head.fc.", "classifier.")]
+        layout = NativeLayout("transformers", config.architectures[0], key_map, json.loads(config.to_json_string()))
+        return checked_layout(layout, model, reference.state_dict())
+
+    def remote_code_config(self) -> dict:
+        return {"pooling": self.pooling, "encoder_config": self.encoder.config.to_dict()}

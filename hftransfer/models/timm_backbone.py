@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import difflib
 import json
+import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import HFTransferError
+from ..files import NATIVE_CONFIG_NAME
 from .backbone import Backbone, LayerGroup, group_name, load_state_file
 from .bundled import bundled_timm_state_dict, has_bundled_timm_weights
+from .layouts import NativeLayout, checked_layout
+from .lora import adaptable_layers
+
+# LoRA's default Linear targets: ViT-style blocks (a fused ``qkv`` gets one adapter pair), ConvNeXt's MLPs
+LORA_LINEAR_NAMES = ("qkv", "proj", "fc1", "fc2")
 
 
 class TimmBackbone(Backbone):
@@ -71,7 +79,7 @@ class TimmBackbone(Backbone):
             )
 
     @classmethod
-    def create(cls, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean") -> "TimmBackbone":
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean") -> "TimmBackbone":
         return cls(model_name_or_path, weights=weights)  # timm models pool themselves
 
     def use_fast_layout(self) -> "TimmBackbone":
@@ -154,9 +162,63 @@ class TimmBackbone(Backbone):
                 "pretrained_cfg": json.loads(json.dumps(cfg, default=list)), "timm_kwargs": self.timm_kwargs}
 
     @classmethod
-    def from_config(cls, config: dict, save_dir: Path | None = None) -> "TimmBackbone":
-        """Rebuild the architecture offline: the saved ``pretrained_cfg`` replaces any Hub lookup."""
+    def from_config(cls, config: dict, save_dir: Path | None = None, *, weights: str | None = None) -> "TimmBackbone":
+        """The architecture offline (the saved ``pretrained_cfg`` replaces any Hub lookup), or with ``weights``."""
+        if weights is not None:
+            return cls(config["model_name"], weights=weights, **config.get("timm_kwargs", {}))
         kwargs = dict(config.get("timm_kwargs", {}), pretrained_cfg=config["pretrained_cfg"])
         backbone = cls(config["architecture"], weights="random", **kwargs)
         backbone.name, backbone.timm_kwargs = config["model_name"], config.get("timm_kwargs", {})
         return backbone
+
+    # ---- LoRA and the exports -----------------------------------------------------------------------------
+    default_lora_description = "Linear layers named qkv/proj/fc1/fc2 and 1x1 convolutions"
+
+    def adaptable_module(self) -> nn.Module:
+        return self.model
+
+    def default_lora_layers(self) -> list[str]:
+        """``nn.Linear`` layers named ``qkv`` / ``proj`` / ``fc1`` / ``fc2`` and every 1x1, ungrouped ``nn.Conv2d``
+        (EfficientNet's / MobileNet's pointwise and squeeze-excite convolutions, ResNet bottlenecks), which peft's
+        Conv2d LoRA adapts. A ViT's ``patch_embed.proj`` is a 16x16 convolution and is left alone."""
+        return [n for n, m in adaptable_layers(self.model).items()
+                if (isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in LORA_LINEAR_NAMES)
+                or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1)]
+
+    def native_layout(self, model) -> tuple[NativeLayout | None, str]:
+        """timm's Hub layout: timm's own ``config.json`` (labels added), the timm model's keys, classifier included."""
+        import timm
+        from timm.models._hub import save_config_for_hf
+
+        classifier = self.model.pretrained_cfg.get("classifier", "classifier")
+        if not isinstance(classifier, str):
+            return None, f"the timm architecture has {len(classifier)} classifiers (e.g. a distillation head), not one"
+        with tempfile.TemporaryDirectory() as tmp:
+            # timm's own exporter knows which constructor arguments rebuild this model (img_size, ...)
+            save_config_for_hf(self.model, Path(tmp) / NATIVE_CONFIG_NAME)
+            config = json.loads((Path(tmp) / NATIVE_CONFIG_NAME).read_text())
+        config["num_classes"] = model.num_labels
+        config["pretrained_cfg"]["num_classes"] = model.num_labels
+        config["label_names"] = [model.id2label[i] for i in range(model.num_labels)]
+        model_args = {k: v for k, v in config.pop("model_args", {}).items() if k != "num_classes"}
+        if model_args:
+            config["model_args"] = model_args
+        if model.multi_label:
+            config["problem_type"] = "multi_label_classification"  # TimmWrapper / pipeline apply a sigmoid
+        layout = NativeLayout("timm", config["architecture"],
+                              [("backbone.model.", ""), ("head.fc.", f"{classifier}.")], config)
+        try:
+            with torch.device("meta"):
+                reference = timm.create_model(config["architecture"], pretrained=False, num_classes=model.num_labels,
+                                              **model_args)
+        except Exception as e:  # any failure to rebuild means loaders would fail too
+            return None, (f"timm could not rebuild '{config['architecture']}' from its exported config "
+                          f"({type(e).__name__})")
+        return checked_layout(layout, model, reference.state_dict())
+
+    def remote_code_config(self) -> dict:
+        """timm's architecture and ``pretrained_cfg``; ``image_processor_type`` makes ``AutoImageProcessor`` and
+        ``pipeline`` apply timm's own eval transform."""
+        config = self.config()
+        return {"architecture": config["architecture"], "pretrained_cfg": config["pretrained_cfg"],
+                "timm_kwargs": config.get("timm_kwargs", {}), "image_processor_type": "TimmWrapperImageProcessor"}

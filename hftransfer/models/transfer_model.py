@@ -15,7 +15,7 @@ from ..files import ADAPTER_DIR, CONFIG_NAME, write_json
 from .factory import Backbone, LayerGroup, backbone_from_config, create_backbone
 from .heads import classification_loss, create_head
 from .layouts import load_weights, save_weights
-from .lora import LoraSpec, add_lora, base_backbone, load_adapter_files, merged_copy, save_adapter_files
+from .lora import LoraSpec, add_lora, load_adapter_files, merged_copy, save_adapter_files
 from .lora import record as lora_record
 from .norms import BN_STATS_DESCRIPTIONS, keep_bn_statistics
 
@@ -39,7 +39,7 @@ class TransferModel(nn.Module):
     augmentation; ``"none"`` no layer (plain ``nn.Module`` behaviour).
     """
 
-    def __init__(self, backbone: Backbone, head: nn.Module, id2label: dict[int, str], multi_label: bool = False,
+    def __init__(self, backbone: Backbone, head: nn.Module, id2label: dict[int, str], *, multi_label: bool = False,
                  label_smoothing: float = 0.0, head_config: dict | None = None):
         super().__init__()
         self.backbone = backbone
@@ -185,20 +185,16 @@ class TransferModel(nn.Module):
             raise HFTransferError(f"'{path}' has no {CONFIG_NAME}: pass a folder or repo written by hftransfer's "
                                   "save_pretrained / push_to_hub (plain timm or transformers models load with those)")
         config = json.loads((save_dir / CONFIG_NAME).read_text())
-        adapter = config.get("lora", {}).get("merged") is False  # an adapter/ folder: base weights + peft adapter
-        backbone = base_backbone(config, save_dir) if adapter else backbone_from_config(config["backbone"], save_dir)
+        # an adapter/ folder: the backbone built from its recorded base weights, the peft adapter re-injected
+        lora = LoraSpec.from_record(config["lora"]) if config.get("lora", {}).get("merged") is False else None
+        backbone = backbone_from_config(config["backbone"], save_dir,
+                                        weights=lora.rebuildable_base_weights(save_dir) if lora else None)
         id2label = {int(k): v for k, v in config["id2label"].items()}
-        head_cfg = config["head"]
-        if head is None:
-            if head_cfg["type"] == "custom":
-                module, _, name = head_cfg["class"].rpartition(".")
-                head = getattr(importlib.import_module(module), name)(backbone.feature_dim, len(id2label))
-            else:
-                kwargs = {k: v for k, v in head_cfg.items() if k != "type"}
-                head = create_head(head_cfg["type"], backbone.feature_dim, len(id2label), **kwargs)
-        model = cls(backbone, head, id2label, config["multi_label"], config.get("label_smoothing", 0.0), head_cfg)
-        if adapter:
-            add_lora(model, spec=LoraSpec.from_record(config["lora"]))
+        head = head if head is not None else _saved_head(config["head"], backbone.feature_dim, len(id2label))
+        model = cls(backbone, head, id2label, multi_label=config["multi_label"],
+                    label_smoothing=config.get("label_smoothing", 0.0), head_config=config["head"])
+        if lora is not None:
+            add_lora(model, spec=lora)
             load_adapter_files(model, save_dir)
             return model.eval()
         try:
@@ -223,12 +219,20 @@ class TransferModel(nn.Module):
         login and is never printed. Failures raise ``HFTransferError`` with one line naming the fix.
         Only the main process of a distributed run uploads; the others return ``""``.
         """
-        from ..hub.push import push_model
+        import tempfile
 
-        return push_model(self, repo_id, private=private, revision=revision, create_pr=create_pr,
-                          commit_message=commit_message, token=token)
+        from ..hub.card import write_model_card
+        from ..hub.push import is_main_process, push_folder
 
-    def predict(self, inputs, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
+        if not is_main_process():  # saving is work the other ranks would throw away
+            return ""
+        with tempfile.TemporaryDirectory(prefix="hftransfer-push-") as tmp:
+            folder = self.save_pretrained(tmp)
+            write_model_card(folder, repo_id=repo_id)  # the card names the repo it is pushed to
+            return push_folder(folder, repo_id, private=private, revision=revision, create_pr=create_pr,
+                               commit_message=commit_message, token=token)
+
+    def predict(self, inputs, *, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
                 settings=None, skip_unreadable: bool = False, progress: bool | None = False) -> list[dict]:
         """Label ``inputs`` (image paths / PIL images, or texts) in batches; one dict per input, in order.
 
@@ -259,6 +263,15 @@ class TransferModel(nn.Module):
         return result.predictions
 
 
+def _saved_head(head_config: dict, feature_dim: int, num_labels: int) -> nn.Module:
+    """The head ``head_config`` describes, weights still to load: a built-in one, or a user class importable by name."""
+    if head_config["type"] == "custom":
+        module, _, name = head_config["class"].rpartition(".")
+        return getattr(importlib.import_module(module), name)(feature_dim, num_labels)
+    kwargs = {k: v for k, v in head_config.items() if k != "type"}
+    return create_head(head_config["type"], feature_dim, num_labels, **kwargs)
+
+
 def _head_config(head, head_kwargs: dict, module: nn.Module) -> dict:
     if isinstance(head, str):
         return {"type": head, **head_kwargs}
@@ -271,10 +284,10 @@ def _version() -> str:
     return __version__
 
 
-def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict[int, str], head: str | nn.Module = "linear",
-                          weights: str = "pretrained", multi_label: bool = False, label_smoothing: float = 0.0,
-                          head_hidden_sizes: tuple[int, ...] = (512,), head_dropout: float = 0.0,
-                          pooling: str = "mean") -> TransferModel:
+def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict[int, str], *,
+                          head: str | nn.Module = "linear", weights: str = "pretrained", multi_label: bool = False,
+                          label_smoothing: float = 0.0, head_hidden_sizes: tuple[int, ...] = (512,),
+                          head_dropout: float = 0.0, pooling: str = "mean") -> TransferModel:
     """Build a TransferModel: backbone by name/path (``weights`` = pretrained | random | file) plus a head.
 
     ``pooling`` applies to text encoders (``mean``, ``cls`` or ``pooler``)."""
@@ -285,8 +298,8 @@ def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict
     if head == "mlp":
         head_kwargs["hidden_sizes"] = list(head_hidden_sizes)
     head_module = create_head(head, backbone.feature_dim, len(id2label), **head_kwargs)
-    model = TransferModel(backbone, head_module, id2label, multi_label, label_smoothing,
-                          _head_config(head, head_kwargs, head_module))
+    model = TransferModel(backbone, head_module, id2label, multi_label=multi_label, label_smoothing=label_smoothing,
+                          head_config=_head_config(head, head_kwargs, head_module))
     model.base_weights = weights
     return model
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config.options import AUTO_METRICS, RANDOM_PREFIX, TrainConfig
-from ..training.inputs import load_data
+from ..config import TrainConfig
+from ..config.options import AUTO_METRICS, RANDOM_PREFIX
 from ..errors import HFTransferError
 from ..files import FEATURE_CACHE_DIR
 from ..records import BackboneChoice
+from ..training.inputs import load_data
 from ..training.runtime import from_main_process
 from .rank import check_modalities, format_table, parse_candidate, score_candidates
 

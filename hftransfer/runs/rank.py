@@ -27,7 +27,6 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config.options import RANDOM_PREFIX
-from ..training.inputs import load_data
 from ..errors import HFTransferError
 from ..evaluation.report import new_figure, save_figure
 from ..evaluation.transferability import transferability_scores
@@ -35,6 +34,7 @@ from ..files import write_json, write_text
 from ..models.devices import usable_cores
 from ..models.transfer_model import create_transfer_model
 from ..training.feature_cache import FeatureDataset, feature_cache_file, load_or_extract
+from ..training.inputs import load_data
 from ..training.loaders import create_dataloaders
 
 COLUMNS = ("rank", "candidate", "logme", "h_score", "feature_dim", "samples", "seconds", "features")

@@ -6,11 +6,14 @@ lock and checkpoints), ``runtime`` (processes and stop signals).
 """
 from __future__ import annotations
 
-from ..config.options import AUTO_MODEL, TrainConfig
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..config.options import AUTO_MODEL
 from ..errors import HFTransferError
 from ..evaluation.report import write_report
 from ..hub.card import write_model_card
-from ..hub.push import push_output_dir
+from ..hub.push import check_push_target, push_output_dir
 from ..training.checkpoint import RunLock, check_output_dir
 from ..training.loop import fit
 from ..training.runtime import StopSignals, any_process, configure_threads, create_accelerator
@@ -41,6 +44,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         stop.uninstall()
         raise locked_out or HFTransferError("the main process could not lock output_dir")
     try:
+        repo_id = check_hub_target(cfg, accelerator)  # before the first step, and before an earlier run is touched
         output_dir = check_output_dir(cfg.output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
         threads = configure_threads(cfg.num_threads, accelerator)
         choice = None
@@ -54,11 +58,11 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         failure = None
         if accelerator.is_main_process:
             write_report(output_dir)
-            write_model_card(output_dir, repo_id=cfg.hub_model_id)
+            write_model_card(output_dir, repo_id=repo_id)
             if cfg.push_to_hub:
                 # the local output_dir is complete before any network call: a failed push loses nothing
                 try:
-                    push_output_dir(output_dir, cfg.hub_model_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
+                    push_output_dir(output_dir, repo_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
                 except HFTransferError as e:
                     failure = e  # raised after the barrier, so the other ranks are not left waiting
         accelerator.wait_for_everyone()
@@ -74,3 +78,21 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             if lock is not None:
                 lock.release()
             stop.uninstall()
+
+
+def check_hub_target(cfg: TrainConfig, accelerator) -> str | None:
+    """With ``--push_to_hub``: check token and repo on the main process, as transformers' ``Trainer`` does at
+    start-up, so a push that cannot succeed fails now, not after training; the repo id to push to (and
+    name in the card). Every rank raises the main process's failure: none is left waiting."""
+    if not cfg.push_to_hub:
+        return cfg.hub_model_id
+    repo_id, failure = cfg.hub_model_id, None
+    if accelerator.is_main_process:
+        try:
+            repo_id = check_push_target(cfg.hub_model_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr,
+                                        output_dir_name=Path(cfg.output_dir).name)
+        except HFTransferError as e:
+            failure = e
+    if any_process(accelerator, failure is not None):
+        raise failure or HFTransferError("the main process could not check the --push_to_hub target: see its error")
+    return repo_id

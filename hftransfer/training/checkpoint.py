@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import HFTransferError
 from ..files import BEST_DIR, CHECKPOINT_DIR, FEATURE_CACHE_DIR, TMP_SUFFIX, read_json, write_json
+from . import crash_tests
 
 logger = logging.getLogger(__name__)
 MANIFEST_NAME = "hftransfer_checkpoint.json"
@@ -195,7 +196,7 @@ def save_checkpoint(accelerator, output_dir: Path, state: RunState, keep: int) -
         shutil.rmtree(tmp, ignore_errors=True)
     state.collect_losses(accelerator)
     accelerator.save_state(str(tmp))
-    _test_hook("HFTRANSFER_TEST_KILL_IN_SAVE", state.global_step)
+    crash_tests.inside_save(state.global_step)
     accelerator.wait_for_everyone()  # every rank's RNG file is in before the folder counts as complete
     if accelerator.is_main_process:
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
@@ -261,11 +262,3 @@ def adopt_best_model(ckpt: Path, output_dir: Path, state: RunState, accelerator)
     else:
         state.best_metric, state.best_epoch = None, -1
     accelerator.wait_for_everyone()
-
-
-def _test_hook(variable: str, step: int) -> None:
-    """Crash tests: ``HFTRANSFER_TEST_KILL_IN_SAVE=N`` kills the process inside the save of step N."""
-    if os.environ.get(variable) == str(step):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)

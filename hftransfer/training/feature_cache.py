@@ -106,11 +106,12 @@ def load_or_extract(accelerator, model, loader, target: FeatureDataset, dtype: t
 
 
 # ---- the cache in a training run ---------------------------------------------------------------
-def uses_feature_cache(cfg, strategy) -> bool:
-    """The cache applies when some epoch freezes the whole backbone and nothing inside it still learns
-    (``--train_norm`` trains norm layers; ``--bn_stats none`` lets frozen BatchNorm statistics move)."""
-    frozen_epochs = any(strategy.trainable_groups(e) == 0 for e in range(cfg.num_train_epochs))
-    return cfg.feature_cache == "auto" and frozen_epochs and not cfg.train_norm and cfg.bn_stats != "none"
+def uses_feature_cache(strategy, *, num_epochs: int, policy: str = "auto", train_norm: bool = False,
+                       bn_stats: str = "frozen") -> bool:
+    """The cache applies (``policy`` auto) when some epoch freezes the whole backbone and nothing inside it
+    still learns (``train_norm`` trains norm layers; ``bn_stats`` none lets frozen BatchNorm statistics move)."""
+    frozen_epochs = any(strategy.trainable_groups(e) == 0 for e in range(num_epochs))
+    return policy == "auto" and frozen_epochs and not train_norm and bn_stats != "none"
 
 
 def feature_cache_file(cache_dir: str | None, backbone, fingerprint: str, preprocessing: str, dtype: str,
@@ -121,16 +122,17 @@ def feature_cache_file(cache_dir: str | None, backbone, fingerprint: str, prepro
     return Path(cache_dir) / f"{split}-{cache_key(backbone, fingerprint, preprocessing, dtype)}.safetensors"
 
 
-def fill_feature_cache(accelerator, model, loaders, cfg) -> None:
-    """Compute (or load from ``--feature_cache_dir``) the frozen backbone's features of both splits."""
-    dtype = getattr(torch, cfg.feature_cache_dtype)
+def fill_feature_cache(accelerator, model, loaders, *, cache_dir: str | None = None, dtype_name: str = "float32") -> None:
+    """Compute (or load from ``cache_dir``, ``--feature_cache_dir``) the frozen backbone's features of both splits,
+    kept as ``dtype_name`` (``--feature_cache_dtype``)."""
+    dtype = getattr(torch, dtype_name)
     backbone = accelerator.unwrap_model(model).backbone
     for split, source, target in (("train", loaders.train_extract, loaders.cached_train),
                                   ("eval", loaders.eval, loaders.cached_eval)):
         dataset = target.dataset
         if dataset.ready:
             continue
-        cache_file = feature_cache_file(cfg.feature_cache_dir, backbone, loaders.fingerprints[split],
-                                        loaders.preprocessing, cfg.feature_cache_dtype, split)
+        cache_file = feature_cache_file(cache_dir, backbone, loaders.fingerprints[split], loaders.preprocessing,
+                                        dtype_name, split)
         how = load_or_extract(accelerator, model, source, dataset, dtype, f"features ({split})", cache_file)
-        accelerator.print(f"feature cache: {split} {tuple(dataset.features.shape)} {cfg.feature_cache_dtype}, {how}")
+        accelerator.print(f"feature cache: {split} {tuple(dataset.features.shape)} {dtype_name}, {how}")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from ..adaptation.methods import TARGET_PREFIX
-from ..data import INDEX_COLUMN, DataBundle
+from ..adaptation.paired import PairedCollate, PairedDomains
+from ..data import DataBundle
 from ..models.devices import usable_cores
 from .feature_cache import FeatureDataset
 
@@ -118,59 +118,6 @@ def pipeline_kwargs(cfg) -> dict:
     augment = getattr(cfg, "augment", False)  # rank reads features only: never augmented
     augmentation = Augmentation(tuple(cfg.crop_scale), cfg.color_jitter, cfg.seed) if augment else None
     return {"decode_size": cfg.decode_size, "max_seq_length": cfg.max_seq_length, "augmentation": augmentation}
-
-
-class PairedDomains(torch.utils.data.Dataset):
-    """Source example ``i`` with a target example drawn for it: one dataset, so the sampler, DDP sharding,
-    ``skip_first_batches`` and exact resume need nothing new.
-
-    An epoch has one example per source example; the target examples come from a fresh permutation per
-    pass over the target split, seeded by (seed, epoch, pass), so which target example meets which
-    source example depends only on the epoch, never on what ran before.
-    """
-
-    def __init__(self, source, target, seed: int = 0):
-        self.source, self.target, self.seed, self.epoch = source, target, seed, 0
-        self._orders: dict[tuple[int, int], list[int]] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def target_index(self, i: int) -> int:
-        n = len(self.target)
-        key = (self.epoch, i // n)
-        if key not in self._orders:
-            if len(self._orders) > 64:
-                self._orders.clear()
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 1_009 + key[1])
-            self._orders[key] = torch.randperm(n, generator=g).tolist()
-        return self._orders[key][i % n]
-
-    def __getitem__(self, i: int) -> dict:
-        example = dict(self.source[i])
-        for key, value in self.target[self.target_index(i)].items():
-            if key != INDEX_COLUMN:
-                example[TARGET_PREFIX + key] = value
-        return example
-
-
-class PairedCollate:
-    """Collate a paired batch: each domain with the pipeline's own collate, target keys prefixed."""
-
-    def __init__(self, collate):
-        self.collate = collate
-
-    def __call__(self, examples: list[dict]) -> dict:
-        source = [{k: v for k, v in e.items() if not k.startswith(TARGET_PREFIX)} for e in examples]
-        target = [{k[len(TARGET_PREFIX):]: v for k, v in e.items() if k.startswith(TARGET_PREFIX)} for e in examples]
-        batch = self.collate(source)
-        target_batch = self.collate(target)
-        target_batch.pop("labels", None)  # the target's labels are -1: never seen by the loss
-        batch.update({TARGET_PREFIX + k: v for k, v in target_batch.items()})
-        return batch
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):

@@ -1,7 +1,7 @@
 """What a run leaves in its output_dir: the best epoch's model and predictions, then ``all_results.json``.
 
 During training the best epoch so far is kept in ``best_model/`` (model, its eval metrics and
-per-example predictions); at the end ``export_run`` copies it to ``output_dir`` and writes the
+per-example predictions); at the end ``write_run_outputs`` copies it to ``output_dir`` and writes the
 results record the card and report read.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def save_best_epoch(model, output_dir: Path, metrics: dict, records: list[dict])
     return output_dir / BEST_DIR
 
 
-def export_run(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription,
+def write_run_outputs(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription,
                test: tuple[dict, list[dict]] | None = None, backbone_choice: BackboneChoice | None = None) -> RunResults:
     """Copy the best epoch's model to ``output_dir`` and write ``all_results.json`` (with ``test_*`` metrics
     and ``test_predictions.jsonl`` when ``test`` holds the exported model's test metrics and predictions, and

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..config.options import TRACKERS, TrainConfig, tracker_installed
+from ..config import TrainConfig
+from ..config.options import TRACKERS, tracker_installed
 from ..files import LOGGING_DIR
 from ..tuning.strategies import Strategy
 

@@ -67,8 +67,6 @@ class Strategy:
     unfreeze_top_k: int = 2
     unfreeze_every: int = 1
     lp_epochs: int = 1
-    lora_r: int = 8
-    lora_alpha: float = 16.0
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
@@ -76,10 +74,11 @@ class Strategy:
         if self.unfreeze_every < 1 or self.lp_epochs < 0 or self.unfreeze_top_k < 0:
             raise HFTransferError("unfreeze_every must be >= 1, lp_epochs and unfreeze_top_k >= 0")
 
-    def description(self) -> str:
-        """One sentence on what this strategy does with its settings."""
+    def description(self, lora_r: int = 8, lora_alpha: float = 16.0) -> str:
+        """One sentence on what this strategy does with its settings (LoRA strategies name the adapters' rank
+        and alpha, which the model's ``LoraSpec`` holds)."""
         return describe_strategy(self.name, unfreeze_top_k=self.unfreeze_top_k, unfreeze_every=self.unfreeze_every,
-                                 lp_epochs=self.lp_epochs, lora_r=self.lora_r, lora_alpha=float(self.lora_alpha))
+                                 lp_epochs=self.lp_epochs, lora_r=lora_r, lora_alpha=float(lora_alpha))
 
     @property
     def adapter_only(self) -> bool:

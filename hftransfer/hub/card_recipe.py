@@ -1,0 +1,113 @@
+"""The card's "Transfer recipe" section: strategy, learning rates, phases, regularization, optimization, LoRA.
+
+Formatted from the run's ``RunDescription`` (``None`` for a model saved outside a run, whose card
+has no recipe).
+"""
+from __future__ import annotations
+
+from ..records import RunDescription
+from .card_format import format_learning_rate, group_display_name, group_span_display
+
+NO_RECIPE = {"strategy": None, "strategy_description": None, "learning_rates": None, "schedule": None,
+             "regularization": None, "optimization": None, "parameters": "n/a", "phases": None,
+             "phase_notes": None, "layer_lrs": None, "layer_decay": None, "lora": None}
+NOT_WORTH_MENTIONING = (None, 0, 0.0, "no")  # optional settings left off (e.g. mixed precision "no")
+
+
+def recipe_context(recipe: RunDescription | None) -> dict:
+    """The recipe's template variables; all empty (parameters ``n/a``) without a recipe."""
+    if recipe is None:
+        return dict(NO_RECIPE)
+    phases, phase_notes = phase_rows(recipe)
+    return {
+        "strategy": recipe.strategy, "strategy_description": recipe.strategy_description or "custom strategy",
+        "learning_rates": learning_rates_line(recipe), "schedule": recipe.lr_scheduler,
+        "regularization": regularization_line(recipe), "optimization": optimization_line(recipe),
+        "parameters": f"{recipe.parameters:,} in total" if isinstance(recipe.parameters, int) else "n/a",
+        "phases": phases, "phase_notes": " ".join(phase_notes) or None,
+        "layer_lrs": layer_learning_rates(recipe), "layer_decay": recipe.layer_decay,
+        "lora": lora_line(recipe.lora),
+    }
+
+
+def learning_rates_line(recipe: RunDescription) -> str:
+    line = (f"backbone {format_learning_rate(recipe.learning_rate)} (peak), "
+            f"head {format_learning_rate(recipe.head_learning_rate)}")
+    if recipe.layer_decay != 1.0:
+        line += f", layer-wise decay {recipe.layer_decay} per group from the top"
+    return line
+
+
+def phase_rows(recipe: RunDescription) -> tuple[list[dict], list[str]]:
+    """One table row per phase (epochs 1-based), and the notes of the phases that have one."""
+    rows, notes = [], []
+    for index, phase in enumerate(recipe.phases, 1):
+        first, last = (epoch + 1 for epoch in phase.epochs)
+        rows.append({"index": index, "epochs": str(first) if first == last else f"{first}-{last}",
+                     "trainable": group_span_display(phase.trainable_backbone_groups),
+                     "frozen": group_span_display(phase.frozen_backbone_groups),
+                     "fraction": f"{phase.trainable_fraction:.1%}",
+                     "head_lr": format_learning_rate(phase.head_learning_rate)})
+        if phase.note:
+            notes.append(f"Phase {index}: {phase.note}.")
+    return rows, notes
+
+
+def layer_learning_rates(recipe: RunDescription) -> list[tuple[str, str]] | None:
+    """(group, peak LR) from input to output, then the head; only when layer-wise decay is on."""
+    decay = recipe.layer_decay
+    # the first phase lists every group: frozen ones (a prefix of the ordered list), then trainable ones
+    groups = [*recipe.phases[0].frozen_backbone_groups, *recipe.phases[0].trainable_backbone_groups] \
+        if recipe.phases else []
+    if decay == 1.0 or not groups or recipe.learning_rate is None:
+        return None
+    top = len(groups) - 1  # the top group gets the full rate, each one below it one more factor of decay
+    rates = [(group_display_name(group), format_learning_rate(recipe.learning_rate * decay ** (top - depth)))
+             for depth, group in enumerate(groups)]
+    return [*rates, ("head", format_learning_rate(recipe.head_learning_rate))]
+
+
+def optimization_line(recipe: RunDescription) -> str:
+    parts = [f"AdamW, weight decay {recipe.weight_decay} (not on biases and norm weights)"]
+    parts += [f"batch size {recipe.batch_size}"] if recipe.batch_size else []
+    parts += [f"{recipe.epochs} epoch(s)"] if recipe.epochs else []
+    for value, label in ((recipe.max_grad_norm, "gradient clipping"), (recipe.mixed_precision, "mixed precision"),
+                         (recipe.seed, "seed")):
+        if value not in NOT_WORTH_MENTIONING:
+            parts.append(f"{label} {value}")
+    if recipe.gradient_checkpointing:
+        parts.append("gradient checkpointing (non-reentrant)")
+    return ", ".join(parts)
+
+
+def regularization_line(recipe: RunDescription) -> str:
+    """L2-SP and its weights, label smoothing, head dropout, the normalization policy."""
+    regularizer = recipe.regularizer
+    if regularizer:
+        extra = ", ".join(f"{key} {value}" for key, value in regularizer.items() if key not in ("name", "alpha"))
+        parts = [f"{regularizer['name']}, weight {regularizer['alpha']}" + (f" ({extra})" if extra else "")]
+    else:
+        parts = ["no transfer regularizer (e.g. L2-SP)"]
+    if recipe.label_smoothing:
+        parts.append(f"label smoothing {recipe.label_smoothing}")
+    if recipe.head_dropout:
+        parts.append(f"head dropout {recipe.head_dropout}")
+    if recipe.train_norm:
+        parts.append("normalization layers train inside frozen groups")
+    if recipe.norm_policy:
+        parts.append(recipe.norm_policy)
+    return "; ".join(parts)
+
+
+def lora_line(record: dict | None) -> str | None:
+    """The LoRA line: rank, alpha, dropout, targets, what trains, and that the export is merged."""
+    if not record:
+        return None
+    targets = ", ".join(f"`{target}`" for target in record["target_modules"])
+    trained = "adapters + head" + (" + norm layers" if record.get("train_norm") else "")
+    return (f"rank {record['r']}, alpha {record['alpha']:g}, dropout {record['dropout']:g} on {targets} "
+            f"({record['adapted_layers']} layers); {record['trainable_parameters']:,} trainable parameters "
+            f"({record['trainable_fraction']:.2%}: {trained}). "
+            "The weights here are **merged** (adapters folded into the base weights, loadable as a plain model); "
+            "the adapter alone (peft `adapter_config.json` + `adapter_model.safetensors`, with the head as "
+            "`head.safetensors`) is in `adapter/`")

@@ -1,0 +1,158 @@
+"""The card's results: metrics, per-class and history tables, the model-index entries, and the optional
+"Did transfer help?", "Backbone choice" and "Domain adaptation" blocks.
+
+Formatted from the run's typed ``RunResults`` (``None`` for a model saved outside a run, whose card
+has no results).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..records import BackboneChoice, DomainAdaptation, RunResults, TransferGain
+from .card_format import format_value, looks_like_local_path, markdown_escape, public_path_name
+
+MAX_CLASS_ROWS = 100
+NO_RESULTS = {"results": None, "per_class": None, "per_class_note": None, "history": None, "best_epoch": None,
+              "epochs_run": None, "metric_for_best_model": None, "test_results": None, "test_samples": None}
+SCORE_NAMES = {"h_score": "H-score", "logme": "LogME"}
+ADAPTATION_METHODS = {"none": "no adaptation (source-only training)", "dann": "DANN (Ganin et al. 2016)",
+                      "cdan": "CDAN+E (Long et al. 2018)", "mcc": "MCC (Jin et al. 2020)"}
+
+
+def has_eval_results(results: RunResults | None) -> bool:
+    return results is not None and "eval_accuracy" in results.metrics
+
+
+def results_context(results: RunResults | None) -> dict:
+    """The "Results" section's template variables; all empty without eval results."""
+    if not has_eval_results(results):
+        return dict(NO_RESULTS)
+    rows = metric_rows(values=results.metrics, prefix="eval_")
+    if results.train_runtime is not None:
+        rows.append(("training time", f"{results.train_runtime:.0f} s on {results.world_size} process(es)"))
+    per_class, per_class_note = per_class_rows(results.eval_per_class)
+    history = [{"epoch": epoch.epoch, "train_loss": format_value(epoch.train_loss),
+                "eval_loss": format_value(epoch.eval_loss), "eval_accuracy": format_value(epoch.eval_accuracy),
+                "eval_f1": format_value(epoch.eval_f1)} for epoch in results.history]
+    test = results.test_metrics
+    return {"results": rows, "per_class": per_class, "per_class_note": per_class_note, "history": history,
+            "test_results": metric_rows(values=test, prefix="test_") if "test_accuracy" in test else None,
+            "test_samples": test.get("test_samples"),
+            "best_epoch": results.best_epoch, "epochs_run": results.epochs or len(history),
+            "metric_for_best_model": results.transfer.metric_for_best_model if results.transfer else "accuracy"}
+
+
+def metric_rows(values: dict, prefix: str) -> list[tuple[str, str]]:
+    """Accuracy, macro F1 and loss of one split (``eval_`` or ``test_`` keys)."""
+    return [("accuracy", format_value(values[f"{prefix}accuracy"])),
+            ("F1 (macro)", format_value(values.get(f"{prefix}f1"))),
+            ("loss", format_value(values.get(f"{prefix}loss")))]
+
+
+def per_class_rows(per_class: dict) -> tuple[list[dict], str | None]:
+    """One row per class, cut at ``MAX_CLASS_ROWS`` (with a note saying so: all of them stay in the JSON)."""
+    rows = [{"label": markdown_escape(label),
+             **{key: format_value(scores.get(key)) for key in ("precision", "recall", "f1", "support")}}
+            for label, scores in per_class.items()]
+    if len(rows) <= MAX_CLASS_ROWS:
+        return rows, None
+    note = f"First {MAX_CLASS_ROWS} of {len(rows)} classes; all of them are in `all_results.json`."
+    return rows[:MAX_CLASS_ROWS], note
+
+
+def hub_eval_results(results: RunResults | None, dataset_type: str, dataset_name: str, dataset_config: str | None,
+                     pipeline_tag: str, multi_label: bool) -> list:
+    """The model-index entries: accuracy and macro F1 on the validation split, and on the test split if scored."""
+    from huggingface_hub import EvalResult
+
+    if not has_eval_results(results):
+        return []
+    common = {"task_type": pipeline_tag, "task_name": pipeline_tag.replace("-", " ").capitalize(),
+              "dataset_type": dataset_type, "dataset_name": dataset_name}
+    if dataset_config:
+        common["dataset_config"] = dataset_config
+    entries = []
+    for split, prefix, values in (("validation", "eval_", results.metrics), ("test", "test_", results.test_metrics)):
+        if f"{prefix}accuracy" not in values:
+            continue
+        entries.append(EvalResult(metric_type="accuracy", metric_value=round(float(values[f"{prefix}accuracy"]), 4),
+                                  metric_name="Accuracy (exact match)" if multi_label else "Accuracy",
+                                  dataset_split=split, **common))
+        if f"{prefix}f1" in values:
+            entries.append(EvalResult(metric_type="f1", metric_value=round(float(values[f"{prefix}f1"]), 4),
+                                      metric_name="F1 (macro)", metric_config="macro", dataset_split=split, **common))
+    return entries
+
+
+def transfer_gain_block(gain: TransferGain) -> dict:
+    """The "did transfer help" block: the summary line and one row per scalar (per-run lists stay in the JSON)."""
+    rows = [(label, format_value(getattr(gain, key))) for key, label in TransferGain.LABELS.items()]
+    rows += [(key.replace("_", " "), format_value(value)) for key, value in gain.extra.items()
+             if not isinstance(value, (dict, list))]
+    return {"summary": gain.summary or None, "rows": rows}
+
+
+def public_candidate_name(spec: str) -> str:
+    """A ranked candidate as the card names it: local folders and weight files by their last path parts."""
+    prefix = "random:" if spec.startswith("random:") else ""
+    name, _, weights = spec.removeprefix(prefix).partition("=")
+    name = public_path_name(name) if looks_like_local_path(name) else name
+    return prefix + name + (f"={Path(weights).name if looks_like_local_path(weights) else weights}" if weights else "")
+
+
+def backbone_choice_block(choice: BackboneChoice) -> dict:
+    """The "Backbone choice" block: the rule and its outcome in words, then one row per ranked candidate."""
+    rows = [{"rank": row.get("rank"), "candidate": markdown_escape(public_candidate_name(row["candidate"])),
+             "h_score": format_value(row.get("h_score")), "logme": format_value(row.get("logme")),
+             "dim": format_value(row.get("feature_dim")),
+             "chosen": candidate_mark(candidate=row["candidate"], chosen=choice.chosen)} for row in choice.ranking]
+    reason, warning = choice.reason, choice.warning or ""
+    # no local paths in a public card; longest first, so that a spec containing another's is replaced whole
+    for spec in sorted(choice.candidates, key=len, reverse=True):
+        reason = reason.replace(spec, public_candidate_name(spec))
+        warning = warning.replace(spec, public_candidate_name(spec))
+    return {"reason": markdown_escape(reason), "warning": markdown_escape(warning) if warning else None, "rows": rows,
+            "metric": SCORE_NAMES.get(choice.metric, choice.metric), "train_samples": choice.train_samples}
+
+
+def candidate_mark(candidate: str, chosen: str) -> str:
+    if candidate == chosen:
+        return "**chosen**"
+    return "random-init floor" if candidate.startswith("random:") else ""
+
+
+def domain_adaptation_block(record: DomainAdaptation) -> dict:
+    """The "Domain adaptation" block: method, gap, the label-free selection, the oracle and the source-only twin."""
+    gap = record.domain_gap or {}
+    gap_text = (f"proxy A-distance {format_value(gap['proxy_a_distance'], 3)} (0 = indistinguishable, "
+                f"2 = linearly separable), MMD {format_value(gap['mmd'])}, on {gap['samples_per_domain']} "
+                "examples per domain") if gap else None
+    return {"method": markdown_escape(ADAPTATION_METHODS.get(record.method, record.method)),
+            "rule": markdown_escape(record.selection_rule), "target_train_samples": record.target_train_samples,
+            "selected_epoch": record.selected_epoch, "gap": gap_text, "rows": domain_adaptation_rows(record),
+            "verdict": markdown_escape(record.verdict) if record.verdict else None,
+            "warning": markdown_escape(record.warning) if record.warning else None}
+
+
+def domain_adaptation_rows(record: DomainAdaptation) -> list[tuple[str, str]]:
+    """The selected epoch's label-free scores, the oracle (target labels: reported, never used) and the twin."""
+    rows = [("source validation accuracy (selected epoch)", format_value(record.source_accuracy)),
+            ("target information maximization (label-free)", format_value(record.target_im)),
+            ("selection score (label-free)", format_value(record.selection_score))]
+    if record.target_oracle_accuracy is not None:
+        rows.append(("target validation accuracy (**oracle**: target labels, reported only, never used to select)",
+                     format_value(record.target_oracle_accuracy)))
+        rows.append(("best target validation accuracy of any epoch (oracle)",
+                     f"{format_value(record.target_oracle_best_accuracy)} (epoch {record.target_oracle_best_epoch})"))
+    if record.target_test_accuracy is not None:
+        rows.append((f"target test accuracy, exported model ({record.target_test_samples} examples)",
+                     format_value(record.target_test_accuracy)))
+    source_only = record.source_only
+    if source_only is not None:
+        if source_only.target_oracle_accuracy is not None:
+            rows.append(("source-only: target validation accuracy (oracle)",
+                         format_value(source_only.target_oracle_accuracy)))
+        if source_only.target_test_accuracy is not None:
+            rows.append(("source-only: target test accuracy", format_value(source_only.target_test_accuracy)))
+        rows.append(("source-only: selection score (label-free)", format_value(source_only.selection_score)))
+    return rows

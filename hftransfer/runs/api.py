@@ -1,0 +1,322 @@
+"""The Python API a notebook calls: ``finetune``, ``rank_backbones`` and ``predict`` (exported by ``hftransfer``).
+
+Each converts its arguments at the edge, in timm's style, then calls what the entry points call:
+
+* ``finetune(model, train_dir=..., ...)`` builds a ``TrainConfig`` from keyword options (the recipes'
+  flag names, without the dashes) over an optional YAML ``config``, works out the modality, runs
+  ``runs.train.train`` in this process (single process, like ``python recipes/image_cls.py``) and
+  returns a ``FinetuneResult``: the run's ``all_results.json`` as ``RunResults``, its ``metrics``,
+  and the exported model loaded back with ``TransferModel.from_pretrained``.
+* ``rank_backbones(candidates, train_dir=..., ...)`` is ``hftransfer rank``: the ranking rows.
+* ``predict(model, inputs)`` is ``hftransfer predict`` on Python objects: a ``TransferModel``, a
+  ``FinetuneResult``, a run folder or a Hub repo id, through the run's own preprocessing settings.
+
+Options set to ``None`` count as not given (their defaults apply). Defaults are ``TrainConfig``'s,
+not the recipes' embedded default jobs. Problems are one-line ``HFTransferError``s, raised (not
+turned into an exit) so a notebook keeps its state.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..config import RankConfig, TrainConfig, load_config, read_config_file
+from ..config.options import AUTO_MODEL
+from ..errors import HFTransferError, show_progress_messages
+from ..files import RUN_CONFIG_NAME
+from ..models.inference import InferenceSettings
+from ..models.transfer_model import TransferModel
+from ..records import RunResults
+
+MODALITIES = ("image", "text")
+HELP_HINT = {"finetune": "python recipes/image_cls.py --help lists them", "rank_backbones": "hftransfer rank --help lists them"}
+logger = logging.getLogger(__name__)
+
+
+@dataclass(repr=False)
+class FinetuneResult:
+    """What ``finetune`` returns: the run's records, its metrics and the trained model.
+
+    ``results``: ``all_results.json`` (``records.RunResults``: history, recipe, per-class scores);
+    ``metrics``: its ``eval_*`` (and ``test_*``) scalars, e.g. ``metrics["eval_accuracy"]``;
+    ``model``: the exported best model, ``TransferModel.from_pretrained(output_dir)``.
+    ``FinetuneResult.load(output_dir)`` reads a finished run back the same way.
+    """
+
+    results: RunResults
+    model: TransferModel
+    output_dir: Path
+    metrics: dict = field(init=False)
+
+    def __post_init__(self):
+        self.metrics = {**self.results.metrics, **self.results.test_metrics}
+
+    @classmethod
+    def load(cls, output_dir: str | os.PathLike) -> FinetuneResult:
+        results = RunResults.read(output_dir)
+        if results is None:
+            raise HFTransferError(f"'{output_dir}' has no all_results.json: pass the output_dir of a finished run")
+        return cls(results, TransferModel.from_pretrained(output_dir), Path(output_dir))
+
+    def predict(self, inputs, **kwargs) -> list[dict]:
+        """``hftransfer.predict`` with this run's model and preprocessing settings."""
+        return predict(self, inputs, **kwargs)
+
+    def __repr__(self) -> str:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in self.metrics.items()}
+        return (f"FinetuneResult(output_dir='{self.output_dir}', model={self.model.modality} "
+                f"{len(self.model.id2label)}-label {self.model.backbone.name}, metrics={shown})")
+
+
+def finetune(model_name_or_path: str | os.PathLike | None = None, *, modality: str | None = None,
+             output_dir: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+             **options) -> FinetuneResult:
+    """Fine-tune ``model_name_or_path`` on your data and return the results and the trained model.
+
+    ``options`` are ``TrainConfig`` fields, named as the recipes' flags and YAML keys (``train_dir``,
+    ``train_file``, ``strategy``, ``num_train_epochs``, ``learning_rate``, ...); ``config`` a YAML file
+    of them (keyword options override it). ``modality`` ("image" / "text") is inferred when left out:
+    from the data (``train_dir`` or an image manifest is image, a file with the text column is text),
+    else from the model (a timm name is image, anything else a transformers text encoder). The run
+    writes to ``output_dir`` exactly as a recipe does (an existing one needs ``overwrite_output_dir=True``
+    or ``resume_from_checkpoint="latest"``).
+    """
+    cfg, modality = finetune_config(model_name_or_path, modality=modality, output_dir=output_dir, config=config,
+                                    **options)
+    show_progress_messages()
+    from .train import train
+
+    train(cfg, modality)
+    return FinetuneResult.load(cfg.output_dir)
+
+
+def finetune_config(model_name_or_path=None, *, modality=None, output_dir=None, config=None,
+                    **options) -> tuple[TrainConfig, str]:
+    """The validated ``TrainConfig`` and modality ``finetune`` would run with (nothing is read or written)."""
+    given = {**options, "model_name_or_path": model_name_or_path, "output_dir": output_dir}
+    cfg = build_config(TrainConfig, config, given, "finetune").validate()
+    return cfg, infer_modality(cfg, modality)
+
+
+def rank_backbones(candidates, *, output_dir: str | os.PathLike | None = None, config: str | os.PathLike | None = None,
+                   **data_options) -> list[dict]:
+    """Score ``candidates`` (timm names, transformers ids or folders; ``random:NAME``, ``NAME=FILE``) on the
+    training data by LogME and H-score, best first, as ``hftransfer rank`` does.
+
+    ``data_options`` are the data options of the recipes (``train_dir``, ``train_file``, ``validation_dir``,
+    ``max_train_samples``, ``feature_cache_dir``, ``pooling``, ...). Returns the rows of ``rank.json``
+    (``rank``, ``candidate``, ``logme``, ``h_score``, ``feature_dim``, ``samples``, ``seconds``, ``features``);
+    ``rank.csv``, ``rank.json`` and ``rank.png`` go to ``output_dir``.
+    """
+    specs = [candidates] if isinstance(candidates, (str, os.PathLike)) else list(candidates or [])
+    cfg = build_config(RankConfig, config, {**data_options, "candidates": specs, "output_dir": output_dir},
+                       "rank_backbones").validate()
+    show_progress_messages()
+    from .rank import rank_backbones as rank
+
+    return rank(cfg)
+
+
+def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
+            settings=None, skip_unreadable: bool = False, progress: bool | None = False,
+            mixed_precision: str | None = None, num_workers: int | None = None,
+            revision: str | None = None) -> list[dict]:
+    """Label ``inputs`` with ``model``: one ``{"input", "label", "score", "top_k"}`` dict per input, in order.
+
+    ``model``: a ``TransferModel``, a ``FinetuneResult``, a run's ``output_dir`` (or any ``save_pretrained``
+    folder) or a Hub repo id (``revision``: its branch, tag or commit). ``inputs``: image paths, folders
+    of images or PIL images for an image model; strings for a text model; one item or a list. A run
+    folder, Hub repo or ``FinetuneResult`` brings the run's preprocessing settings (``decode_size``,
+    ``max_seq_length``, ``mixed_precision`` from its ``config.yaml``) unless ``settings`` is given, so
+    predictions equal the run's ``eval_predictions.jsonl``. See ``TransferModel.predict`` for the rest.
+    """
+    from ..models.inference import predict as run_inference
+
+    model, run_settings = _model_and_settings(model, revision)
+    settings = run_settings if settings is None else settings
+    if model.modality == "image":
+        inputs = _expand_image_folders(inputs)
+    result = run_inference(model, inputs, batch_size=batch_size, top_k=top_k, threshold=threshold, device=device,
+                           settings=settings, skip_unreadable=skip_unreadable, progress=progress,
+                           mixed_precision=mixed_precision, num_workers=num_workers)
+    if result.skipped:
+        shown = "; ".join(f"{s.input} ({s.reason})" for s in result.skipped[:5])
+        logger.warning(f"skipped {len(result.skipped)} unreadable input(s): {shown}"
+                       + (" ..." if len(result.skipped) > 5 else ""))
+    return result.predictions
+
+
+# ---- arguments -----------------------------------------------------------------------------------------
+def _plain(value):
+    """Paths as strings and tuples as lists, the types the config fields hold."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_option_names(options: dict, config_cls, entry: str) -> None:
+    """One line naming every unknown option, with the close matches among ``config_cls``'s fields."""
+    names = [f.name for f in fields(config_cls)]
+    unknown = [k for k in options if k not in names]
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=3)
+        listed = f"{', '.join(close[:-1])} or {close[-1]}" if len(close) > 1 else "".join(close)
+        parts.append(f"'{name}'" + (f" (did you mean {listed}?)" if close else ""))
+    raise HFTransferError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(parts)} for hftransfer.{entry}: "
+                          f"options are the recipes' flag names without the dashes ({HELP_HINT[entry]})")
+
+
+def build_config(config_cls, config, options: dict, entry: str):
+    """``config_cls`` from its defaults < the YAML ``config`` < ``options`` (None = not given), type-checked
+    and converted as flags are, not yet validated."""
+    given = {k: _plain(v) for k, v in options.items() if v is not None}
+    check_option_names(given, config_cls, entry)
+    values = {**read_config_file(_plain(config)), **given}
+    if config is not None:
+        values["config"] = _plain(config)
+    return load_config([], defaults=values, config_cls=config_cls, validate=False)
+
+
+# ---- modality ------------------------------------------------------------------------------------------
+def infer_modality(cfg: TrainConfig, modality: str | None = None) -> str:
+    """``modality`` if given; else the data's (an image folder or manifest: image; a text file: text);
+    else the model's (a timm name or folder: image; a transformers folder or any other name: text)."""
+    if modality is not None:
+        if modality not in MODALITIES:
+            raise HFTransferError(f"modality '{modality}': use 'image' or 'text' (or leave it out to infer it from "
+                                  "the data and the model)")
+        return modality
+    data, model = data_modality(cfg), model_modality(cfg.model_name_or_path)
+    if data and model and data != model:
+        raise HFTransferError(f"the data is {data} ({'train_dir' if cfg.train_dir else 'train_file'}) but "
+                              f"'{cfg.model_name_or_path}' is a{'n' if model == 'image' else ''} {model} backbone: "
+                              f"pass a{'n' if data == 'image' else ''} {data} backbone, or modality= to say which")
+    if data or model:
+        return data or model
+    source = cfg.dataset_name or cfg.train_file or "the default data"
+    raise HFTransferError(f"cannot tell whether '{cfg.model_name_or_path}' on {source} is an image or a text run: "
+                          "pass modality='image' or modality='text'")
+
+
+def data_modality(cfg) -> str | None:
+    """image for a class-per-subfolder ``train_dir`` or a ``train_file`` manifest of images, text for a
+    ``train_file`` with the text column, None when the data does not say (a datasets name, other columns)."""
+    if cfg.train_dir:
+        return "image"
+    if not cfg.train_file:
+        return None
+    columns = file_columns(Path(cfg.train_file))
+    if columns is None:  # Parquet: image manifests only
+        return "image"
+    image, text = cfg.image_column_name in columns, cfg.text_column_name in columns
+    return "image" if image and not text else "text" if text and not image else None
+
+
+def file_columns(path: Path) -> set[str] | None:
+    """The columns of a CSV / TSV header or the keys of the first JSON(L) record (empty when unreadable);
+    None for a Parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return None
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            if suffix in (".csv", ".tsv"):
+                return set(next(csv.reader(f, delimiter="\t" if suffix == ".tsv" else ","), []))
+            if suffix == ".json" and f.read(1024).lstrip().startswith(("[", "{")):
+                f.seek(0)
+                data = json.load(f)
+                first = data[0] if isinstance(data, list) and data else data
+                return set(first) if isinstance(first, dict) else set()
+            f.seek(0)
+            line = next((ln for ln in f if ln.strip()), "{}")
+            first = json.loads(line)
+            return set(first) if isinstance(first, dict) else set()
+    except (OSError, ValueError):
+        return set()
+
+
+def model_modality(name: str) -> str | None:
+    """image for a timm name (``hf-hub:``, ``local-dir:``, ``timm/`` included) or a timm folder, text for a
+    transformers folder or any other name (a transformers id), None for ``auto`` or an unknown folder."""
+    if not name or name == AUTO_MODEL:
+        return None
+    path = Path(name)
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return "image" if "architecture" in config or "pretrained_cfg" in config else (
+            "text" if "model_type" in config else None)
+    import timm
+
+    if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name.removeprefix("timm/").split(".")[0]):
+        return "image"
+    return "text"
+
+
+# ---- models and inputs ---------------------------------------------------------------------------------
+def _model_and_settings(model, revision: str | None):
+    """(TransferModel, the run's InferenceSettings or None) for whatever ``predict`` was given."""
+    if isinstance(model, FinetuneResult):
+        return model.model, InferenceSettings.from_run(model.output_dir)
+    if isinstance(model, TransferModel):
+        return model, None
+    if not isinstance(model, (str, os.PathLike)):
+        raise HFTransferError(f"model is a {type(model).__name__}: pass a TransferModel, a FinetuneResult, a run's "
+                              "output_dir or a Hub repo id")
+    source = os.fspath(model)
+    if Path(source).is_dir():
+        return TransferModel.from_pretrained(source), InferenceSettings.from_run(source)
+    parent = Path(source).parent
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or (parent != Path(".") and parent.is_dir()):
+        # a mistyped folder must not turn into a Hub download
+        raise HFTransferError(f"model folder '{source}' does not exist: pass a run's output_dir or a Hub repo id "
+                              "(user/name)")
+    return TransferModel.from_pretrained(source, revision=revision), _hub_settings(source, revision)
+
+
+def _hub_settings(repo_id: str, revision: str | None) -> InferenceSettings | None:
+    """The settings in the repo's ``config.yaml`` (``--push_to_hub`` uploads it with the run), else None."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return InferenceSettings.from_file(hf_hub_download(repo_id.removeprefix("hf-hub:"), RUN_CONFIG_NAME,
+                                                           revision=revision))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        logger.warning(f"{repo_id} has no {RUN_CONFIG_NAME}: using the default preprocessing settings "
+                       "(pass settings={'max_seq_length': ..., 'decode_size': ...} if the run used others)")
+        return None
+
+
+def _expand_image_folders(inputs):
+    """A folder among an image model's inputs stands for its image files (recursive, sorted, hidden left out)."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "convert") else list(inputs)
+    if not any(isinstance(i, (str, os.PathLike)) and Path(i).is_dir() for i in items):
+        return items
+    from PIL import Image
+
+    suffixes = {s.lower() for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    out = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            root = Path(item)
+            out += [str(p) for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes
+                    and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        else:
+            out.append(item)
+    return out
+
+
+__all__ = ["FinetuneResult", "finetune", "finetune_config", "infer_modality", "predict", "rank_backbones"]
