@@ -5,6 +5,7 @@ Rules are per package, so a new module needs no entry here: it takes its package
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 60
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
     """Dotted name inside hftransfer (``models.lora``, ``errors``) -> file."""
     return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in sorted(PACKAGE.rglob("*.py"))}
@@ -43,7 +45,7 @@ def room(module: str) -> str:
 
 def imported(module: str, path: Path) -> set[str]:
     """The hftransfer modules (dotted, inside hftransfer) that ``module`` imports anywhere."""
-    package = module.split(".")[:-1] if not module.endswith("__init__") else module.split(".")[:-1]
+    package = module.split(".")[:-1]  # a relative import is relative to the module's package
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
@@ -68,6 +70,7 @@ def imported(module: str, path: Path) -> set[str]:
     return resolved - {module}
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     return {m: imported(m, p) for m, p in modules().items()}
 

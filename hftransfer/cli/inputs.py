@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..data.text_files import decode
 from ..errors import HFTransferError
-from ..models.inference import Skipped
+from ..models.predictions import Skipped
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 JSON_SUFFIXES = (".jsonl", ".json")

@@ -22,7 +22,7 @@ input is left to predict, the run is refused the same way (one line, exit 2): it
 success for nothing. Input expansion and reading live in ``inputs``.
 
 Output: ``--output preds.jsonl`` or ``preds.csv`` (columns ``input, label, score, top_k``), else JSON
-Lines on stdout (the progress bar and messages go to stderr). See ``inference.to_predictions`` for
+Lines on stdout (the progress bar and messages go to stderr). See ``models.predictions.to_predictions`` for
 the fields, the multi-label form included.
 """
 from __future__ import annotations
@@ -41,7 +41,8 @@ from ..config import UsageErrorParser
 from ..errors import ConsoleHandler, HFTransferError
 from ..files import RUN_CONFIG_NAME, atomic_path
 from ..models.devices import PRECISIONS
-from ..models.inference import InferenceSettings, Skipped, predict
+from ..models.inference import InferenceSettings, predict
+from ..models.predictions import Skipped
 from .inputs import expand_inputs, nothing_to_predict, read_texts
 
 DESCRIPTION = "label images or texts with a trained hftransfer model (an output folder or a Hub repo id)"

@@ -34,7 +34,8 @@ from ..models.transfer_model import TransferModel
 from ..records import RunResults
 
 MODALITIES = ("image", "text")
-HELP_HINT = {"finetune": "python recipes/image_cls.py --help lists them", "rank_backbones": "hftransfer rank --help lists them"}
+HELP_HINT = {"finetune": "python recipes/image_cls.py --help (or text_cls.py) lists them",
+             "rank_backbones": "hftransfer rank --help lists them"}
 logger = logging.getLogger(__name__)
 
 

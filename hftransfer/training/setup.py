@@ -72,13 +72,12 @@ def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle) -> Transfer
                                   head_hidden_sizes=tuple(cfg.head_hidden_sizes), head_dropout=cfg.head_dropout,
                                   pooling=cfg.pooling)
     model.bn_stats = cfg.bn_stats
-    if cfg.image_size:
-        if modality != "image":
-            raise HFTransferError("--image_size applies to image models: drop it for text (see --max_seq_length)")
+    if cfg.image_size:  # text backbones refuse it in one line
         model.backbone.set_input_size(cfg.image_size)
     model.backbone.use_fast_layout()
     if cfg.strategy in LORA_STRATEGIES:  # before prepare: the optimizer, DDP and checkpoints must see the adapters
-        add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules, cfg.train_norm)
+        add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                 target_modules=cfg.lora_target_modules, train_norm=cfg.train_norm)
     if cfg.gradient_checkpointing:  # before prepare: DDP and torch.compile wrap the model as it will run
         model.backbone.set_gradient_checkpointing(True)
     return model
