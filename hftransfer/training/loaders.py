@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..adaptation.paired import PairedCollate, PairedDomains
-from ..data import DataBundle
+from ..data import DataBundle, subset
 from ..models.devices import usable_cores
 from .feature_cache import FeatureDataset
 
@@ -93,7 +93,7 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
         loaders.prepared["target_train"] = target_train
         selection = target_train
         if len(selection) > cfg.target_selection_samples:  # a fixed subset: every epoch is scored on the same examples
-            selection = selection.shuffle(seed=cfg.seed).select(range(cfg.target_selection_samples))
+            selection = subset(selection, cfg.target_selection_samples, cfg.seed)
         loaders.target_selection = DataLoader(pipeline.eval_view(selection, column),
                                               batch_size=cfg.per_device_eval_batch_size, shuffle=False, **common)
         for name, split in (("target_eval", target.validation), ("target_test", target.test)):
