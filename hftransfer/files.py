@@ -148,6 +148,13 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def files_under(folder: Path, suffixes) -> list[Path]:
+    """Files under ``folder`` with one of ``suffixes`` (lower case), recursively, sorted; hidden files and folders
+    left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def stale_native_files(save_dir: Path) -> list[str]:
     """Loader files in ``save_dir`` that its weights do not use (left by an earlier run in the folder).
 

@@ -19,8 +19,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.preprocessing import image_suffixes
 from ..data.text_files import decode
 from ..errors import HFTransferError
+from ..files import files_under
 from ..models.predictions import Skipped
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -38,18 +40,6 @@ class OtherModality(Skipped):
     """An input of the other modality; ``what`` says what it is (``t.txt is a text file, not an image``)."""
 
     what: str = ""
-
-
-def image_suffixes() -> set[str]:
-    from PIL import Image
-
-    return {s.lower() for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
-def _files_in(folder: Path, suffixes) -> list[Path]:
-    """Files under ``folder`` with one of ``suffixes``, recursively, sorted; hidden files and folders left out."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _matches(item: str) -> list[Path]:
@@ -80,7 +70,7 @@ def _files_of(match: Path, modality: str, images: set[str]) -> tuple[list[Path],
     if not match.is_dir():
         refused = match.suffix.lower() in theirs and match.suffix.lower() not in ours
         return ([], _other_modality(match, modality)) if refused else ([match], None)
-    own, other = _files_in(match, ours), _files_in(match, theirs)
+    own, other = files_under(match, ours), files_under(match, theirs)
     if len(other) > len(own):
         return [], _other_modality(match, modality, theirs=len(other), ours=len(own))
     return own, None

@@ -39,10 +39,11 @@ from pathlib import Path
 
 from ..config import UsageErrorParser
 from ..errors import ConsoleHandler, HFTransferError
-from ..files import RUN_CONFIG_NAME, atomic_path
+from ..files import atomic_path
 from ..models.devices import PRECISIONS
-from ..models.inference import InferenceSettings, predict
+from ..models.inference import predict
 from ..models.predictions import Skipped
+from ..models.saved import load_saved_model
 from .inputs import expand_inputs, nothing_to_predict, read_texts
 
 DESCRIPTION = "label images or texts with a trained hftransfer model (an output folder or a Hub repo id)"
@@ -98,40 +99,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise HFTransferError(f"input '{item}' matches no file or folder: check the path (quote globs so the "
                                   "shell does not expand them)")
     return args
-
-
-def load_model(source: str, revision: str | None = None):
-    """(model, settings): ``TransferModel.from_pretrained(source)`` and the run settings stored with it.
-
-    A folder's ``config.yaml`` (or its parent's, for ``best_model/``); for a Hub repo id, the
-    repo's ``config.yaml``, which ``--push_to_hub`` uploads with the run (defaults when absent).
-    """
-    from ..models.transfer_model import TransferModel
-
-    folder = Path(source)
-    if folder.is_dir():
-        return TransferModel.from_pretrained(folder), InferenceSettings.from_run(folder)
-    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or (folder.parent != Path(".")
-                                                                                 and folder.parent.is_dir())
-    if looks_local:  # a mistyped folder must not turn into a Hub download
-        raise HFTransferError(f"model folder '{source}' does not exist: pass a run's output_dir or a Hub repo id (user/name)")
-    from ..hub.push import download_model
-
-    folder = download_model(source, revision=revision)
-    return TransferModel.from_pretrained(folder), _hub_settings(source, revision)
-
-
-def _hub_settings(repo_id: str, revision: str | None) -> InferenceSettings:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return InferenceSettings.from_file(hf_hub_download(repo_id.removeprefix("hf-hub:"), RUN_CONFIG_NAME,
-                                                           revision=revision))
-    except (EntryNotFoundError, LocalEntryNotFoundError):
-        print(f"{repo_id} has no {RUN_CONFIG_NAME}: using the default preprocessing settings (pass --max_seq_length / "
-              "--decode_size if the run used others)", file=sys.stderr)
-        return InferenceSettings()
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
@@ -191,7 +158,7 @@ def run(argv: list[str], stdin=None, stdout=None) -> list[dict]:
 
 def _run(args: argparse.Namespace, stdin, stdout) -> list[dict]:
     start = time.perf_counter()
-    model, settings = load_model(args.model, args.revision)
+    model, settings = load_saved_model(args.model, args.revision)
     settings = settings.replace(max_seq_length=args.max_seq_length, decode_size=args.decode_size)
     inputs, names, skipped = expand_inputs(args.inputs, model.modality, args.text_column_name, stdin, args.strict)
     if not inputs:
@@ -210,4 +177,4 @@ def _run(args: argparse.Namespace, stdin, stdout) -> list[dict]:
     return result.predictions
 
 
-__all__ = ["build_parser", "expand_inputs", "load_model", "read_texts", "run", "write_predictions"]
+__all__ = ["build_parser", "expand_inputs", "read_texts", "run", "write_predictions"]

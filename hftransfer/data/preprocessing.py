@@ -196,6 +196,13 @@ def open_image(source, shorter_side: int | None = None):
     return im
 
 
+def image_suffixes() -> set[str]:
+    """File suffixes PIL can open (``.jpg``, ``.png``, ``.webp``, ...), lower case."""
+    from PIL import Image
+
+    return {s.lower() for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
 def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = None,
                   desc: str = "decoding images") -> datasets.Dataset:
     """Decode every image once: RGB, shrunk so its shorter side is ``shorter_side`` (never enlarged).

@@ -6,6 +6,7 @@ which is what freezing, partial/gradual unfreezing and per-layer learning rates 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import HFTransferError
@@ -25,6 +26,24 @@ def create_backbone(modality: str, model_name_or_path: str, *, weights: str = "p
     if modality not in by_modality:
         raise HFTransferError(f"unknown modality '{modality}': use {' or '.join(by_modality)}")
     return by_modality[modality].create(model_name_or_path, weights=weights, pooling=pooling)
+
+
+def modality_of(name: str) -> str | None:
+    """Which adapter a model name or folder needs, without loading it: ``image`` for a timm name (``hf-hub:``,
+    ``local-dir:`` and ``timm/`` included) or a folder in timm's Hub layout, ``text`` for a transformers folder
+    or any other name (a transformers id); None for a folder that is neither."""
+    path = Path(name)
+    if path.is_dir():
+        config_file = path / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if "architecture" in config or "pretrained_cfg" in config:  # timm's Hub layout
+            return "image"
+        return "text" if "model_type" in config else None
+    import timm
+
+    if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name.removeprefix("timm/").split(".")[0]):
+        return "image"
+    return "text"
 
 
 def backbone_from_config(config: dict, save_dir: Path, *, weights: str | None = None) -> Backbone:

@@ -26,14 +26,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..config import RankConfig, TrainConfig, load_config, read_config_file
+from ..config.fields import MODALITIES
 from ..config.options import AUTO_MODEL
+from ..data.preprocessing import image_suffixes
 from ..errors import HFTransferError, show_progress_messages
-from ..files import RUN_CONFIG_NAME
+from ..files import files_under
+from ..models.factory import modality_of
 from ..models.inference import InferenceSettings
+from ..models.saved import load_saved_model
 from ..models.transfer_model import TransferModel
 from ..records import RunResults
 
-MODALITIES = ("image", "text")
 HELP_HINT = {"finetune": "python recipes/image_cls.py --help (or text_cls.py) lists them",
              "rank_backbones": "hftransfer rank --help lists them"}
 logger = logging.getLogger(__name__)
@@ -251,19 +254,7 @@ def model_modality(name: str) -> str | None:
     transformers folder or any other name (a transformers id), None for ``auto`` or an unknown folder."""
     if not name or name == AUTO_MODEL:
         return None
-    path = Path(name)
-    if path.is_dir():
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return "image" if "architecture" in config or "pretrained_cfg" in config else (
-            "text" if "model_type" in config else None)
-    import timm
-
-    if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name.removeprefix("timm/").split(".")[0]):
-        return "image"
-    return "text"
+    return modality_of(name)
 
 
 # ---- models and inputs ---------------------------------------------------------------------------------
@@ -276,29 +267,7 @@ def _model_and_settings(model, revision: str | None):
     if not isinstance(model, (str, os.PathLike)):
         raise HFTransferError(f"model is a {type(model).__name__}: pass a TransferModel, a FinetuneResult, a run's "
                               "output_dir or a Hub repo id")
-    source = os.fspath(model)
-    if Path(source).is_dir():
-        return TransferModel.from_pretrained(source), InferenceSettings.from_run(source)
-    parent = Path(source).parent
-    if source.startswith((".", "/", "~")) or source.count("/") > 1 or (parent != Path(".") and parent.is_dir()):
-        # a mistyped folder must not turn into a Hub download
-        raise HFTransferError(f"model folder '{source}' does not exist: pass a run's output_dir or a Hub repo id "
-                              "(user/name)")
-    return TransferModel.from_pretrained(source, revision=revision), _hub_settings(source, revision)
-
-
-def _hub_settings(repo_id: str, revision: str | None) -> InferenceSettings | None:
-    """The settings in the repo's ``config.yaml`` (``--push_to_hub`` uploads it with the run), else None."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return InferenceSettings.from_file(hf_hub_download(repo_id.removeprefix("hf-hub:"), RUN_CONFIG_NAME,
-                                                           revision=revision))
-    except (EntryNotFoundError, LocalEntryNotFoundError):
-        logger.warning(f"{repo_id} has no {RUN_CONFIG_NAME}: using the default preprocessing settings "
-                       "(pass settings={'max_seq_length': ..., 'decode_size': ...} if the run used others)")
-        return None
+    return load_saved_model(os.fspath(model), revision)
 
 
 def _expand_image_folders(inputs):
@@ -306,15 +275,11 @@ def _expand_image_folders(inputs):
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "convert") else list(inputs)
     if not any(isinstance(i, (str, os.PathLike)) and Path(i).is_dir() for i in items):
         return items
-    from PIL import Image
-
-    suffixes = {s.lower() for s, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    suffixes = image_suffixes()
     out = []
     for item in items:
         if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-            root = Path(item)
-            out += [str(p) for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes
-                    and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+            out += [str(p) for p in files_under(Path(item), suffixes)]
         else:
             out.append(item)
     return out

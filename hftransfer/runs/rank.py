@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from ..evaluation.report import new_figure, save_figure
 from ..evaluation.transferability import transferability_scores
 from ..files import write_json, write_text
 from ..models.devices import usable_cores
+from ..models.factory import modality_of
 from ..models.transfer_model import create_transfer_model
 from ..training.feature_cache import FeatureDataset, feature_cache_file, load_or_extract
 from ..training.inputs import load_data
@@ -58,21 +58,13 @@ def parse_candidate(spec: str) -> Candidate:
             raise HFTransferError(f"candidate '{spec}': weights '{weights}' is not pretrained, random or an existing file")
     if not name:
         raise HFTransferError(f"candidate '{spec}' names no backbone")
-    path = Path(name)
-    if path.is_dir():
-        config_file = path / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-        if "architecture" in config or "pretrained_cfg" in config:  # timm's Hub layout
-            return Candidate(spec, f"local-dir:{path}", weights, "image")
-        if "model_type" in config:
-            return Candidate(spec, name, weights, "text")
+    modality = modality_of(name)
+    if modality is None:
         raise HFTransferError(f"candidate folder '{name}' holds neither a timm model (config.json with 'architecture') "
                               "nor a transformers model (config.json with 'model_type')")
-    import timm
-
-    if name.startswith(("hf-hub:", "local-dir:")) or timm.is_model(name.removeprefix("timm/").split(".")[0]):
-        return Candidate(spec, name, weights, "image")
-    return Candidate(spec, name, weights, "text")
+    if modality == "image" and Path(name).is_dir():
+        name = f"local-dir:{name}"  # timm loads a folder in its Hub layout by this prefix
+    return Candidate(spec, name, weights, modality)
 
 
 def check_modalities(candidates: list[Candidate], data_modality: str | None) -> str:
