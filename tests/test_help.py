@@ -100,13 +100,12 @@ def test_transformers_names_in_a_yaml_config(tmp_path):
     (["--do_eval", "false"], "--do_eval false cannot be honoured here: each epoch's validation score picks"),
     (["--do_train", "false"], "--do_train false cannot be honoured here: every run trains"),
     (["--bf16", "false"], "--bf16 false cannot be honoured here: pass --mixed_precision no"),
-    (["--eval_strategy", "steps"], "--eval_strategy steps cannot be honoured here: evaluation runs at every epoch end"),
+    (["--evaluation_strategy", "no"], "--evaluation_strategy no cannot be honoured here: the validation score picks"),
     (["--save_strategy", "steps"], "pass --checkpointing_steps N"),
     (["--bf16", "--fp16"], "--fp16 means --mixed_precision fp16, but --bf16 says bf16: pass only one of them"),
     (["--bf16", "--mixed_precision", "no"], "but --mixed_precision says no: pass only one of them"),
     (["--deepspeed", "ds.json"], "--deepspeed is a transformers option with no meaning here: set it up with"),
     (["--optim=adamw_torch"], "--optim is a transformers option with no meaning here: the optimizer is always AdamW"),
-    (["--warmup_steps", "100"], "pass --warmup_ratio"),
     (["--max_seq_length", "64"], "--max_seq_length is an option of the text recipe (recipes/text_cls.py): drop it"),
     (["--pooling", "cls"], "--pooling is an option of the text recipe"),
 ])
@@ -141,3 +140,22 @@ def test_rank_help_keeps_its_own_options_and_no_aliases(capsys):
     assert all(entry(text, name) for name in ("candidates", "output_dir", "pooling", "train_dir", "max_seq_length"))
     assert "default: outputs/rank" in entry(text, "output_dir")
     assert "aliases" not in text and entry(text, "strategy") is None
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--eval_strategy", "steps"], "--eval_strategy steps needs --eval_steps N"),
+    (["--eval_steps", "5"], "--eval_steps 5 is read only with --eval_strategy steps"),
+    (["--max_steps", "0"], "--max_steps 0 trains nothing"),
+    (["--class_weights", "balanced", "2"], "pass none, balanced, or one positive number per label, not a mix"),
+    (["--class_weights", "1", "-2"], "'-2' is not none, balanced or a positive number"),
+    (["--auto_augment", "rand-zz9"], "--auto_augment 'rand-zz9' is not a timm policy"),
+    (["--tune_trials", "3"], "--tune_trials / --tune_timeout are read only with --tune"),
+])
+def test_practice_options_are_checked_before_the_run(argv, match):
+    with pytest.raises(HFTransferError, match=re.escape(match)):
+        load_config(argv, read_config_file(str(recipe_yaml("image"))), modality="image")
+
+
+def test_mixup_belongs_to_the_image_recipe():
+    with pytest.raises(HFTransferError, match=re.escape("--mixup is an option of the image recipe")):
+        parse(["--mixup", "0.8"], modality="text")

@@ -42,10 +42,9 @@ ALIASES = {
     "load_best_model_at_end": Alias("accepted: the exported model is the best epoch by --metric_for_best_model "
                                     "(false is refused)", values=_ALWAYS, is_bool=True,
                                     refusal="the exported model is always the best epoch, so drop it"),
-    "eval_strategy": Alias("accepted with epoch: every run evaluates at each epoch end", values={"epoch": None},
-                           refusal="evaluation runs at every epoch end, so pass epoch or drop it"),
-    "evaluation_strategy": Alias("the older name of --eval_strategy, accepted with epoch", values={"epoch": None},
-                                 refusal="evaluation runs at every epoch end, so pass epoch or drop it"),
+    "evaluation_strategy": Alias("the older name of --eval_strategy (epoch or steps)", target="eval_strategy",
+                                 values={"epoch": "epoch", "steps": "steps"},
+                                 refusal="the validation score picks the exported model, so pass epoch or steps"),
     "logging_strategy": Alias("accepted with steps: the train loss is logged every --logging_steps",
                               values={"steps": None},
                               refusal="the train loss is logged every --logging_steps optimizer steps, so pass steps "
@@ -78,9 +77,6 @@ NO_MEANING = {
     "adam_beta2": _ADAM,
     "adam_epsilon": _ADAM,
     "lr_scheduler_kwargs": "choose the schedule with --lr_scheduler_type and --warmup_ratio instead",
-    "warmup_steps": "pass --warmup_ratio (a fraction of each phase) instead",
-    "max_steps": "training runs whole epochs, so pass --num_train_epochs instead",
-    "eval_steps": "evaluation runs at every epoch end, so drop it",
     "save_steps": "pass --checkpointing_steps N instead",
     "greater_is_better": "--metric_for_best_model decides it (loss: lower; accuracy, f1: higher), so drop it",
     "hub_token": _TOKEN,

@@ -29,12 +29,15 @@ from .options import (
     TrackingOptions,
     pooling_option,
 )
+from .practice_options import EmaOptions, EvaluationOptions, ImbalanceOptions, MixupOptions
+from .tune_options import TuneOptions
 
 
 # --help lists the groups in this order: the dataclass fields of the last base come first
 @dataclass
-class TrainConfig(HubOptions, TrackingOptions, RunOptions, AdaptationOptions, ComparisonOptions, OptimizationOptions,
-                  LoraOptions, StrategyOptions, AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
+class TrainConfig(HubOptions, TrackingOptions, TuneOptions, RunOptions, EvaluationOptions, AdaptationOptions,
+                  ComparisonOptions, EmaOptions, OptimizationOptions, LoraOptions, StrategyOptions, ImbalanceOptions,
+                  MixupOptions, AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
     """Everything a recipe run takes."""
 
     def validate(self, modality: str | None = None) -> "TrainConfig":

@@ -97,8 +97,21 @@ class AugmentationOptions(Options):
                                      valid=Range(0, 1, lo_inclusive=False), modality="image")
     color_jitter: float = option(0.4, "image: color jitter strength for training (0 = off)", valid=NON_NEGATIVE,
                                  modality="image")
+    auto_augment: Optional[str] = option(None, "image: timm's auto-augment policy, e.g. rand-m9-mstd0.5-inc1 "
+                                         "(RandAugment), trivialaugment, augmix-m5-w4-d2, v0 (AutoAugment)",
+                                         modality="image")
+    reprob: float = option(0.0, "image: random erasing probability per training image (timm's RandomErasing, "
+                           "per-pixel noise)", valid=FRACTION, modality="image")
     group_by_length: bool = option(True, "text: batch sentences of similar length together (less padding)",
                                    modality="text")
+
+    def validate(self) -> "AugmentationOptions":
+        super().validate()
+        if self.auto_augment:
+            from ..data.augmentations import check_auto_augment
+
+            check_auto_augment(self.auto_augment)
+        return self
 
 
 @dataclass
@@ -146,7 +159,11 @@ class OptimizationOptions(Options):
     lr_scheduler_type: str = option("cosine", "cosine, linear or constant, after linear warmup",
                                     ("cosine", "linear", "constant"))
     warmup_ratio: float = option(0.1, "fraction of each phase spent warming up", valid=FRACTION)
+    warmup_steps: int = option(0, "optimizer steps of warmup at the start of each phase; overrides --warmup_ratio "
+                               "when > 0", valid=NON_NEGATIVE)
     num_train_epochs: int = option(3, "training epochs", valid=AT_LEAST_ONE)
+    max_steps: int = option(-1, "optimizer steps to train in all; overrides --num_train_epochs when > 0 (the last "
+                            "epoch stops part way)", valid=Range(-1))
     per_device_train_batch_size: int = option(32, "batch size per process", valid=AT_LEAST_ONE)
     gradient_accumulation_steps: int = option(1, "batches per optimizer step", valid=AT_LEAST_ONE)
     max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", valid=NON_NEGATIVE)
@@ -158,6 +175,13 @@ class OptimizationOptions(Options):
     gradient_checkpointing: bool = option(False, "recompute the backbone's activations in the backward pass instead of "
                                           "storing them: less memory, slower steps (non-reentrant, so frozen lower "
                                           "layers and adapters still get their gradients)")
+
+    def validate(self) -> "OptimizationOptions":
+        super().validate()
+        if self.max_steps == 0:
+            raise HFTransferError("--max_steps 0 trains nothing: pass a number of optimizer steps, or -1 to let "
+                                  "--num_train_epochs decide")
+        return self
 
     @property
     def effective_head_lr(self) -> float:
