@@ -76,7 +76,14 @@ class RunDescription(Record):
     seed: int | None = None
     metric_for_best_model: str = "accuracy"
     epochs: int | None = None
+    max_steps: int | None = None  # --max_steps: the run's optimizer steps when they end it before its last epoch
     batch_size: int | None = None
+    # the practitioner's tools (issue 21): None / empty when off
+    class_weights: dict | None = None  # {"mode": balanced | given, "weights": {label: weight}, "pos_weight": bool}
+    sampler: str = "random"
+    augmentation: dict = field(default_factory=dict)  # image: crop_scale, color_jitter, auto_augment, reprob, mixup...
+    model_ema: dict | None = None  # {"decay": d, "warmup": True}
+    evaluation: dict = field(default_factory=dict)  # eval_strategy, eval_steps, early_stopping_patience / threshold
     dataset: str | None = None  # a datasets name, or the training folder / file
     dataset_name: str | None = None  # set when the data came from --dataset_name
     dataset_config: str | None = None
@@ -96,15 +103,22 @@ class EpochRecord(Record):
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     eval_f1: float | None = None
+    step: int | None = None  # the optimizer step evaluated (several per epoch with --eval_strategy steps)
     # target-domain runs: the label-free scores of the target predictions, the criterion that picks the
     # epoch, and the target validation accuracy when labels were given (reported, never used to select)
     target_im: float | None = None
     selection_score: float | None = None
     target_oracle_accuracy: float | None = None
+    # --model_ema: the averaged weights' scores at the same evaluation
+    ema_eval_loss: float | None = None
+    ema_eval_accuracy: float | None = None
+    ema_eval_f1: float | None = None
+
+    OPTIONAL = ("target_im", "selection_score", "target_oracle_accuracy", "ema_eval_loss", "ema_eval_accuracy",
+                "ema_eval_f1")
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if v is not None or k not in ("target_im", "selection_score", "target_oracle_accuracy")}
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in self.OPTIONAL}
 
 
 @dataclass
@@ -258,6 +272,9 @@ class RunResults(Record):
     transfer_gain: TransferGain | None = None
     backbone_choice: BackboneChoice | None = None  # --model_name_or_path auto: the ranking and the pick
     domain_adaptation: DomainAdaptation | None = None  # target-domain runs
+    best_step: int | None = None  # the optimizer step of the exported evaluation
+    exported_weights: str = "raw"  # raw, or ema when --model_ema's average scored better
+    stop_reason: str | None = None  # early_stopping / max_steps / stopped_by_caller; None: the run used its budget
 
     @classmethod
     def from_dict(cls, data: dict | None):

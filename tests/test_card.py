@@ -30,7 +30,8 @@ def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):
     name, results = model_index_to_eval_results(meta["model-index"])
     assert name == "tiny-img"
     assert {(r.metric_type, r.metric_value) for r in results} == {("accuracy", 0.7778), ("f1", 0.7)}
-    assert {(r.task_type, r.dataset_type, r.dataset_name) for r in results} == {("image-classification", "imagefolder", "data/train")}
+    assert {(r.task_type, r.dataset_type, r.dataset_name) for r in results} == {
+        ("image-classification", "imagefolder", "data/train")}
     card = ModelCard.load(path)  # parses the metadata strictly, as the Hub client does
     assert card.data.library_name == "timm"
     assert card.data.eval_results[0].metric_type == "accuracy"
@@ -46,8 +47,10 @@ def test_card_records_the_transfer_recipe_with_valid_hub_metadata(tmp_path):
         "BatchNorm layers of frozen groups keep their pretrained running statistics",
         "12 train / 9 eval", "`ants`, `bees`, `wasps`", "| wasps | 0.7000 | 0.7500 | 0.6000 | 3 |",
         "| 3 | 0.3333 | 0.3000 | 0.8000 | 0.7000 |", "| accuracy | 0.7778 |",
-        'timm.create_model("hf-hub:user/tiny-img", pretrained=True)', 'pipeline("image-classification", model="user/tiny-img")',
-        'AutoModelForImageClassification.from_pretrained("user/tiny-img")', 'TransferModel.from_pretrained("user/tiny-img")',
+        'timm.create_model("hf-hub:user/tiny-img", pretrained=True)',
+        'pipeline("image-classification", model="user/tiny-img")',
+        'AutoModelForImageClassification.from_pretrained("user/tiny-img")',
+        'TransferModel.from_pretrained("user/tiny-img")',
         "| `model.safetensors` | the weights (timm key names) |", "- timm ", "- transformers ", "- torch ",
     ]:
         assert needle in body, needle
@@ -149,3 +152,139 @@ def test_card_needs_a_saved_model(tmp_path):
 
     with pytest.raises(HFTransferError, match="no hftransfer_config.json"):
         write_model_card(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- the practitioner's tools
+def practice_run_dir(tmp_path, model=None, results_changes: dict | None = None, **cfg_kwargs):
+    """A run folder whose recipe records the practitioner's settings (``cfg_kwargs``) and whose results are
+    then rewritten with ``results_changes`` (history, best_step, exported_weights, stop_reason, ...)."""
+    from hftransfer.records import RunResults
+
+    out = make_run_dir(tmp_path / "run", model or image_model(), "image", hub_model_id="user/practice", **cfg_kwargs)
+    results = RunResults.read(out)
+    for key, value in (results_changes or {}).items():
+        setattr(results, key, value)
+    results.write(out)
+    return out
+
+
+def history(rows, ema: bool = True):
+    """EpochRecords from (epoch, step, eval accuracy), with EMA scores 0.05 above the raw ones."""
+    from hftransfer.records import EpochRecord
+
+    return [EpochRecord(epoch=epoch, step=step, train_loss=1.0 / step, eval_loss=0.5, eval_accuracy=accuracy,
+                        eval_f1=accuracy - 0.1, **({"ema_eval_loss": 0.4, "ema_eval_accuracy": accuracy + 0.05,
+                                                    "ema_eval_f1": accuracy - 0.05} if ema else {}))
+            for epoch, step, accuracy in rows]
+
+
+def recipe_section(body: str) -> str:
+    return body[body.index("## Transfer recipe"):body.index("## Data")]
+
+
+def test_card_records_class_weights_sampler_augmentations_ema_and_early_stopping(tmp_path):
+    import torch
+
+    model = image_model()
+    model.set_class_weights(torch.tensor([0.75, 1.5, 1.0]))  # what --class_weights balanced leaves on the model
+    changes = {"history": history([(1, 3, 0.5), (1, 6, 0.7), (2, 9, 0.6), (2, 12, 0.65)]), "best_step": 6,
+               "best_epoch": 1, "epochs": 2, "exported_weights": "ema", "stop_reason": "early_stopping",
+               "test_metrics": {"test_accuracy": 0.7, "test_f1": 0.6, "test_loss": 0.5, "test_samples": 9}}
+    out = practice_run_dir(tmp_path, model, changes, class_weights=["balanced"], sampler="balanced",
+                           auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, model_ema=True,
+                           model_ema_decay=0.998, eval_strategy="steps", eval_steps=3, early_stopping_patience=2,
+                           early_stopping_threshold=0.01, num_train_epochs=10)
+    body = ModelCard.load(write_model_card(out)).text
+    recipe = recipe_section(body)
+    for needle in [
+        "- **Class weights**: balanced (n / (classes x count), scikit-learn's rule), in the cross-entropy: "
+        "`ants` 0.75, `bees` 1.5, `wasps` 1; the validation loss is weighted the same way",
+        "- **Sampler**: class-balanced (training examples drawn with replacement",
+        "random resized crop (scale 0.08-1) and horizontal flip; auto-augment policy `rand-m9-mstd0.5-inc1`; "
+        "random erasing with probability 0.25",
+        "mixup alpha 0.8 and cutmix alpha 1 on 100% of the training batches (cutmix instead of mixup with "
+        "probability 0.5)",
+        "- **Weight EMA**: an exponential moving average of the weights, decay 0.998 per optimizer step",
+        "the better of the two is exported",
+        "- **Evaluation**: on the validation split every 3 optimizer steps and at the end; early stopping after 2 "
+        "evaluation(s) in a row without an improvement of accuracy by more than 0.01; the run stopped early at "
+        "step 12 (epoch 2 of 10 planned)",
+    ]:
+        assert needle in recipe, needle
+    assert "color jitter" not in recipe  # auto-augment replaces it
+    results = body[body.index("## Results"):body.index("## Transfer recipe")]
+    for needle in [
+        "Best evaluation at step 6 (epoch 1 of 2; 4 evaluations in all), with the EMA weights (selected by accuracy",
+        "Training stopped early (early stopping) at step 12 (epoch 2 of 10 planned).",
+        "| exported weights | EMA weights (exponential moving average) |",
+        "with the exported model (step 6, epoch 1, EMA weights) on 9 test examples",
+        "| epoch | step | train loss | eval loss | eval accuracy | eval F1 | EMA eval loss | EMA eval accuracy "
+        "| EMA eval F1 |  |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| 1 | 6 | 0.1667 | 0.5000 | 0.7000 | 0.6000 | 0.4000 | 0.7500 | 0.6500 | **exported** (EMA weights) |",
+        "| 2 | 12 | 0.0833 | 0.5000 | 0.6500 | 0.5500 | 0.4000 | 0.7000 | 0.6000 |  |",
+    ]:
+        assert needle in results, needle
+    assert results.count("**exported**") == 1
+
+
+def test_card_of_a_max_steps_run_with_raw_weights_exported(tmp_path):
+    from hftransfer.records import RunResults
+
+    changes = {"history": history([(1, 3, 0.6), (2, 5, 0.5)]), "best_step": 3, "best_epoch": 1, "epochs": 2,
+               "exported_weights": "raw", "stop_reason": "max_steps"}
+    out = practice_run_dir(tmp_path, results_changes=changes, model_ema=True, mixup=0.2, num_train_epochs=2)
+    results = RunResults.read(out)
+    results.transfer.max_steps = 5  # describe_run records it from the run's step count
+    results.write(out)
+    body = ModelCard.load(write_model_card(out)).text
+    recipe = recipe_section(body)
+    for needle in ["at most 5 optimizer steps (`--max_steps`)",
+                   "- **Evaluation**: on the validation split at each epoch end; the run ended at `--max_steps` "
+                   "(5 optimizer steps), part way through epoch 2",
+                   "color jitter 0.4; mixup alpha 0.2 on 100% of the training batches, soft targets"]:
+        assert needle in recipe, needle
+    assert "early stopping" not in recipe
+    for needle in ["Best epoch 1 of 2 (selected by accuracy", "Training ended at `--max_steps` (5 optimizer steps).",
+                   "| exported weights | raw weights (their EMA scored no better) |",
+                   "| epoch | train loss | eval loss | eval accuracy | eval F1 | EMA eval loss |",  # no step column
+                   "| 1 | 0.3333 | 0.5000 | 0.6000 | 0.5000 | 0.4000 | 0.6500 | 0.5500 | **exported** (raw weights) |"]:
+        assert needle in body, needle
+
+
+def test_card_of_a_run_without_the_practitioners_tools_names_none_of_them(tmp_path, tiny_bert):
+    image = ModelCard.load(write_model_card(make_run_dir(tmp_path / "img", image_model(), "image"))).text
+    text_out = make_run_dir(tmp_path / "txt", text_model(tiny_bert, pooling="mean"), "text",
+                            model_name_or_path=str(tiny_bert), pooling="mean")
+    text = ModelCard.load(write_model_card(text_out)).text
+    for body in (image, text):
+        for absent in ("Class weights", "Sampler", "Augmentation", "Weight EMA", "**Evaluation**", "**Stopping**",
+                       "exported weights", "**exported**", "| step |", "EMA", "stopped", "--max_steps"):
+            assert absent not in body, absent
+        assert "| epoch | train loss | eval loss | eval accuracy | eval F1 |\n|---|---|---|---|---|\n| 1 |" in body
+        assert "Best epoch 3 of 3 (selected by accuracy on the validation split), evaluated on 9 held-out examples.\n" \
+            in body
+
+
+@pytest.mark.parametrize("mode, multi_label, expected", [
+    ("given", False, "given per label, in the cross-entropy: `negative` 2, `positive` 0.5"),
+    ("balanced", True, "balanced (negatives / positives per label), as the binary cross-entropy's `pos_weight`: "
+                       "`negative` 2, `positive` 0.5"),
+])
+def test_class_weights_line_names_the_rule_and_each_labels_weight(mode, multi_label, expected):
+    from hftransfer.hub.card_recipe import class_weights_line
+
+    record = {"mode": mode, "pos_weight": multi_label, "weights": {"negative": 2.0, "positive": 0.5}}
+    assert class_weights_line(record) == expected + "; the validation loss is weighted the same way"
+    many = class_weights_line({"mode": "balanced", "pos_weight": False,
+                               "weights": {f"c{i}": 1.0 for i in range(30)}})
+    assert "`c19` 1 ... (30 labels, all in `all_results.json`)" in many and "`c20`" not in many
+
+
+def test_a_run_stopped_by_its_caller_says_so_without_an_evaluation_schedule(tmp_path):
+    changes = {"history": history([(1, 3, 0.6)], ema=False), "best_step": 3, "best_epoch": 1, "epochs": 1,
+               "stop_reason": "stopped_by_caller"}
+    body = ModelCard.load(write_model_card(practice_run_dir(tmp_path, results_changes=changes))).text
+    assert "- **Stopping**: the run was stopped by its caller at step 3 (epoch 1 of 3 planned)" in body
+    assert "Training was stopped by its caller at step 3 (epoch 1 of 3 planned)." in body
+    assert "**Evaluation**" not in body

@@ -69,11 +69,19 @@ class TrainConfig(HubOptions, TrackingOptions, TuneOptions, RunOptions, Evaluati
             raise HFTransferError("--compare_scratch and target-domain data: the from-scratch comparison is of "
                                   "single-domain runs; drop --compare_scratch (--compare_source_only is the "
                                   "adaptation's comparison)")
+        if self.sampler == "balanced" and self.domain_adaptation != "none":
+            raise HFTransferError("--sampler balanced and --domain_adaptation: each source example is paired with a "
+                                  "target example in order; use --class_weights balanced instead")
         resume = self.resume_from_checkpoint
         if resume and resume != "latest" and not Path(resume).is_dir():
             raise HFTransferError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint folder "
                                   f"(e.g. {out}/checkpoints/step_N) or latest")
         return self
+
+    @property
+    def heavy_augmentation(self) -> bool:
+        """Whether timm's augmentations are asked for (they rule out cached frozen features)."""
+        return bool(self.augment and (self.auto_augment or self.reprob > 0)) or self.mixing
 
     def _validate_auto(self, modality: str | None) -> None:
         """``--model_name_or_path auto`` needs two candidates to choose between; its options mean nothing without it."""

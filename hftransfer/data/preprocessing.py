@@ -22,17 +22,21 @@ import datasets
 import torch
 
 from ..errors import HFTransferError
+from .augmentations import SeededAugmentation, random_erasing, train_steps
 from .splits import INDEX_COLUMN
 
 
 @dataclass(frozen=True)
 class Augmentation:
-    """How training images are randomly transformed: random resized crop over ``crop_scale``, a flip and
-    ``color_jitter`` (0 = none), each example seeded by (``seed``, epoch, index)."""
+    """How training images are randomly transformed: random resized crop over ``crop_scale``, a flip, timm's
+    ``auto_augment`` policy (None = none) or else ``color_jitter`` (0 = none), and timm's random erasing with
+    probability ``reprob``; each example seeded by (``seed``, epoch, index)."""
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     color_jitter: float = 0.4
     seed: int = 0
+    auto_augment: str | None = None
+    reprob: float = 0.0
 
 
 @dataclass
@@ -48,18 +52,22 @@ class RawBatch:
 class ImagePipeline:
     """timm preprocessing of one model: decode once, uint8 batches, normalization on the device.
 
-    Training: random resized crop, flip and color jitter (``augmentation``; None trains on the eval
-    transform); evaluation: resize + center crop. Sizes, interpolation and crop fraction come from
-    timm's ``data_config``; images are decoded and shrunk to ``decode_size`` (default: the eval resize size).
+    Training: random resized crop, flip, auto-augment or color jitter, random erasing (``augmentation``; None
+    trains on the eval transform); evaluation: resize + center crop. Sizes, interpolation and crop fraction come
+    from timm's ``data_config``; images are decoded and shrunk to ``decode_size`` (default: the eval resize size).
+    With random erasing (``reprob`` > 0) training batches are normalized float32 instead of uint8 (timm erases
+    in normalized space); the backbone takes float input as normalized. Evaluation batches stay uint8.
     """
 
     def __init__(self, data_config: dict, decode_size: int | None = None, augmentation: Augmentation | None = None):
         self.shorter_side = decode_size if decode_size is not None else resize_size(data_config)
         aug = augmentation or Augmentation()
-        self.augmentation = SeededAugmentation(image_transforms(data_config, True, aug.crop_scale, as_uint8=True,
-                                                                color_jitter=aug.color_jitter or None,
-                                                                augment=augmentation is not None), aug.seed)
+        train = image_transforms(data_config, True, aug.crop_scale, as_uint8=True,
+                                 color_jitter=aug.color_jitter or None, augment=augmentation is not None,
+                                 auto_augment=aug.auto_augment, reprob=aug.reprob)
+        self.augmentation = SeededAugmentation(train, aug.seed)
         self.eval_transform = image_transforms(data_config, False, as_uint8=True)
+        # the feature cache's key: frozen features are computed on the eval transform only, whatever trains
         self.key = repr(self.eval_transform)
 
     def prepare(self, ds: datasets.Dataset, column: str, split: str) -> datasets.Dataset:
@@ -221,7 +229,8 @@ def decode_images(ds: datasets.Dataset, column: str, shorter_side: int | None = 
                 out.append(open_image(io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"],
                                       shorter_side))
             except Exception as e:
-                raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace that file") from None
+                raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace that "
+                                      "file") from None
         return {column: out}
 
     raw = ds.cast_column(column, datasets.Image(decode=False))
@@ -234,50 +243,32 @@ def resize_size(data_config: dict) -> int:
 
 
 def image_transforms(data_config: dict, train: bool, crop_scale=(0.08, 1.0), hflip: float = 0.5,
-                     color_jitter: float | None = 0.4, augment: bool = True, as_uint8: bool = False):
-    """Train (random resized crop, flip, jitter) or eval (resize + center crop) transform for a timm model.
+                     color_jitter: float | None = 0.4, augment: bool = True, as_uint8: bool = False,
+                     auto_augment: str | None = None, reprob: float = 0.0):
+    """Train (random resized crop, flip, auto-augment or jitter, erasing) or eval (resize + center crop) transform
+    for a timm model, in timm's order (``data.augmentations.train_steps``).
 
     Sizes, interpolation, crop fraction and mean/std come from timm's ``data_config``.
     ``augment=False`` trains on the eval transform. ``as_uint8`` stops at a uint8 tensor: batches
     travel 4x smaller and the backbone normalizes on the device; otherwise the output is the
-    normalized float tensor timm's own transforms give.
+    normalized float tensor timm's own transforms give. Training with ``reprob`` > 0 always ends normalized
+    float: timm's random erasing fills boxes with noise drawn in normalized space.
     """
     from torchvision.transforms import v2
 
-    size = data_config["input_size"][-1]
-    interpolation = v2.InterpolationMode(data_config.get("interpolation", "bilinear"))
+    erasing = train and augment and reprob > 0
     if train and augment:
-        steps = [v2.RandomResizedCrop(size, scale=tuple(crop_scale), interpolation=interpolation)]
-        steps += [v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-        steps += [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
+        steps = train_steps(data_config, crop_scale, hflip, color_jitter, auto_augment)
     else:
-        steps = [v2.Resize(resize_size(data_config), interpolation=interpolation), v2.CenterCrop(size)]
+        interpolation = v2.InterpolationMode(data_config.get("interpolation", "bilinear"))
+        steps = [v2.Resize(resize_size(data_config), interpolation=interpolation),
+                 v2.CenterCrop(data_config["input_size"][-1])]
     steps.append(v2.PILToTensor())
-    if not as_uint8:
+    if not as_uint8 or erasing:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(data_config["mean"], data_config["std"])]
+    if erasing:
+        steps.append(random_erasing(reprob))
     return v2.Compose(steps)
-
-
-class SeededAugmentation:
-    """Random augmentation whose draws for example ``i`` in epoch ``e`` depend on (seed, e, i) only.
-
-    Each example is transformed under its own seed (the global RNG is forked and restored around
-    it), so the augmentation of a batch does not depend on what ran before it: a run resumed in the
-    middle of an epoch, or one whose loader workers see examples in another order, augments every
-    example exactly as the uninterrupted run did. ``epoch`` is set by the loop before each epoch.
-    """
-
-    def __init__(self, transform, seed: int):
-        self.transform, self.seed, self.epoch = transform, seed, 0
-
-    def __call__(self, image, index: int):
-        import random
-
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: transforms run on the CPU, and torch.manual_seed would also queue a
-            # CUDA seeding (with a captured stack trace) for every example
-            torch.default_generator.manual_seed(random.Random(f"{self.seed}/{self.epoch}/{index}").getrandbits(63))
-            return self.transform(image)
 
 
 def with_image_transform(ds: datasets.Dataset, column: str, transform) -> datasets.Dataset:

@@ -1,17 +1,25 @@
-"""The card's "Transfer recipe" section: strategy, learning rates, phases, regularization, optimization, LoRA.
+"""The card's "Transfer recipe" section: strategy, learning rates, phases, regularization, optimization, LoRA,
+and the practitioner's settings (class weights, sampler, image augmentations, weight EMA, evaluation schedule).
 
 Formatted from the run's ``RunDescription`` (``None`` for a model saved outside a run, whose card
-has no recipe).
+has no recipe). Each optional setting gets its line only when the run used it, so a run without them
+renders as before; what came of them (which weights were exported, why training stopped) is the
+results' part (``card_results.outcome_context``).
 """
 from __future__ import annotations
 
 from ..records import RunDescription
-from .card_format import format_learning_rate, group_display_name, group_span_display
+from .card_format import format_learning_rate, group_display_name, group_span_display, markdown_escape
 
 NO_RECIPE = {"strategy": None, "strategy_description": None, "learning_rates": None, "schedule": None,
              "regularization": None, "optimization": None, "parameters": "n/a", "phases": None,
-             "phase_notes": None, "layer_lrs": None, "layer_decay": None, "lora": None}
+             "phase_notes": None, "layer_lrs": None, "layer_decay": None, "lora": None,
+             "class_weights": None, "sampler": None, "augmentation": None, "model_ema": None,
+             "evaluation_schedule": None}
 NOT_WORTH_MENTIONING = (None, 0, 0.0, "no")  # optional settings left off (e.g. mixed precision "no")
+MAX_WEIGHTS_SHOWN = 20  # class weights named on the card; all of them are in all_results.json
+SAMPLERS = {"balanced": "class-balanced (training examples drawn with replacement, each class equally often on "
+                        "average)"}
 
 
 def recipe_context(recipe: RunDescription | None) -> dict:
@@ -27,6 +35,11 @@ def recipe_context(recipe: RunDescription | None) -> dict:
         "phases": phases, "phase_notes": " ".join(phase_notes) or None,
         "layer_lrs": layer_learning_rates(recipe), "layer_decay": recipe.layer_decay,
         "lora": lora_line(recipe.lora),
+        "class_weights": class_weights_line(recipe.class_weights),
+        "sampler": SAMPLERS.get(recipe.sampler, recipe.sampler) if recipe.sampler not in (None, "random") else None,
+        "augmentation": augmentation_line(recipe.augmentation),
+        "model_ema": ema_line(recipe.model_ema),
+        "evaluation_schedule": evaluation_line(recipe),
     }
 
 
@@ -71,6 +84,7 @@ def optimization_line(recipe: RunDescription) -> str:
     parts = [f"AdamW, weight decay {recipe.weight_decay} (not on biases and norm weights)"]
     parts += [f"batch size {recipe.batch_size}"] if recipe.batch_size else []
     parts += [f"{recipe.epochs} epoch(s)"] if recipe.epochs else []
+    parts += [f"at most {recipe.max_steps} optimizer steps (`--max_steps`)"] if recipe.max_steps else []
     for value, label in ((recipe.max_grad_norm, "gradient clipping"), (recipe.mixed_precision, "mixed precision"),
                          (recipe.seed, "seed")):
         if value not in NOT_WORTH_MENTIONING:
@@ -111,3 +125,69 @@ def lora_line(record: dict | None) -> str | None:
             "The weights here are **merged** (adapters folded into the base weights, loadable as a plain model); "
             "the adapter alone (peft `adapter_config.json` + `adapter_model.safetensors`, with the head as "
             "`head.safetensors`) is in `adapter/`")
+
+
+def class_weights_line(record: dict | None) -> str | None:
+    """``--class_weights``: the mode and each label's weight, and what they weight."""
+    if not record:
+        return None
+    weights = record.get("weights") or {}
+    shown = ", ".join(f"`{markdown_escape(label)}` {weight:.4g}"
+                      for label, weight in list(weights.items())[:MAX_WEIGHTS_SHOWN])
+    if len(weights) > MAX_WEIGHTS_SHOWN:
+        shown += f" ... ({len(weights)} labels, all in `all_results.json`)"
+    if record.get("pos_weight"):
+        rule = "balanced (negatives / positives per label)" if record.get("mode") == "balanced" else "given per label"
+        how = f"{rule}, as the binary cross-entropy's `pos_weight`"
+    else:
+        rule = ("balanced (n / (classes x count), scikit-learn's rule)" if record.get("mode") == "balanced"
+                else "given per label")
+        how = f"{rule}, in the cross-entropy"
+    return f"{how}: {shown}; the validation loss is weighted the same way"
+
+
+def augmentation_line(record: dict) -> str | None:
+    """The image augmentations, named only when the run used more than the default crop / flip / jitter."""
+    extras = ("auto_augment", "reprob", "mixup", "cutmix")
+    if not record or not any(record.get(key) for key in extras):
+        return None
+    low, high = record.get("crop_scale", [0.08, 1.0])
+    parts = [f"random resized crop (scale {low:g}-{high:g}) and horizontal flip"]
+    if record.get("auto_augment"):
+        parts.append(f"auto-augment policy `{record['auto_augment']}`")
+    elif record.get("color_jitter"):
+        parts.append(f"color jitter {record['color_jitter']:g}")
+    if record.get("reprob"):
+        parts.append(f"random erasing with probability {record['reprob']:g} (per-pixel noise)")
+    mixers = [f"{name} alpha {record[name]:g}" for name in ("mixup", "cutmix") if record.get(name)]
+    if mixers:
+        mixing = f"{' and '.join(mixers)} on {record.get('mixup_prob', 1.0):.0%} of the training batches"
+        if len(mixers) == 2:
+            mixing += f" (cutmix instead of mixup with probability {record.get('mixup_switch_prob', 0.5):g})"
+        parts.append(mixing + ", soft targets")
+    return "; ".join(parts)
+
+
+def ema_line(record: dict | None) -> str | None:
+    """``--model_ema``: the decay, and that it was evaluated beside the raw weights."""
+    if not record:
+        return None
+    warmup = " (warmed up from 0)" if record.get("warmup") else ""
+    return (f"an exponential moving average of the weights, decay {record['decay']:g} per optimizer step{warmup}, "
+            "evaluated beside the raw weights at every evaluation; the better of the two is exported")
+
+
+def evaluation_line(recipe: RunDescription) -> str | None:
+    """When the validation split was scored, and the early-stopping rule; only when not the per-epoch default."""
+    evaluation = recipe.evaluation or {}
+    patience = evaluation.get("early_stopping_patience")
+    per_step = evaluation.get("eval_strategy") == "steps"
+    if not (per_step or patience or recipe.max_steps):
+        return None
+    line = (f"on the validation split every {evaluation.get('eval_steps')} optimizer steps and at the end"
+            if per_step else "on the validation split at each epoch end")
+    if patience:
+        threshold = evaluation.get("early_stopping_threshold") or 0
+        line += (f"; early stopping after {patience} evaluation(s) in a row without an improvement of "
+                 f"{recipe.metric_for_best_model} by more than {threshold:g}")
+    return line

@@ -1,5 +1,6 @@
-"""The card's results: metrics, per-class and history tables, the model-index entries, and the optional
-"Did transfer help?", "Backbone choice" and "Domain adaptation" blocks.
+"""The card's results: metrics, per-class and history tables, the model-index entries, what came of the
+run's evaluation schedule (the exported evaluation, EMA or raw weights, why training stopped), and the
+optional "Did transfer help?", "Backbone choice" and "Domain adaptation" blocks.
 
 Formatted from the run's typed ``RunResults`` (``None`` for a model saved outside a run, whose card
 has no results).
@@ -8,12 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..records import BackboneChoice, DomainAdaptation, RunResults, TransferGain
+from ..records import BackboneChoice, DomainAdaptation, EpochRecord, RunResults, TransferGain
 from .card_format import format_value, looks_like_local_path, markdown_escape, public_path_name
 
 MAX_CLASS_ROWS = 100
-NO_RESULTS = {"results": None, "per_class": None, "per_class_note": None, "history": None, "best_epoch": None,
-              "epochs_run": None, "metric_for_best_model": None, "test_results": None, "test_samples": None}
+NO_RESULTS = {"results": None, "per_class": None, "per_class_note": None, "history": None, "history_header": None,
+              "best_epoch": None, "epochs_run": None, "best_at": None, "exported_at": None,
+              "metric_for_best_model": None, "test_results": None, "test_samples": None}
+NO_OUTCOME = {"stop_note": None, "stop_summary": None}
+# history columns: (header, EpochRecord attribute); the step and EMA ones only when the run has them
+HISTORY_COLUMNS = (("epoch", "epoch"), ("step", "step"), ("train loss", "train_loss"), ("eval loss", "eval_loss"),
+                   ("eval accuracy", "eval_accuracy"), ("eval F1", "eval_f1"), ("EMA eval loss", "ema_eval_loss"),
+                   ("EMA eval accuracy", "ema_eval_accuracy"), ("EMA eval F1", "ema_eval_f1"))
+WEIGHTS_NAMES = {"ema": "EMA weights", "raw": "raw weights"}
 SCORE_NAMES = {"h_score": "H-score", "logme": "LogME"}
 ADAPTATION_METHODS = {"none": "no adaptation (source-only training)", "dann": "DANN (Ganin et al. 2016)",
                       "cdan": "CDAN+E (Long et al. 2018)", "mcc": "MCC (Jin et al. 2020)"}
@@ -26,20 +34,107 @@ def has_eval_results(results: RunResults | None) -> bool:
 def results_context(results: RunResults | None) -> dict:
     """The "Results" section's template variables; all empty without eval results."""
     if not has_eval_results(results):
-        return dict(NO_RESULTS)
+        return {**NO_RESULTS, **outcome_context(results)}
     rows = metric_rows(values=results.metrics, prefix="eval_")
+    if uses_ema(results):
+        rows.append(("exported weights", WEIGHTS_NAMES["ema"] + " (exponential moving average)"
+                     if results.exported_weights == "ema" else WEIGHTS_NAMES["raw"] + " (their EMA scored no better)"))
     if results.train_runtime is not None:
         rows.append(("training time", f"{results.train_runtime:.0f} s on {results.world_size} process(es)"))
     per_class, per_class_note = per_class_rows(results.eval_per_class)
-    history = [{"epoch": epoch.epoch, "train_loss": format_value(epoch.train_loss),
-                "eval_loss": format_value(epoch.eval_loss), "eval_accuracy": format_value(epoch.eval_accuracy),
-                "eval_f1": format_value(epoch.eval_f1)} for epoch in results.history]
+    header, history = history_table(results)
     test = results.test_metrics
     return {"results": rows, "per_class": per_class, "per_class_note": per_class_note, "history": history,
+            "history_header": header,
             "test_results": metric_rows(values=test, prefix="test_") if "test_accuracy" in test else None,
             "test_samples": test.get("test_samples"),
             "best_epoch": results.best_epoch, "epochs_run": results.epochs or len(history),
-            "metric_for_best_model": results.transfer.metric_for_best_model if results.transfer else "accuracy"}
+            **exported_evaluation(results),
+            "metric_for_best_model": results.transfer.metric_for_best_model if results.transfer else "accuracy",
+            **outcome_context(results)}
+
+
+def evaluates_per_step(results: RunResults) -> bool:
+    """``--eval_strategy steps`` (or a history with several evaluations in one epoch)."""
+    evaluation = results.transfer.evaluation if results.transfer else {}
+    epochs = [entry.epoch for entry in results.history]
+    return evaluation.get("eval_strategy") == "steps" or len(set(epochs)) < len(epochs)
+
+
+def uses_ema(results: RunResults) -> bool:
+    """``--model_ema``: recorded in the recipe, or EMA scores in the history."""
+    return bool(results.transfer and results.transfer.model_ema) or results.exported_weights == "ema" or any(
+        entry.ema_eval_accuracy is not None for entry in results.history)
+
+
+def exported_index(results: RunResults) -> int | None:
+    """The history row of the exported evaluation: by its step when recorded, else by its epoch."""
+    for index, entry in enumerate(results.history):
+        if results.best_step is not None and entry.step is not None:
+            if entry.step == results.best_step:
+                return index
+        elif entry.epoch == results.best_epoch:
+            return index
+    return None
+
+
+def history_table(results: RunResults) -> tuple[list[str], list[list[str]]]:
+    """The history's header and rows: a step column when evaluations are per step, the EMA's scores beside the
+    raw ones when present, and then a column marking the exported row (naming its weights with EMA on)."""
+    per_step, ema = evaluates_per_step(results), uses_ema(results)
+    columns = [(name, key) for name, key in HISTORY_COLUMNS
+               if (key != "step" or per_step) and (not key.startswith("ema_") or ema)]
+    rows = [[format_value(getattr(entry, key)) for _, key in columns] for entry in results.history]
+    header = [name for name, _ in columns]
+    if per_step or ema:
+        exported = exported_index(results)
+        mark = f"**exported** ({WEIGHTS_NAMES.get(results.exported_weights, results.exported_weights)})" if ema \
+            else "**exported**"
+        header.append("")
+        for index, row in enumerate(rows):
+            row.append(mark if index == exported else "")
+    return header, rows
+
+
+def exported_evaluation(results: RunResults) -> dict:
+    """``best_at`` (the Results sentence: "Best epoch 3 of 3", or the step of a per-step run) and
+    ``exported_at`` (where the exported model comes from, as the test split names it)."""
+    epochs_run = results.epochs or len(results.history)
+    if evaluates_per_step(results) and results.best_step is not None:
+        best_at = (f"evaluation at step {results.best_step} (epoch {results.best_epoch} of {epochs_run}; "
+                   f"{len(results.history)} evaluations in all)")
+        exported_at = f"step {results.best_step}, epoch {results.best_epoch}"
+    else:
+        best_at, exported_at = f"epoch {results.best_epoch} of {epochs_run}", f"epoch {results.best_epoch}"
+    if results.exported_weights == "ema":
+        best_at += ", with the EMA weights"
+        exported_at += ", EMA weights"
+    return {"best_at": best_at, "exported_at": exported_at}
+
+
+def outcome_context(results: RunResults | None) -> dict:
+    """Why training stopped before its budget: ``stop_note`` for the recipe's evaluation line, ``stop_summary``
+    for the Results section; both None when the run used its whole budget."""
+    if results is None or results.stop_reason is None:
+        return dict(NO_OUTCOME)
+    last = results.history[-1] if results.history else EpochRecord(epoch=results.epochs or 0)
+    planned = results.transfer.epochs if results.transfer else None
+    of = f" of {planned} planned" if planned and planned > last.epoch else ""
+    where = f"step {last.step} (epoch {last.epoch}{of})" if last.step is not None else f"epoch {last.epoch}{of}"
+    if results.stop_reason == "early_stopping":
+        return {"stop_note": f"the run stopped early at {where}",
+                "stop_summary": f"Training stopped early (early stopping) at {where}."}
+    if results.stop_reason == "max_steps":
+        steps = (results.transfer.max_steps if results.transfer else None) or last.step
+        return {"stop_note": f"the run ended at `--max_steps` ({steps} optimizer steps), part way through epoch "
+                             f"{last.epoch}",
+                "stop_summary": f"Training ended at `--max_steps` ({steps} optimizer steps)."}
+    if results.stop_reason == "stopped_by_caller":
+        return {"stop_note": f"the run was stopped by its caller at {where} (e.g. a pruned `--tune` trial)",
+                "stop_summary": f"Training was stopped by its caller at {where}."}
+    reason = markdown_escape(results.stop_reason.replace("_", " "))
+    return {"stop_note": f"the run stopped at {where} ({reason})",
+            "stop_summary": f"Training stopped before its budget at {where} ({reason})."}
 
 
 def metric_rows(values: dict, prefix: str) -> list[tuple[str, str]]:

@@ -23,8 +23,16 @@ def create_head(head: str | nn.Module, in_features: int, num_labels: int, **kwar
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool,
-                        label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy for single-label (integer labels), BCE-with-logits for multi-label (multi-hot)."""
+                        label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy for single-label, BCE-with-logits for multi-label (multi-hot), computed in float32.
+
+    Single-label ``labels`` are integer classes, or float ``[batch, num_labels]`` soft targets (timm's
+    Mixup / CutMix). ``class_weights``: per-class weights of the cross-entropy, or BCE's ``pos_weight``.
+    """
+    weight = class_weights.float() if class_weights is not None else None
     if multi_label:
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
+    if labels.is_floating_point() and labels.dim() == 2:
+        # soft targets already carry Mixup's label smoothing: smoothing them again would count it twice
+        return F.cross_entropy(logits.float(), labels.float(), weight=weight)
+    return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)

@@ -51,6 +51,9 @@ class TransferModel(nn.Module):
         self.bn_stats = "frozen"
         self.lora = None  # a lora.LoraSpec once lora.add_lora injected adapters into the backbone
         self.base_weights = None  # the --weights the backbone was built from (recorded with a LoRA adapter)
+        # a training setting, not part of the model: non-persistent, so it follows .to(device) but stays out of
+        # state_dict(), checkpoints and exports (which load without hftransfer exactly as before)
+        self.register_buffer("class_weights", None, persistent=False)
 
     @property
     def num_labels(self) -> int:
@@ -82,11 +85,21 @@ class TransferModel(nn.Module):
         """Logits with their classification loss (None without ``labels``)."""
         loss = None
         if labels is not None:
-            loss = classification_loss(logits, labels, self.multi_label, self.label_smoothing)
+            loss = classification_loss(logits, labels, self.multi_label, self.label_smoothing, self.class_weights)
         return TransferOutput(logits=logits, loss=loss)
+
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Loss weights per label (``data.balance.class_weights``; BCE's ``pos_weight`` when multi-label), or None."""
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float32).flatten()
+            if len(weights) != self.num_labels:
+                raise HFTransferError(f"{len(weights)} class weights for a model of {self.num_labels} labels")
+            weights = weights.to(next(self.parameters(), weights).device)
+        self.class_weights = weights
 
     def reset_classifier(self, id2label: dict[int, str], head: str | nn.Module = "linear", **head_kwargs) -> None:
         """Replace the head for a new label set (e.g. to reuse a fine-tuned backbone)."""
+        self.set_class_weights(None)  # weights of the old label set would not match the new one
         self.id2label = {int(k): v for k, v in id2label.items()}
         self.head = create_head(head, self.backbone.feature_dim, self.num_labels, **head_kwargs)
         self.head_config = _head_config(head, head_kwargs, self.head)

@@ -35,9 +35,16 @@ class RunState:
     epoch: int = 0
     batches_done: int = 0  # within ``epoch``
     global_step: int = 0
-    best_metric: float | None = None  # of metric_for_best_model; None until an epoch finished
+    best_metric: float | None = None  # of metric_for_best_model; None until an evaluation finished
     best_epoch: int = -1
+    best_step: int = -1  # the optimizer step of the exported evaluation
+    best_weights: str = "raw"  # raw or ema (--model_ema): which weights the exported evaluation scored
     history: list = field(default_factory=list)
+    evaluations: int = 0
+    # early stopping: evaluations in a row without an improvement, and why training ended before its budget
+    # (kept in the checkpoint, so a resumed run stops where the uninterrupted one would)
+    evals_without_improvement: int = 0
+    stop_reason: str | None = None
     # the running train loss of ``epoch`` on this process, so a mid-epoch resume reports the whole epoch's mean
     epoch_loss_sum: float = 0.0
     epoch_loss_batches: int = 0

@@ -11,10 +11,12 @@ from ..records import Phase, RunDescription
 from ..version import __version__
 
 
-def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[str]) -> RunDescription:
+def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[str], num_epochs: int | None = None,
+                 total_steps: int | None = None) -> RunDescription:
     """The transfer recipe of a run about to train: phases, frozen groups, LRs, sizes, data, versions.
 
-    ``cfg`` is the ``TrainConfig``, ``model`` the ``TransferModel``, ``strategy`` its ``Strategy``.
+    ``cfg`` is the ``TrainConfig``, ``model`` the ``TransferModel``, ``strategy`` its ``Strategy``;
+    ``num_epochs`` / ``total_steps`` the run's (``--max_steps`` may end it before ``--num_train_epochs``).
     """
     import accelerate
     import datasets
@@ -30,7 +32,8 @@ def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[
         sizes.update({g.name: sum(named[n].numel() for n in g.params if is_lora_parameter(n))
                       for g in model.layer_groups()[:-1]})
     phases = []
-    for phase in strategy.describe(cfg.num_train_epochs, group_names):
+    num_epochs = num_epochs or cfg.num_train_epochs
+    for phase in strategy.describe(num_epochs, group_names):
         trainable = sizes["head"] + sum(sizes[n] for n in phase["trainable_backbone_groups"])
         gentle = strategy.uses_backbone_lr_for_head(phase["epochs"][0])
         phases.append(Phase(**phase, trainable_fraction=trainable / total,
@@ -42,14 +45,21 @@ def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[
         modality=modality, base_model=cfg.model_name_or_path, weights=cfg.weights, strategy=cfg.strategy,
         strategy_description=strategy.description(), phases=phases, learning_rate=cfg.learning_rate,
         head_learning_rate=cfg.effective_head_lr, layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay,
-        lr_scheduler=f"{cfg.lr_scheduler_type}, warmup {cfg.warmup_ratio:.0%} of each phase",
+        lr_scheduler=f"{cfg.lr_scheduler_type}, warmup "
+                     + (f"{cfg.warmup_steps} steps" if cfg.warmup_steps else f"{cfg.warmup_ratio:.0%}") + " of each phase",
         regularizer=({"name": "L2-SP", "alpha": cfg.l2sp_alpha, "beta": cfg.l2sp_beta,
                       "note": "decoupled weight decay off"} if cfg.l2sp_active else None),
         label_smoothing=cfg.label_smoothing, head_dropout=cfg.head_dropout, train_norm=cfg.train_norm,
         norm_policy=model.describe_bn_stats() if has_batchnorm else None, max_grad_norm=cfg.max_grad_norm,
         lora=lora_record(model) if model.lora is not None else None,
         mixed_precision=cfg.mixed_precision, gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, metric_for_best_model=cfg.metric_for_best_model,
-        epochs=cfg.num_train_epochs, batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+        epochs=num_epochs, max_steps=total_steps if cfg.max_steps > 0 else None,
+        batch_size=cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps,
+        class_weights=class_weight_record(cfg, model, bundle), sampler=cfg.sampler,
+        augmentation=augmentation_record(cfg, modality),
+        model_ema={"decay": cfg.model_ema_decay, "warmup": True} if cfg.model_ema else None,
+        evaluation={k: getattr(cfg, k) for k in ("eval_strategy", "eval_steps", "early_stopping_patience",
+                                                 "early_stopping_threshold") if getattr(cfg, k) is not None},
         dataset=str(cfg.dataset_name or cfg.train_dir or cfg.train_file), dataset_name=cfg.dataset_name,
         dataset_config=cfg.dataset_config_name,
         validation_data=cfg.validation_dir or cfg.validation_file,
@@ -59,3 +69,26 @@ def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[
                             "transformers": transformers.__version__, "datasets": datasets.__version__,
                             "accelerate": accelerate.__version__},
     )
+
+
+def class_weight_record(cfg, model, bundle) -> dict | None:
+    """``--class_weights`` as used: the mode and each label's weight (``pos_weight`` for multi-label)."""
+    weights = getattr(model, "class_weights", None)
+    if weights is None:
+        return None
+    return {"mode": cfg.class_weight_mode, "pos_weight": bundle.multi_label,
+            "weights": dict(zip(bundle.id2label.values(), (round(float(w), 6) for w in weights.tolist())))}
+
+
+def augmentation_record(cfg, modality: str) -> dict:
+    """What made training images differ from evaluation ones (empty for text)."""
+    if modality != "image":
+        return {}
+    if not cfg.augment:
+        return {"augment": False}
+    record = {"crop_scale": list(cfg.crop_scale), "color_jitter": 0.0 if cfg.auto_augment else cfg.color_jitter}
+    record.update({k: getattr(cfg, k) for k in ("auto_augment", "reprob") if getattr(cfg, k)})
+    if cfg.mixing:
+        record.update({"mixup": cfg.mixup, "cutmix": cfg.cutmix, "mixup_prob": cfg.mixup_prob,
+                       "mixup_switch_prob": cfg.mixup_switch_prob})
+    return record

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader
 
 from ..adaptation.paired import PairedCollate, PairedDomains
 from ..data import DataBundle, subset
+from ..data.balance import MULTI_LABEL_SAMPLER, BalancedSampler, group_by_length
+from ..errors import HFTransferError
 from ..models.devices import usable_cores
 from .feature_cache import FeatureDataset
 
@@ -59,6 +61,7 @@ class Loaders:
 
 def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> Loaders:
     """Loaders for ``bundle`` preprocessed the way ``backbone`` expects (``cfg``: a ``TrainConfig``)."""
+    check_sampler(cfg, bundle)
     workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
     pipeline = backbone.data_pipeline(**pipeline_kwargs(cfg))
     common = {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": pipeline.collate}
@@ -67,7 +70,7 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
     column = bundle.input_column
     train, evaluation = pipeline.prepare(bundle.train, column, "train"), pipeline.prepare(bundle.eval, column, "eval")
     lengths = pipeline.lengths(train) if cfg.group_by_length else None
-    sampler = LengthGroupedSampler(lengths, cfg.per_device_train_batch_size, seed=cfg.seed) if lengths else None
+    sampler = train_sampler(cfg, train, lengths)
     train_view, train_collate = pipeline.train_view(train, column), pipeline.collate
     target = bundle.target
     if target is not None:
@@ -104,11 +107,34 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
     if with_cache:
         loaders.train_extract = DataLoader(pipeline.eval_view(train, column), batch_size=cfg.per_device_eval_batch_size,
                                            shuffle=False, **common)
+        # the features' rows are the train split's examples in order, so the balanced draw applies as it is
+        cached_sampler = train_sampler(cfg, train, None)
         loaders.cached_train = DataLoader(FeatureDataset(len(train)), batch_size=cfg.per_device_train_batch_size,
-                                          shuffle=True)
+                                          shuffle=cached_sampler is None, sampler=cached_sampler)
         loaders.cached_eval = DataLoader(FeatureDataset(len(evaluation)), batch_size=cfg.per_device_eval_batch_size,
                                          shuffle=False)
     return loaders
+
+
+def train_sampler(cfg, train, lengths: list[int] | None):
+    """The training loader's sampler: balanced (``--sampler``), length-grouped, or None (a plain shuffle)."""
+    if cfg.sampler == "balanced":  # drawn from the prepared split: its rows are the ones the loader serves
+        return BalancedSampler(train["labels"], seed=cfg.seed, lengths=lengths,
+                               batch_size=cfg.per_device_train_batch_size)
+    return LengthGroupedSampler(lengths, cfg.per_device_train_batch_size, seed=cfg.seed) if lengths else None
+
+
+def check_sampler(cfg, bundle: DataBundle) -> None:
+    """Refuse the ``--sampler`` combinations that cannot work, before any preprocessing."""
+    if cfg.sampler != "balanced":
+        return
+    if bundle.multi_label:
+        raise HFTransferError(MULTI_LABEL_SAMPLER)
+    if bundle.target is not None and cfg.domain_adaptation != "none":
+        # balancing the source classes shifts its label distribution away from the target's, a shift the
+        # alignment losses would then try to erase from the features
+        raise HFTransferError("--sampler balanced does not combine with --domain_adaptation: use --class_weights "
+                              "balanced, which reweights the loss without changing what the alignment sees")
 
 
 def pipeline_kwargs(cfg) -> dict:
@@ -116,7 +142,10 @@ def pipeline_kwargs(cfg) -> dict:
     from ..data.preprocessing import Augmentation
 
     augment = getattr(cfg, "augment", False)  # rank reads features only: never augmented
-    augmentation = Augmentation(tuple(cfg.crop_scale), cfg.color_jitter, cfg.seed) if augment else None
+    # getattr: RankConfig has no auto-augment / erasing options (it never augments)
+    augmentation = Augmentation(tuple(cfg.crop_scale), cfg.color_jitter, cfg.seed,
+                                auto_augment=getattr(cfg, "auto_augment", None) or None,
+                                reprob=getattr(cfg, "reprob", 0.0)) if augment else None
     return {"decode_size": cfg.decode_size, "max_seq_length": cfg.max_seq_length, "augmentation": augmentation}
 
 
@@ -142,9 +171,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
-        size = self.batch_size * self.mega
-        for start in range(0, len(order), size):
-            yield from sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+        yield from group_by_length(order, self.lengths, self.batch_size * self.mega)
 
 
 

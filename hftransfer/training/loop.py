@@ -10,6 +10,7 @@ and ``save_state``s a checkpoint that ``--resume_from_checkpoint`` continues exa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,9 +26,10 @@ from ..tuning.strategies import apply_trainable
 from . import crash_tests
 from .checkpoint import clear_earlier_run, holds_earlier_run, save_checkpoint
 from .describe import describe_run
-from .evaluate import evaluate, evaluate_target, score_target_test_split, score_test_split, selection_metric
+from .evaluate import score_target_test_split, score_test_split
 from .feature_cache import fill_feature_cache
-from .outputs import save_best_epoch, write_run_outputs
+from .outputs import write_run_outputs
+from .selection import EARLY_STOPPING, MAX_STEPS, STOPPED_BY_CALLER, evaluate_and_keep
 from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, mean_over_processes, rewrap_ddp, step_seed
 from .setup import TrainingRun, setup
 from .target_domain import adaptation_record, measure_domain_gap
@@ -54,22 +56,25 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torc
 
 
 def train_one_epoch(run: TrainingRun, epoch: int) -> float:
-    """Train ``epoch`` (from where a mid-epoch checkpoint left it); returns the epoch's mean train loss."""
+    """Train ``epoch`` (from where a mid-epoch checkpoint left it), evaluating every ``--eval_steps`` with
+    ``--eval_strategy steps``; returns the epoch's mean train loss. Ends early at ``--max_steps`` or when an
+    evaluation stops the run (early stopping, the caller's ``on_evaluate``)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     trainable_groups = run.strategy.trainable_groups(epoch)
     if apply_trainable(run.module, trainable_groups, cfg.train_norm, run.strategy.adapter_only):
         run.model = rewrap_ddp(accelerator, run.model)
     share = run.module.num_parameters(trainable_only=True) / run.module.num_parameters()
-    accelerator.print(f"epoch {epoch + 1}/{cfg.num_train_epochs}: {trainable_groups}/{len(run.group_names)} "
+    accelerator.print(f"epoch {epoch + 1}/{run.num_epochs}: {trainable_groups}/{len(run.group_names)} "
                       f"backbone groups trainable ({share:.1%} of parameters), "
                       f"lr head {run.scheduler.get_last_lr()[-1]:.2e}")
     if run.log is not None and not state.batches_done and run.log.phase_changes(run.strategy, epoch):
         # at the first optimizer step trained this way (mid-epoch resumes logged it before their checkpoint)
         accelerator.log(run.log.phase_values(run.strategy, epoch, run.module), step=state.global_step + 1)
-    if run.on_cached_features(epoch):
+    cached = run.on_cached_features(epoch)
+    if cached:
         fill_feature_cache(accelerator, run.model, run.loaders, cache_dir=cfg.feature_cache_dir,
                            dtype_name=cfg.feature_cache_dtype)
-    train_dl = run.loaders.cached_train if run.on_cached_features(epoch) else run.loaders.train
+    train_dl = run.loaders.cached_train if cached else run.loaders.train
     run.model.train()
     train_dl.set_epoch(epoch)
     run.loaders.set_epoch(epoch)
@@ -80,11 +85,14 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
     bar = tqdm(loader, total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}", unit="batch",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     for batch in bar:
-        # the step's randomness (dropout) depends on (seed, epoch, batch) only, and augmentation on
+        # the step's randomness (dropout, mixup) depends on (seed, epoch, batch) only, and augmentation on
         # (seed, epoch, example): a run resumed at any batch repeats the uninterrupted one exactly
-        torch.manual_seed(step_seed(cfg.seed, epoch, state.batches_done, accelerator.process_index))
+        seed = step_seed(cfg.seed, epoch, state.batches_done, accelerator.process_index)
+        torch.manual_seed(seed)
         if run.adaptation is not None:  # DANN's reversal schedule: a function of the step, so resumes match
-            run.adaptation.progress = state.global_step / max(1, run.scheduler.steps_per_epoch * cfg.num_train_epochs)
+            run.adaptation.progress = state.global_step / max(1, run.total_steps)
+        if run.mixer is not None and not cached:  # mixup / cutmix mix images: never cached features
+            batch = run.mixer(batch, seed=seed)
         loss = train_step(accelerator, run.model, run.optimizer, batch, run.l2sp, cfg.max_grad_norm).item()
         state.batches_done += 1
         state.epoch_loss_sum += loss
@@ -92,49 +100,45 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
         bar.set_postfix(loss=f"{loss:.4f}")
         if run.log is not None:
             run.log.window.add(loss)
-        if accelerator.sync_gradients:
-            step = state.global_step + 1  # the optimizer step just taken
-            if run.log is not None and run.log.step_due(step):
-                # before the scheduler moves them: the learning rates this step trained with
-                window_loss = mean_over_processes(accelerator, *run.log.window.take())
-                accelerator.log(run.log.step_values(window_loss, run.optimizer, step), step=step)
-            run.scheduler.step()
-            state.global_step += 1
-            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
-                save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
-            crash_tests.after_step(state.global_step, accelerator.is_main_process)
-            stop_if_requested(run, epoch)
+        if accelerator.sync_gradients and after_optimizer_step(run, epoch):
+            break
     bar.close()
     return mean_over_processes(accelerator, state.epoch_loss_sum, state.epoch_loss_batches)
 
 
-def finish_epoch(run: TrainingRun, epoch: int, train_loss: float, metrics: dict, records: list[dict]) -> None:
-    """Record the epoch, keep the model if it is the best so far, and checkpoint."""
+def after_optimizer_step(run: TrainingRun, epoch: int) -> bool:
+    """Log, step the schedule and the EMA, checkpoint and evaluate as due; whether training ends here."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    step = state.global_step + 1  # the optimizer step just taken
+    if run.log is not None and run.log.step_due(step):
+        # before the scheduler moves them: the learning rates this step trained with
+        window_loss = mean_over_processes(accelerator, *run.log.window.take())
+        accelerator.log(run.log.step_values(window_loss, run.optimizer, step), step=step)
+    run.scheduler.step()
+    state.global_step += 1
+    if run.ema is not None:
+        run.ema.update(run.module, step=state.global_step)
+    if state.global_step >= run.total_steps:
+        state.stop_reason = state.stop_reason or (MAX_STEPS if run.stops_at_max_steps else None)
+    elif cfg.eval_strategy == "steps" and state.global_step % cfg.eval_steps == 0:
+        evaluate_and_keep(run, epoch, mean_over_processes(accelerator, state.epoch_loss_sum, state.epoch_loss_batches))
+    if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+        save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
+    crash_tests.after_step(state.global_step, accelerator.is_main_process)
+    stop_if_requested(run, epoch)
+    return state.global_step >= run.total_steps or state.stop_reason is not None
+
+
+def finish_epoch(run: TrainingRun, epoch: int, train_loss: float) -> None:
+    """Evaluate at the epoch end (or at the end of a steps-evaluated run), and checkpoint."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    ended = state.global_step >= run.total_steps or epoch + 1 >= run.num_epochs
+    last_evaluated = state.history[-1]["step"] if state.history else -1
+    if state.stop_reason not in (EARLY_STOPPING, STOPPED_BY_CALLER) and last_evaluated != state.global_step and (
+            cfg.eval_strategy == "epoch" or ended):
+        evaluate_and_keep(run, epoch, train_loss)  # steps runs: the final weights are scored too
     state.epoch, state.batches_done = epoch + 1, 0
     state.epoch_loss_sum, state.epoch_loss_batches = 0.0, 0
-    entry = {"epoch": epoch + 1, "train_loss": train_loss, "eval_loss": metrics["loss"],
-             "eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"]}
-    for key in ("target_im", "selection_score", "target_oracle_accuracy"):
-        if key in metrics:
-            entry[key] = metrics[key]
-    state.history.append(entry)
-    if run.log is not None:
-        accelerator.log(run.log.epoch_values(train_loss, metrics), step=state.global_step)
-    accelerator.print(f"epoch {epoch + 1}: train_loss {train_loss:.4f}  eval_loss {metrics['loss']:.4f}  "
-                      f"eval_accuracy {metrics['accuracy']:.4f}  eval_f1 {metrics['f1']:.4f}  ({metrics['samples']} samples)")
-    if "selection_score" in metrics:
-        oracle = metrics.get("target_oracle_accuracy")
-        accelerator.print(f"  target: im {metrics['target_im']:.4f} (entropy {metrics['target_entropy']:.4f}, diversity "
-                          f"{metrics['target_diversity']:.4f})  selection_score {metrics['selection_score']:.4f}"
-                          + (f"  oracle accuracy {oracle:.4f} (target labels: reported, not used to select)"
-                             if oracle is not None else ""))
-    name, higher_is_better = selection_metric(cfg)
-    score = metrics[name]
-    if state.best_metric is None or (score > state.best_metric if higher_is_better else score < state.best_metric):
-        state.best_metric, state.best_epoch = score, epoch + 1
-        if accelerator.is_main_process:
-            save_best_epoch(run.module, run.output_dir, metrics, records)
     accelerator.wait_for_everyone()
     if cfg.checkpointing_steps != "no":
         save_checkpoint(accelerator, run.output_dir, state, cfg.save_total_limit)
@@ -149,7 +153,7 @@ def stop_if_requested(run: TrainingRun, epoch: int, saved: bool = False) -> None
     path = run.output_dir / CHECKPOINT_DIR / f"step_{run.state.global_step}"
     if not saved:
         path = save_checkpoint(run.accelerator, run.output_dir, run.state, run.cfg.save_total_limit)
-    raise RunInterrupted(signum, min(epoch, run.cfg.num_train_epochs - 1), run.state.global_step, path)
+    raise RunInterrupted(signum, min(epoch, run.num_epochs - 1), run.state.global_step, path)
 
 
 def prepare_output_dir(run: TrainingRun, backbone_choice: BackboneChoice | None) -> None:
@@ -180,22 +184,21 @@ def train_epochs(run: TrainingRun) -> float:
     (feature extraction included, like Trainer's ``train_runtime``)."""
     accelerator, train_time = run.accelerator, 0.0
     run.stop.in_training = True  # from here a signal means: checkpoint at the next step, then stop
-    for epoch in range(run.state.epoch, run.cfg.num_train_epochs):
+    for epoch in range(run.state.epoch, run.num_epochs):
+        if run.state.stop_reason is not None:  # a resumed run that had already stopped (early stopping)
+            break
         epoch_start = time.time()
         train_loss = train_one_epoch(run, epoch)
         train_time += time.time() - epoch_start
         check_ranks_in_sync(accelerator, run.module)
-        metrics, records = evaluate(accelerator, run.model, run.eval_loader(epoch), run.module.num_labels,
-                                    run.module.multi_label)
-        if run.bundle.target is not None:
-            evaluate_target(run, metrics)
-        finish_epoch(run, epoch, train_loss, metrics, records)
+        finish_epoch(run, epoch, train_loss)
     return train_time
 
 
 def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
         data_seed: int | None = None, stop: StopSignals | None = None, track: bool = False,
-        backbone_choice: BackboneChoice | None = None) -> RunResults | None:
+        backbone_choice: BackboneChoice | None = None,
+        on_evaluate: Callable[[int, dict], bool] | None = None) -> RunResults | None:
     """Train, evaluate every epoch, and export the best epoch; returns the results (main process).
 
     ``data_seed`` fixes the held-out split and subsets independently of ``cfg.seed``, so from-scratch
@@ -203,17 +206,22 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
     trackers (``--report_to``) and log this run to them; the trainer's run is tracked, its from-scratch
     twins (same accelerator, steps from 0 again) are not. ``backbone_choice`` (``--model_name_or_path
     auto``) is written next to ``config.yaml`` before the first epoch (a resume reuses it) and into
-    ``all_results.json``.
+    ``all_results.json``. ``on_evaluate(evaluation, metrics)`` is called on every process after each
+    evaluation (1-based count; the validation ``accuracy``, ``f1``, ``loss``, and ``epoch``, ``step``);
+    True stops the run there (its best model is still exported): ``--tune`` prunes trials this way.
     """
     run = setup(cfg, modality, accelerator, output_dir, data_seed, stop)
+    run.on_evaluate = on_evaluate
     if run.resumed_from is not None:
         accelerator.print(f"resumed from {run.resumed_from} at epoch {run.state.epoch}, step {run.state.global_step}")
     prepare_output_dir(run, backbone_choice)
     accelerator.print(f"model: {cfg.model_name_or_path} ({run.module.num_parameters() / 1e6:.1f}M parameters, "
                       f"{len(run.group_names)} layer groups), strategy {cfg.strategy}: {run.strategy_description()}; "
-                      f"{cfg.num_train_epochs} epochs x {run.scheduler.steps_per_epoch} steps, "
+                      f"{run.num_epochs} epochs x {run.scheduler.steps_per_epoch} steps"
+                      + (f" (stopping at step {run.total_steps})" if run.stops_at_max_steps else "") + ", "
                       f"{accelerator.num_processes} process(es) on {accelerator.device}, {threads} thread(s)")
-    description = describe_run(cfg, modality, run.bundle, run.module, run.strategy, run.group_names)
+    description = describe_run(cfg, modality, run.bundle, run.module, run.strategy, run.group_names,
+                               num_epochs=run.num_epochs, total_steps=run.total_steps)
     if track and accelerator.log_with:
         start_tracking(run, description)
     if run.bundle.target is not None:

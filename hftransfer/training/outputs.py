@@ -65,6 +65,9 @@ def write_run_outputs(output_dir: Path, state, bundle, timing: dict, world_size:
         history=[EpochRecord.from_dict(h) for h in state.history],
         transfer=description,
         backbone_choice=backbone_choice,
+        best_step=state.best_step,
+        exported_weights=state.best_weights,
+        stop_reason=state.stop_reason,
         **timing,
     )
     if test is not None:

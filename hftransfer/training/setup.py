@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,15 @@ from accelerate.utils import set_seed
 from ..adaptation.methods import AdaptationMethod, DomainAdaptationModel, create_method
 from ..config import TrainConfig
 from ..data import DataBundle
+from ..data.augmentations import create_batch_mixer
+from ..data.balance import class_weights
 from ..errors import HFTransferError
 from ..models.lora import add_lora
 from ..models.transfer_model import TransferModel, create_transfer_model
 from ..tuning.regularizers import L2SP, decoupled_weight_decay_groups
 from ..tuning.strategies import LORA_STRATEGIES, Strategy, TransferScheduler, apply_trainable, param_groups
 from .checkpoint import RunState, resume
+from .ema import WeightAverage
 from .feature_cache import uses_feature_cache
 from .inputs import load_data, load_target_data
 from .loaders import Loaders, create_dataloaders
@@ -49,9 +53,15 @@ class TrainingRun:
     l2sp: L2SP | None
     with_cache: bool
     stop: StopSignals
+    num_epochs: int = 1  # --num_train_epochs, or as many as --max_steps reaches into
+    total_steps: int = 1  # optimizer steps of the whole run
+    stops_at_max_steps: bool = False  # --max_steps ends the run before its last epoch ends
     resumed_from: Path | None = None
     log: RunLog | None = None  # what goes to the --report_to trackers; None: this run is not tracked
     adaptation: AdaptationMethod | None = None  # --domain_adaptation: its loss module (inside ``model``)
+    ema: WeightAverage | None = None  # --model_ema
+    mixer: Callable[..., dict] | None = None  # --mixup / --cutmix: mixes a training batch, given the step's seed
+    on_evaluate: Callable[[int, dict], bool] | None = None  # fit's caller: True stops the run (--tune's pruning)
 
     def on_cached_features(self, epoch: int) -> bool:
         """Whether ``epoch`` trains the head on the frozen backbone's stored features."""
@@ -104,6 +114,29 @@ def load_bundle(cfg: TrainConfig, modality: str, accelerator: Accelerator, data_
     return bundle
 
 
+def train_class_weights(cfg: TrainConfig, bundle: DataBundle, accelerator: Accelerator) -> torch.Tensor | None:
+    """``--class_weights``: the loss weights (``pos_weight`` when multi-label) from the training labels."""
+    if cfg.class_weight_mode == "none":
+        return None
+    weights = class_weights(bundle.train["labels"], len(bundle.id2label), multi_label=bundle.multi_label,
+                            mode=cfg.class_weight_mode, values=cfg.class_weight_values,
+                            label_names=list(bundle.id2label.values()))
+    shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(bundle.id2label.values(), weights.tolist()))
+    accelerator.print(f"class weights ({cfg.class_weight_mode}{', as pos_weight' if bundle.multi_label else ''}): {shown}")
+    return weights
+
+
+def create_mixer(cfg: TrainConfig, module: TransferModel):
+    """``--mixup`` / ``--cutmix``: timm's Mixup for the training batches, or None."""
+    if not cfg.mixing:
+        return None
+    data_config = module.backbone.data_config
+    return create_batch_mixer(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                              switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
+                              num_classes=module.num_labels, multi_label=module.multi_label,
+                              mean=data_config["mean"], std=data_config["std"])
+
+
 def create_optimizer(cfg: TrainConfig, model: TransferModel, method: AdaptationMethod | None) -> torch.optim.Optimizer:
     """AdamW over the strategy's parameter groups (head and backbone LRs, layer decay, no decay on biases and
     norms), plus a domain adversary's parameters, which train from the first step at the head's LR."""
@@ -116,17 +149,37 @@ def create_optimizer(cfg: TrainConfig, model: TransferModel, method: AdaptationM
     return torch.optim.AdamW(decoupled_weight_decay_groups(groups, cfg.l2sp_active))
 
 
+def epochs_and_steps(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, optimizer steps) of the run: --num_train_epochs whole epochs, or --max_steps steps in as many
+    epochs as they reach into."""
+    if cfg.max_steps > 0:
+        return math.ceil(cfg.max_steps / steps_per_epoch), cfg.max_steps
+    return cfg.num_train_epochs, cfg.num_train_epochs * steps_per_epoch
+
+
+def estimated_epochs(cfg: TrainConfig, train_size: int, processes: int) -> int:
+    """The run's epochs before its loaders exist (the feature-cache decision needs them): exact without
+    --max_steps; with it, from the batches each process will see (accelerate's even sharding)."""
+    batches = math.ceil(math.ceil(train_size / cfg.per_device_train_batch_size) / processes)
+    return epochs_and_steps(cfg, max(1, math.ceil(batches / cfg.gradient_accumulation_steps)))[0]
+
+
 def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path,
           data_seed: int | None = None, stop: StopSignals | None = None) -> TrainingRun:
     """Data, model, strategy, loaders, optimizer and schedule, all prepared; resumed if asked to."""
     set_seed(cfg.seed)
     bundle = load_bundle(cfg, modality, accelerator, data_seed)
     model = build_model(cfg, modality, bundle)
+    model.set_class_weights(train_class_weights(cfg, bundle, accelerator))
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
     # adaptation needs the target batch beside every source batch: no cached-feature epochs
-    with_cache = uses_feature_cache(strategy, num_epochs=cfg.num_train_epochs, policy=cfg.feature_cache,
-                                    train_norm=cfg.train_norm, bn_stats=cfg.bn_stats) and cfg.domain_adaptation == "none"
+    # ... and images augmented by --auto_augment / --reprob / --mixup / --cutmix: features cached once cannot
+    # carry draws that change every epoch, so those runs run the backbone every epoch
+    with_cache = uses_feature_cache(strategy, num_epochs=estimated_epochs(cfg, len(bundle.train),
+                                                                          accelerator.num_processes),
+                                    policy=cfg.feature_cache, train_norm=cfg.train_norm,
+                                    bn_stats=cfg.bn_stats) and cfg.domain_adaptation == "none" and not cfg.heavy_augmentation
     with accelerator.main_process_first():
         loaders = create_dataloaders(cfg, bundle, model.backbone, with_cache)
     apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm, strategy.adapter_only)
@@ -143,14 +196,20 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     l2sp = L2SP(module, cfg.l2sp_alpha, cfg.l2sp_beta) if cfg.l2sp_active else None
     loaders.prepare(accelerator)
     steps_per_epoch = math.ceil(len(loaders.train) / cfg.gradient_accumulation_steps)
-    scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, cfg.num_train_epochs, cfg.learning_rate,
-                                  cfg.warmup_ratio, schedule=cfg.lr_scheduler_type)
+    num_epochs, total_steps = epochs_and_steps(cfg, steps_per_epoch)
+    scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, num_epochs, cfg.learning_rate,
+                                  cfg.warmup_ratio, schedule=cfg.lr_scheduler_type, total_steps=total_steps,
+                                  warmup_steps=cfg.warmup_steps)
     state = RunState()
-    accelerator.register_for_checkpointing(scheduler, state)  # also with --checkpointing_steps no: SIGTERM saves one
+    ema = WeightAverage(module, cfg.model_ema_decay) if cfg.model_ema else None
+    # also with --checkpointing_steps no: SIGTERM saves one; the EMA last, so runs without it keep their layout
+    accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema is not None else []))
     run = TrainingRun(cfg=cfg, accelerator=accelerator, output_dir=output_dir, bundle=bundle, model=prepared,
                       module=module, strategy=strategy, group_names=group_names, loaders=loaders, optimizer=optimizer,
                       scheduler=scheduler, state=state, l2sp=l2sp, with_cache=with_cache,
-                      stop=stop or StopSignals(), adaptation=method)
+                      stop=stop or StopSignals(), num_epochs=num_epochs, total_steps=total_steps,
+                      stops_at_max_steps=total_steps < num_epochs * steps_per_epoch, adaptation=method, ema=ema,
+                      mixer=create_mixer(cfg, module))
     if cfg.resume_from_checkpoint:
         run.resumed_from = resume(accelerator, cfg.resume_from_checkpoint, output_dir, state)
     return run

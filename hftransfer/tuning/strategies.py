@@ -179,24 +179,30 @@ class TransferScheduler:
 
     ``lr = base_lr * factor(step)``; in LP-FT's fine-tuning phase the head's base LR is replaced
     by the backbone's. State is just the step count, so ``save_state``/``load_state`` resume exactly.
+    ``total_steps`` (``--max_steps``) ends the schedule before the last epoch does; ``warmup_steps`` > 0
+    replaces ``warmup_ratio`` with that many steps at the start of each phase.
     """
 
     def __init__(self, optimizer, strategy: Strategy, steps_per_epoch: int, num_epochs: int, lr: float,
-                 warmup_ratio: float = 0.1, min_lr_ratio: float = 0.0, schedule: str = "cosine"):
+                 warmup_ratio: float = 0.1, min_lr_ratio: float = 0.0, schedule: str = "cosine",
+                 total_steps: int | None = None, warmup_steps: int = 0):
         if schedule not in ("cosine", "linear", "constant"):
             raise HFTransferError(f"unknown lr_scheduler_type '{schedule}': use cosine, linear or constant")
         self.optimizer, self.strategy = optimizer, strategy
         self.steps_per_epoch, self.num_epochs, self.lr = max(1, steps_per_epoch), num_epochs, lr
+        self.total_steps = total_steps if total_steps else self.num_epochs * self.steps_per_epoch
         self.warmup_ratio, self.min_lr_ratio, self.schedule = warmup_ratio, min_lr_ratio, schedule
+        self.warmup_steps = warmup_steps
         self.step_count = 0
         self._apply()
 
     def factor(self, step: int) -> float:
-        starts = [s * self.steps_per_epoch for s in self.strategy.phase_starts()] + [self.num_epochs * self.steps_per_epoch]
+        starts = [s * self.steps_per_epoch for s in self.strategy.phase_starts()]
+        starts = [s for s in starts if s < self.total_steps] + [self.total_steps]
         k = max(i for i, s in enumerate(starts[:-1]) if s <= step or i == 0)
         begin, end = starts[k], max(starts[k] + 1, starts[k + 1])
         length, t = end - begin, step - begin
-        warmup = int(self.warmup_ratio * length)
+        warmup = min(self.warmup_steps, length - 1) if self.warmup_steps else int(self.warmup_ratio * length)
         if t < warmup:
             return (t + 1) / (warmup + 1)
         if self.schedule == "constant":
