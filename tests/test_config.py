@@ -63,3 +63,14 @@ def test_bad_yaml_is_a_one_line_error(tmp_path, yaml_text, match):
 def test_missing_config_file():
     with pytest.raises(HFTransferError, match="config file 'nope.yaml' not found"):
         load_config(["--config", "nope.yaml"])
+
+
+def test_a_default_job_section_applies_only_to_the_default_job():
+    recipe = {**DEFAULT_JOB, "num_train_epochs": 14,
+              "default_job": {"train_dir": "/data/train", "num_train_epochs": 11, "learning_rate": 3e-5}}
+    job = load_config([], recipe, validate=False)
+    assert (job.num_train_epochs, job.learning_rate, job.train_dir) == (11, 3e-5, "/data/train")
+    tweaked = load_config(["--num_train_epochs", "2"], recipe, validate=False)  # flags still win over the job
+    assert (tweaked.num_train_epochs, tweaked.learning_rate) == (2, 3e-5)
+    mine = load_config(["--train_dir", "mine"], recipe, validate=False)  # the user's data: the recipe's defaults
+    assert (mine.num_train_epochs, mine.learning_rate, mine.train_dir) == (14, 1e-4, "mine")

@@ -43,11 +43,11 @@ def test_image_help_lists_no_text_option_and_shows_the_recipe_defaults(capsys):
     assert all(entry(text, name) for name in IMAGE_ONLY)
     source = "from configs/image_cls.yaml"
     assert f"default: lp_ft, {source}" in entry(text, "strategy")
-    assert f"default: 11, {source}" in entry(text, "num_train_epochs")
-    assert f"default: 3e-05, {source}" in entry(text, "learning_rate")
+    assert f"default: 14; default job: 11; both {source}" in entry(text, "num_train_epochs")
+    assert f"default: 0.0001; default job: 3e-05; both {source}" in entry(text, "learning_rate")
     assert f"default: all, {source}" in entry(text, "bn_stats")
     assert f"default: 0.003, {source}" in entry(text, "head_learning_rate")  # not the built-in "10x learning_rate"
-    assert "0.0001" not in entry(text, "learning_rate") and "default: frozen" not in entry(text, "bn_stats")
+    assert "default: frozen" not in entry(text, "bn_stats")
     # the default job's data and output: the default still shown, the job's value beside it
     assert entry(text, "output_dir").endswith(f"(default: outputs/run; default job: outputs/image_cls, {source})")
     assert re.search(rf"default: None; default job: \S*hymenoptera_160/train, {source}", entry(text, "train_dir"))
@@ -59,8 +59,9 @@ def test_text_help_shows_what_the_text_recipe_runs_and_no_image_option(capsys):
     text = recipe_help("text", capsys)
     assert [name for name in IMAGE_ONLY if entry(text, name) or f"[--{name}" in text] == []
     assert all(entry(text, name) for name in TEXT_ONLY)
-    assert "default: 1, from configs/text_cls.yaml" in entry(text, "num_train_epochs")
-    assert "default: 64, from configs/text_cls.yaml" in entry(text, "max_seq_length")
+    # the recipe's default for the user's data, and the bundled job's shorter budget beside it
+    assert "default: 3; default job: 1; both from configs/text_cls.yaml" in entry(text, "num_train_epochs")
+    assert "default: 256; default job: 64; both from configs/text_cls.yaml" in entry(text, "max_seq_length")
     assert "default: None; default job: 3000, from configs/text_cls.yaml" in entry(text, "max_train_samples")
 
 

@@ -2,8 +2,9 @@
 
 A recipe's YAML sets some options for every run of that recipe (``strategy: lp_ft``): ``--help``
 shows that value and the file it comes from, not the dataclass default the run never sees. The
-default job's data and output keys (``JOB_FIELDS``) apply only while the user names no data of
-their own, so both are shown: the default, and the default job's value.
+default job's settings (its ``default_job`` section, and the data and output keys ``JOB_FIELDS``)
+apply only while the user names no data of their own, so both are shown: the default, and the
+default job's value.
 """
 from __future__ import annotations
 
@@ -18,15 +19,20 @@ from .fields import default_of
 WIDTH = 100  # the epilog is printed as written (RawDescriptionHelpFormatter), so it is wrapped here
 
 
-def option_help(f: Field, recipe: dict, source: str) -> str:
-    """``f``'s help line: its text, then its choices and its default (argparse's ``%`` escaped)."""
+def option_help(f: Field, recipe: dict, source: str, job: dict | None = None) -> str:
+    """``f``'s help line: its text, then its choices and its default (argparse's ``%`` escaped); ``job``: the
+    settings of the recipe's ``default_job`` section."""
     choices = f.metadata.get("choices")
     allowed = f"one of {{{','.join(map(str, choices))}}}, " if choices else ""
-    return f"{f.metadata['help']} ({allowed}{_default_words(f, recipe, source)})".replace("%", "%%")
+    return f"{f.metadata['help']} ({allowed}{_default_words(f, recipe, source, job or {})})".replace("%", "%%")
 
 
-def _default_words(f: Field, recipe: dict, source: str) -> str:
+def _default_words(f: Field, recipe: dict, source: str, job: dict) -> str:
     own = f.metadata.get("default_text") or _shown(f.name, default_of(f))
+    if f.name in job:  # the default job's own setting: the default that applies to the user's data beside it
+        if f.name in recipe:
+            return f"default: {_shown(f.name, recipe[f.name])}; default job: {_shown(f.name, job[f.name])}; both from {source}"
+        return f"default: {own}; default job: {_shown(f.name, job[f.name])}, from {source}"
     if f.name not in recipe:
         return f"default: {own}"
     value = _shown(f.name, recipe[f.name])

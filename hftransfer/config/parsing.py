@@ -27,6 +27,9 @@ from .help import modality_note, option_help, recipe_note
 
 __all__ = ["UsageErrorParser", "build_parser", "load_config", "read_config_file", "save_config"]
 RECIPE_DEFAULTS = "the recipe's defaults"  # where recipe defaults come from when the caller does not say
+# a recipe YAML's mapping of settings that belong to its embedded default job only (its data, and the short
+# budget that keeps the bundled job fast): dropped, like the job's data keys, once the user names data
+DEFAULT_JOB_KEY = "default_job"
 
 
 class UsageErrorParser(argparse.ArgumentParser):
@@ -49,6 +52,7 @@ def build_parser(description: str, config_cls=TrainConfig, prog: str | None = No
                               allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
     recipe = {k: coerce_value(k, v, hints) for k, v in (defaults or {}).items() if k in hints}
+    job = {k: coerce_value(k, v, hints) for k, v in ((defaults or {}).get(DEFAULT_JOB_KEY) or {}).items() if k in hints}
     source = defaults_source or RECIPE_DEFAULTS
     groups, refused = {}, []
     for f in fields(config_cls):
@@ -57,7 +61,7 @@ def build_parser(description: str, config_cls=TrainConfig, prog: str | None = No
             add_refusal(parser, f.name, _other_recipe(f.name, f.metadata["modality"], modality))
             continue
         group = _group(parser, groups, config_cls, f.name)
-        _add_option(group, f, hints[f.name], option_help(f, recipe, source))
+        _add_option(group, f, hints[f.name], option_help(f, recipe, source, job))
     notes = []
     if recipe:
         notes.append(recipe_note(source, [name for name in DATA_SOURCE_FIELDS if name not in refused]))
@@ -102,13 +106,16 @@ def load_config(argv: list[str] | None, defaults: dict | None = None, descriptio
     ``modality``: the recipe's (image or text), whose parser refuses the other modality's flags;
     None takes every option. ``defaults_source`` names the file ``defaults`` came from, for --help."""
     defaults = dict(defaults or {})
-    parser = build_parser(description, config_cls, prog, modality=modality, defaults=defaults,
-                          defaults_source=defaults_source)
+    job = defaults.pop(DEFAULT_JOB_KEY, None) or {}
+    parser = build_parser(description, config_cls, prog, modality=modality,
+                          defaults={**defaults, DEFAULT_JOB_KEY: job}, defaults_source=defaults_source)
     hints = typing.get_type_hints(config_cls)
     cli = vars(parser.parse_args(argv))
     user = {**_hftransfer_names(read_config_file(cli.get("config")), config_cls, hints), **_hftransfer_names(cli, config_cls, hints)}
     if any(k in user for k in DATA_SOURCE_FIELDS):  # the user's own data: none of the default job's data/output settings apply
         defaults = {k: v for k, v in defaults.items() if k not in JOB_FIELDS}
+    else:
+        defaults = {**defaults, **job}
     values = {**defaults, **user}
     unknown = sorted(set(values) - {f.name for f in fields(config_cls)})
     if unknown:
@@ -132,9 +139,10 @@ def read_config_file(path: str | None) -> dict:
     if not p.is_file():
         raise HFTransferError(f"config file '{path}' not found: pass an existing YAML file to --config")
     data = read_yaml(p)
-    for key in PATH_FIELDS:
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            data[key] = str((p.parent / data[key]).resolve())
+    for section in (data, data.get(DEFAULT_JOB_KEY) if isinstance(data.get(DEFAULT_JOB_KEY), dict) else {}):
+        for key in PATH_FIELDS:
+            if isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
+                section[key] = str((p.parent / section[key]).resolve())
     return data
 
 
