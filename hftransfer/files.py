@@ -45,6 +45,12 @@ SCRATCH_DIR = "scratch"  # --compare_scratch runs
 BACKBONE_CHOICE_NAME = "backbone_choice.json"  # --model_name_or_path auto: the ranking and the choice, reused on resume
 FEATURE_CACHE_DIR = "feature_cache"  # auto's default --feature_cache_dir: content-addressed, kept across overwrites
 SOURCE_ONLY_DIR = "source_only"  # --compare_source_only: the same run without adaptation
+TUNE_DIR = "tune"  # --tune: the Optuna study, its trials and best_recipe.yaml; kept when the final fit replaces a run
+TUNE_STUDY_NAME = "study.db"  # tune/study.db: the SQLite storage a resumed study continues from
+TUNE_TRIALS_DIR = "trials"  # tune/trials/<number>: each trial's results and config
+BEST_RECIPE_NAME = "best_recipe.yaml"  # tune/best_recipe.yaml: the chosen recipe, rerun with --config without search
+TUNE_RESULTS_NAME = "tune_results.json"  # the study as data: trials, best trial, parameter importances
+TUNE_IMPORTANCE_PNG = "tune_importance.png"  # the parameter-importance bar chart
 LOGGING_DIR = "runs"  # runs/<run_name>: tracker logs, where transformers' Trainer puts TensorBoard's
 TMP_SUFFIX = ".tmp"  # unfinished writes; never pushed, never read
 # the files of the custom-code export (models without a native timm / transformers layout)

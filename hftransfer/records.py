@@ -275,6 +275,7 @@ class RunResults(Record):
     best_step: int | None = None  # the optimizer step of the exported evaluation
     exported_weights: str = "raw"  # raw, or ema when --model_ema's average scored better
     stop_reason: str | None = None  # early_stopping / max_steps / stopped_by_caller; None: the run used its budget
+    tune: dict | None = None  # --tune: the study (trials, best trial, importances), as tune_results.json holds it
 
     @classmethod
     def from_dict(cls, data: dict | None):

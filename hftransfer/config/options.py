@@ -217,8 +217,10 @@ class RunOptions(Options):
     checkpointing_steps: str = option("epoch", "'epoch', a number of optimizer steps, or 'no'")
     save_total_limit: int = option(2, "complete checkpoints kept (older ones are deleted; 0 = keep all)",
                                    valid=NON_NEGATIVE)
-    metric_for_best_model: str = option("accuracy", "picks the exported epoch: accuracy or f1 (higher is better) or loss "
-                                        "(lower is better); an eval_ prefix is accepted", METRICS)
+    metric_for_best_model: str = option("accuracy", "picks the exported evaluation (and drives early stopping and "
+                                        "--tune): accuracy or f1 (macro-F1: every class counts equally, the one to use "
+                                        "on imbalanced data; higher is better) or loss (lower is better); an eval_ "
+                                        "prefix is accepted", METRICS)
     ddp_timeout: int = option(1800, "seconds a process waits for the others before failing", valid=AT_LEAST_ONE)
     do_predict: Optional[bool] = option(None, "score the exported model once on the test split (the validation split "
                                         "still picks the epoch)", default_text="yes when the data has one")

@@ -41,6 +41,7 @@ from .card_results import (
     results_context,
     transfer_gain_block,
 )
+from .card_tune import with_tune_section
 
 TEMPLATE_NAME = "model_card.md"
 
@@ -74,6 +75,7 @@ def build_model_card(output_dir: Path, repo_id: str | None = None):
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                              undefined=jinja2.StrictUndefined)
     text = env.from_string(template_path().read_text()).render(**context)
+    text = with_tune_section(text, Path(output_dir))  # --tune: the study, before the recipe it chose
     return ModelCard(re.sub(r"\n{3,}", "\n\n", text))
 
 

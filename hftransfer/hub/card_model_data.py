@@ -33,6 +33,8 @@ FILE_DESCRIPTIONS = {
     "confusion_matrix.png": "confusion matrix of the exported epoch on the eval split",
     "training_curves.png": "loss and accuracy per epoch",
     "per_class_metrics.csv": "per-class precision, recall, F1 and support on the eval split",
+    "tune_results.json": "the `--tune` study: every trial's settings, score and time, the best trial, parameter importances",
+    "tune_importance.png": "how much each searched setting mattered to the `--tune` study's validation score",
     "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer settings", "vocab.txt": "tokenizer vocabulary",
     "special_tokens_map.json": "tokenizer special tokens", "merges.txt": "tokenizer merges",
 }

@@ -36,6 +36,7 @@ from ..files import (
     REMOTE_CODE_NAME,
     SCRATCH_DIR,
     TMP_SUFFIX,
+    TUNE_DIR,
     stale_native_files,
 )
 from .card import write_model_card
@@ -45,8 +46,9 @@ logger = logging.getLogger(__name__)
 
 # Training state that is not part of the published model.
 # scratch/: the from-scratch comparison runs; their numbers are in all_results.json and the card
+# tune/: --tune's study database and trial records (the card and tune_results.json carry the study)
 PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", f"{BEST_DIR}/*", f"{SCRATCH_DIR}/*", f"{FEATURE_CACHE_DIR}/*",
-                        f"*{TMP_SUFFIX}", "*.lock"]
+                        f"{TUNE_DIR}/*", f"*{TMP_SUFFIX}", "*.lock"]
 # Remote files that would mislead loaders if they outlived a re-push in another layout.
 STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", NATIVE_CONFIG_NAME, ENCODER_CONFIG_NAME, CONFIG_NAME,
                         REMOTE_CODE_NAME, IMAGE_PROCESSOR_NAME]

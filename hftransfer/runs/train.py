@@ -20,6 +20,7 @@ from ..training.runtime import StopSignals, any_process, configure_threads, crea
 from .auto_backbone import choose_backbone
 from .scratch import compare_with_scratch
 from .source_only import compare_with_source_only
+from .tune import publish_study, tune_recipe
 
 
 def train(cfg: TrainConfig, modality: str) -> dict:
@@ -29,7 +30,8 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     budget (``scratch_seeds`` times, on the same data split) and the transfer gain is added to
     ``all_results.json`` and the model card. Returns ``all_results`` (empty on other processes).
     SIGTERM / SIGINT save a checkpoint and raise ``runtime.RunInterrupted``. With ``--model_name_or_path
-    auto`` the candidates are ranked first and the best one is fine-tuned (``auto.choose_backbone``).
+    auto`` the candidates are ranked first and the best one is fine-tuned (``auto.choose_backbone``); with
+    ``--tune`` a hyper-parameter search picks the recipe that is then fine-tuned (``tune.tune_recipe``).
     """
     cfg.validate(modality)
     stop = StopSignals().install()
@@ -47,9 +49,8 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         repo_id = check_hub_target(cfg, accelerator)  # before the first step, and before an earlier run is touched
         output_dir = check_output_dir(cfg.output_dir, cfg.overwrite_output_dir, bool(cfg.resume_from_checkpoint))
         threads = configure_threads(cfg.num_threads, accelerator)
-        choice = None
-        if cfg.model_name_or_path == AUTO_MODEL:  # from here on cfg names the chosen backbone
-            cfg, choice = choose_backbone(cfg, modality, accelerator, output_dir)
+        tuned = cfg.tune
+        cfg, choice = choose_recipe(cfg, modality, accelerator, output_dir, threads, stop)
         results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice)
         if cfg.compare_scratch:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
@@ -57,6 +58,8 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             compare_with_source_only(cfg, modality, accelerator, output_dir, threads, results, stop)
         failure = None
         if accelerator.is_main_process:
+            if tuned:
+                publish_study(output_dir)
             write_report(output_dir)
             write_model_card(output_dir, repo_id=repo_id)
             if cfg.push_to_hub:
@@ -78,6 +81,18 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             if lock is not None:
                 lock.release()
             stop.uninstall()
+
+
+def choose_recipe(cfg: TrainConfig, modality: str, accelerator, output_dir: Path, threads: int, stop):
+    """What the run fits, and how its backbone was chosen: with ``--model_name_or_path auto`` the best-ranked
+    backbone (``auto_backbone.choose_backbone``), with ``--tune`` the best recipe of a search
+    (``tune.tune_recipe``); else ``cfg`` as given."""
+    choice = None
+    if cfg.model_name_or_path == AUTO_MODEL:  # from here on cfg names the chosen backbone
+        cfg, choice = choose_backbone(cfg, modality, accelerator, output_dir)
+    if cfg.tune:  # from here on cfg is the best recipe the search found, --tune off
+        cfg, choice = tune_recipe(cfg, modality, accelerator, output_dir, threads, stop, backbone_choice=choice)
+    return cfg, choice
 
 
 def check_hub_target(cfg: TrainConfig, accelerator) -> str | None:

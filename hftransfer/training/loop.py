@@ -210,6 +210,20 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
     evaluation (1-based count; the validation ``accuracy``, ``f1``, ``loss``, and ``epoch``, ``step``);
     True stops the run there (its best model is still exported): ``--tune`` prunes trials this way.
     """
+    registered = len(accelerator._custom_objects)
+    try:
+        return fit_run(cfg, modality, accelerator, output_dir, threads, data_seed, stop, track, backbone_choice,
+                       on_evaluate)
+    finally:
+        # this fit's scheduler, run state and EMA are checkpointed with it only: a later fit on the same
+        # accelerator (the from-scratch twins, --tune's trials and final run) must neither save nor load them
+        del accelerator._custom_objects[registered:]
+
+
+def fit_run(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
+            data_seed: int | None, stop: StopSignals | None, track: bool, backbone_choice: BackboneChoice | None,
+            on_evaluate: Callable[[int, dict], bool] | None) -> RunResults | None:
+    """``fit``'s body: setup, the epochs, the test split, the outputs."""
     run = setup(cfg, modality, accelerator, output_dir, data_seed, stop)
     run.on_evaluate = on_evaluate
     if run.resumed_from is not None:
