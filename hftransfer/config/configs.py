@@ -80,7 +80,7 @@ class TrainConfig(HubOptions, TrackingOptions, TuneOptions, RunOptions, Evaluati
 
     @property
     def heavy_augmentation(self) -> bool:
-        """Whether timm's augmentations are asked for (they rule out cached frozen features)."""
+        """Whether timm's augmentations are asked for (a linear probe then runs the backbone on augmented images)."""
         return bool(self.augment and (self.auto_augment or self.reprob > 0)) or self.mixing
 
     def _validate_auto(self, modality: str | None) -> None:

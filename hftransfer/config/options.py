@@ -126,8 +126,9 @@ class StrategyOptions(Options):
     bn_stats: str = option("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or "
                            "none", BN_STATS)
     feature_cache: str = option("auto", "auto: compute frozen-backbone features once for epochs where the whole "
-                                "backbone is frozen (trained without crop/flip augmentation; not used with "
-                                "--auto_augment, --reprob, --mixup or --cutmix); off: run the backbone every epoch",
+                                "backbone is frozen (trained without augmentation; a linear probe with "
+                                "--auto_augment, --reprob, --mixup or --cutmix runs the backbone instead); off: run "
+                                "the backbone every epoch",
                                 ("auto", "off"))
 
 

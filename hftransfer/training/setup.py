@@ -174,12 +174,14 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
     # adaptation needs the target batch beside every source batch: no cached-feature epochs
-    # ... and images augmented by --auto_augment / --reprob / --mixup / --cutmix: features cached once cannot
-    # carry draws that change every epoch, so those runs run the backbone every epoch
-    with_cache = uses_feature_cache(strategy, num_epochs=estimated_epochs(cfg, len(bundle.train),
-                                                                          accelerator.num_processes),
-                                    policy=cfg.feature_cache, train_norm=cfg.train_norm,
-                                    bn_stats=cfg.bn_stats) and cfg.domain_adaptation == "none" and not cfg.heavy_augmentation
+    num_epochs = estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
+    with_cache = uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache,
+                                    train_norm=cfg.train_norm, bn_stats=cfg.bn_stats) and cfg.domain_adaptation == "none"
+    if cfg.heavy_augmentation and all(strategy.trainable_groups(e) == 0 for e in range(num_epochs)):
+        # --auto_augment / --reprob / --mixup / --cutmix apply where the backbone trains; frozen epochs probe on
+        # cached (unaugmented) features, as with crop and flip, unless no epoch trains it: then the asked-for
+        # augmentation would never happen, so the backbone runs on augmented images every epoch instead
+        with_cache = False
     with accelerator.main_process_first():
         loaders = create_dataloaders(cfg, bundle, model.backbone, with_cache)
     apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm, strategy.adapter_only)
