@@ -135,3 +135,11 @@ def test_uint8_pipeline_matches_timm_normalization():
     assert torch.allclose(as_float, reference, atol=0.02)
     with torch.no_grad():
         assert torch.allclose(backbone(pixel_values=as_uint8[None]), backbone(pixel_values=as_float[None]), atol=1e-4)
+
+
+def test_json_lines_may_hold_raw_line_separators_inside_strings(tmp_path):
+    """JSON Lines ends records at newlines only; rotten_tomatoes holds a raw U+0085 inside one sentence."""
+    rows = [{"text": "an odd\u0085dash", "label": "pos"}, {"text": "a\u2028b", "label": "neg"}] * 4
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    bundle = text_bundle(tmp_path / "t.jsonl", validation_fraction=0.25)
+    assert len(bundle.train) + len(bundle.eval) == 8
