@@ -51,6 +51,11 @@ TUNE_TRIALS_DIR = "trials"  # tune/trials/<number>: each trial's results and con
 BEST_RECIPE_NAME = "best_recipe.yaml"  # tune/best_recipe.yaml: the chosen recipe, rerun with --config without search
 TUNE_RESULTS_NAME = "tune_results.json"  # the study as data: trials, best trial, parameter importances
 TUNE_IMPORTANCE_PNG = "tune_importance.png"  # the parameter-importance bar chart
+ONNX_DIR = "onnx"  # hftransfer export / --export_onnx: the ONNX graphs, labels and preprocessing, loadable without hftransfer
+ONNX_MODEL_NAME = "model.onnx"  # onnx/model.onnx: fp32, the model's own inputs in, logits out
+ONNX_INT8_NAME = "model_int8.onnx"  # onnx/model_int8.onnx: int8 (--quantize int8)
+ONNX_PREPROCESSING_NAME = "preprocessing.json"  # onnx/preprocessing.json: how to turn an image or text into the graph's inputs
+EXPORT_RESULTS_NAME = "export_results.json"  # onnx/export_results.json: the checks (logit difference, int8 accuracy)
 LOGGING_DIR = "runs"  # runs/<run_name>: tracker logs, where transformers' Trainer puts TensorBoard's
 TMP_SUFFIX = ".tmp"  # unfinished writes; never pushed, never read
 # the files of the custom-code export (models without a native timm / transformers layout)

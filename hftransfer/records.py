@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import BACKBONE_CHOICE_NAME, RESULTS_NAME, read_json, write_json
+from .files import BACKBONE_CHOICE_NAME, EXPORT_RESULTS_NAME, RESULTS_NAME, read_json, write_json
 
 
 class Record:
@@ -245,6 +245,48 @@ class BackboneChoice(Record):
 
 
 @dataclass
+class Int8Check(Record):
+    """``--quantize int8``: how it was quantized and what it costs on the validation split (accuracy in [0, 1])."""
+
+    method: str = "dynamic"  # static (calibrated activations, CNNs) or dynamic (int8 weights, transformer encoders)
+    settings: dict = field(default_factory=dict)
+    eval_samples: int = 0
+    fp32_accuracy: float | None = None  # the fp32 ONNX graph's, on the same examples
+    int8_accuracy: float | None = None
+    accuracy_drop_points: float | None = None  # (fp32 - int8) x 100
+    max_accuracy_drop_points: float = 1.0
+    agreement: float | None = None  # share of examples whose predicted label is the same as fp32's
+    file: str | None = None  # onnx/model_int8.onnx; None when refused
+    refused: str | None = None  # why the int8 graph was not kept (its accuracy fell too far)
+
+
+@dataclass
+class OnnxExport(Record):
+    """``hftransfer export`` / ``--export_onnx``: the ONNX graph, the check against torch and the int8 version."""
+
+    NESTED = {"int8": Int8Check}
+
+    folder: str = "onnx"  # relative to the run folder when inside it
+    file: str = "model.onnx"
+    exporter: str = ""
+    opset: int = 18
+    input_names: list[str] = field(default_factory=list)
+    checked_examples: int = 0  # examples whose onnxruntime logits were compared with torch's
+    max_abs_logit_diff: float | None = None
+    tolerance: float = 1e-4
+    int8: Int8Check | None = None
+    seconds: float | None = None
+
+    def write(self, folder: str | Path) -> Path:
+        return write_json(Path(folder) / EXPORT_RESULTS_NAME, self.to_dict())
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "OnnxExport | None":
+        path = Path(folder) / EXPORT_RESULTS_NAME
+        return cls.from_dict(read_json(path)) if path.is_file() else None
+
+
+@dataclass
 class RunResults(Record):
     """``all_results.json``: the exported epoch's eval metrics, the history and the recipe.
 
@@ -253,7 +295,7 @@ class RunResults(Record):
     """
 
     NESTED = {"history": EpochRecord, "transfer": RunDescription, "transfer_gain": TransferGain,
-              "backbone_choice": BackboneChoice, "domain_adaptation": DomainAdaptation}
+              "backbone_choice": BackboneChoice, "domain_adaptation": DomainAdaptation, "onnx": OnnxExport}
 
     metrics: dict = field(default_factory=dict)
     eval_per_class: dict = field(default_factory=dict)  # label name -> precision, recall, f1, support
@@ -276,6 +318,7 @@ class RunResults(Record):
     exported_weights: str = "raw"  # raw, or ema when --model_ema's average scored better
     stop_reason: str | None = None  # early_stopping / max_steps / stopped_by_caller; None: the run used its budget
     tune: dict | None = None  # --tune: the study (trials, best trial, importances), as tune_results.json holds it
+    onnx: OnnxExport | None = None  # --export_onnx / hftransfer export: the ONNX graph and its checks
 
     @classmethod
     def from_dict(cls, data: dict | None):
@@ -292,7 +335,7 @@ class RunResults(Record):
             del out["test_per_class"]
         if self.history:  # each epoch as EpochRecord writes it (target scores only in target-domain runs)
             out["history"] = [h.to_dict() for h in self.history]
-        for optional in ("transfer_gain", "backbone_choice", "domain_adaptation"):
+        for optional in ("transfer_gain", "backbone_choice", "domain_adaptation", "onnx"):
             if out[optional] is None:
                 del out[optional]
         return out

@@ -108,6 +108,19 @@ class Backbone(nn.Module):
         """The ``config.json`` entries ``modeling_hftransfer.py`` rebuilds this backbone from (None: it cannot)."""
         return None
 
+    # ---- ONNX (``onnx_export``, ``quantize``): what differs per modality ---------------------------------------
+    onnx_axes: dict[int, str] = {0: "batch"}  # the input axes an ONNX graph leaves free
+    int8_method = "dynamic"  # onnxruntime quantization: "dynamic" (weights only) or "static" (calibrated activations)
+
+    def example_inputs(self) -> list:
+        """Two raw inputs (as ``predict`` takes them) whose batch traces the ONNX graph."""
+        raise HFTransferError(f"{type(self).__name__} backbones have no ONNX export")
+
+    def preprocessing_spec(self, pipeline, save_dir: Path) -> dict:
+        """What turns a raw input into the graph's inputs without hftransfer (``onnx/preprocessing.json``), writing
+        any file it names (a tokenizer) into ``save_dir``."""
+        raise HFTransferError(f"{type(self).__name__} backbones have no ONNX export")
+
 
 def group_name(params: list[str]) -> str:
     """A readable name for a group of parameters: their common module prefix, or the modules joined."""

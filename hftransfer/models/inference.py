@@ -36,6 +36,7 @@ import torch
 from ..errors import HFTransferError
 from ..files import BEST_DIR, RUN_CONFIG_NAME, read_yaml
 from .devices import autocast_dtype, resolve_device, usable_cores
+from .onnx_runtime import BACKENDS, OnnxSession, find_onnx_file
 from .predictions import PredictionResult, Skipped, to_predictions
 
 # a hint every unreadable-input error ends with: where the skip switch is in each entry point
@@ -113,7 +114,8 @@ def default_batch_size(modality: str, device: torch.device) -> int:
 def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
             settings=None, skip_unreadable: bool = False, progress: bool | None = False,
             mixed_precision: str | None = None, num_workers: int | None = None,
-            input_names: list[str] | None = None) -> PredictionResult:
+            input_names: list[str] | None = None, backend: str = "torch", onnx_file=None,
+            quantized: bool = False) -> PredictionResult:
     """Predict ``inputs`` (image paths / PIL images for an image model, strings for a text model) in batches.
 
     ``batch_size``: None = ``default_batch_size`` (8 images on a CPU, else 32).
@@ -126,11 +128,15 @@ def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, thr
     ``input_names``: what each prediction's ``input`` says (default: the path, the text, or ``image i``
     for a PIL image without a file name). The model is put in eval mode on ``device`` (default: CUDA >
     MPS > CPU) in its fast memory layout, as training does; its train/eval mode is restored afterwards.
+    ``backend``: ``torch``, or ``onnxruntime``: the same batches through the exported graph ``onnx_file``
+    (a ``.onnx`` file, an export folder or a run folder with ``onnx/``; ``quantized`` picks the int8
+    graph), on the CPU; the torch model then only supplies the preprocessing and labels.
     """
     if isinstance(inputs, (str, Path)) or hasattr(inputs, "convert"):
         inputs = [inputs]  # one path, text or PIL image
     inputs = list(inputs)
-    dev = resolve_device(device)
+    session = _onnx_session(backend, onnx_file, quantized)
+    dev = resolve_device("cpu" if session is not None else device)
     batch_size = default_batch_size(model.modality, dev) if batch_size is None else batch_size
     check_arguments(model, batch_size=batch_size, top_k=top_k, threshold=threshold)
     if input_names is not None and len(input_names) != len(inputs):
@@ -148,12 +154,27 @@ def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, thr
     start = time.perf_counter()
     try:
         logits, kept, skipped = _logits(model, batches, names, device=dev, dtype=dtype, skip=skip_unreadable,
-                                        progress=progress)
+                                        progress=progress, session=session)
     finally:
         model.train(was_training)
     predictions = to_predictions(logits, model.id2label, model.multi_label, top_k=top_k, threshold=threshold)
     predictions = [{"input": names[i], **p} for p, i in zip(predictions, kept)]  # input first, as files show it
-    return PredictionResult(predictions, skipped, time.perf_counter() - start, str(dev))
+    where = f"{dev} (onnxruntime, {session.path.name})" if session is not None else str(dev)
+    return PredictionResult(predictions, skipped, time.perf_counter() - start, where, logits=logits)
+
+
+def _onnx_session(backend: str, onnx_file, quantized: bool):
+    """None for the torch backend, else an ``OnnxSession`` over the graph ``onnx_file`` names."""
+    if backend not in BACKENDS:
+        raise HFTransferError(f"unknown backend '{backend}': use {' or '.join(BACKENDS)}")
+    if backend == "torch":
+        if onnx_file is not None or quantized:
+            raise HFTransferError("onnx_file / quantized apply to backend='onnxruntime': pass it, or drop them")
+        return None
+    if onnx_file is None:
+        raise HFTransferError("backend='onnxruntime' needs the exported graph: pass onnx_file (a run folder with "
+                              "onnx/, an export folder or a .onnx file)")
+    return OnnxSession(find_onnx_file(onnx_file, quantized=quantized))
 
 
 def check_arguments(model, *, batch_size: int, top_k: int, threshold: float) -> None:
@@ -183,7 +204,7 @@ def _decode_workers(num_workers: int | None, device: torch.device) -> int:
 
 
 def _logits(model, batches: Iterator, names: list[str], *, device: torch.device, dtype: torch.dtype | None,
-            skip: bool, progress: bool | None) -> tuple[torch.Tensor, list[int], list[Skipped]]:
+            skip: bool, progress: bool | None, session=None) -> tuple[torch.Tensor, list[int], list[Skipped]]:
     """Logits [n_kept, labels] of every readable input in input order, the kept input indices, and the skipped
     inputs, from the pipeline's ``RawBatch`` stream (closed here, so that decoding threads stop on an error)."""
     from tqdm.auto import tqdm
@@ -198,7 +219,10 @@ def _logits(model, batches: Iterator, names: list[str], *, device: torch.device,
                     what = f"'{names[i]}'" if names[i].strip() else f"input {i}"  # an empty text names nothing
                     raise HFTransferError(f"cannot read {model.modality} {what} ({reason}): {SKIP_HINT}")
                 skipped.append(Skipped(names[i], reason))
-            if batch.inputs is not None:
+            if batch.inputs is not None and session is not None:
+                outputs.append(session.logits(batch.inputs))
+                rows += batch.rows
+            elif batch.inputs is not None:
                 inputs = {k: v.to(device, non_blocking=True) for k, v in batch.inputs.items()}
                 with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                             enabled=dtype is not None):

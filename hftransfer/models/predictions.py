@@ -23,6 +23,7 @@ class PredictionResult:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
+    logits: torch.Tensor | None = field(default=None, repr=False)  # [kept inputs, labels], in input order
 
 
 def to_predictions(logits: torch.Tensor, id2label: dict[int, str], multi_label: bool, top_k: int = 5,

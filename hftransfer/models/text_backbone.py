@@ -156,6 +156,19 @@ class TextBackbone(Backbone):
     def config(self) -> dict:
         return {"type": "text", "model_name": self.name, "pooling": self.pooling}
 
+    # ONNX: batch and sequence length stay free; int8 quantizes the weights of the matrix products (dynamic)
+    onnx_axes = {0: "batch", 1: "sequence"}
+    int8_method = "dynamic"
+
+    def example_inputs(self) -> list:
+        return ["an example sentence", "a second and somewhat longer example sentence, to trace padding"]
+
+    def preprocessing_spec(self, pipeline, save_dir: Path) -> dict:
+        """The tokenizer (saved into ``save_dir``), truncation at the run's ``max_seq_length``, padding per batch."""
+        self.tokenizer.save_pretrained(save_dir)
+        return {"modality": "text", "inputs": {name: {"dtype": "int64"} for name in self.input_names},
+                "tokenizer": ".", "max_seq_length": pipeline.max_seq_length, "truncation": True, "padding": "longest"}
+
     def save_preprocessing(self, save_dir: Path) -> None:
         self.tokenizer.save_pretrained(save_dir)
         write_text(save_dir / ENCODER_CONFIG_NAME, json.dumps(self.encoder.config.to_dict(), indent=2))

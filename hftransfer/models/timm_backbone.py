@@ -126,6 +126,27 @@ class TimmBackbone(Backbone):
 
         return ImagePipeline(self.data_config, decode_size, augmentation)
 
+    # ONNX: a CNN's activations quantize well once calibrated (static int8, QDQ); the graph takes uint8 pixels
+    int8_method = "static"
+
+    def example_inputs(self) -> list:
+        from PIL import Image
+
+        size = self.data_config["input_size"][-1]
+        return [Image.new("RGB", (size + 32, size), (120, 80, 40)), Image.new("RGB", (size, size + 16), (10, 200, 90))]
+
+    def preprocessing_spec(self, pipeline, save_dir: Path) -> dict:
+        """Decode to RGB, shrink the shorter side (bicubic, never enlarge), resize, center crop, uint8 NCHW: the
+        graph normalizes inside, so a plain ``numpy`` array of pixels is its input."""
+        from ..data.preprocessing import resize_size
+
+        cfg = self.data_config
+        return {"modality": "image", "inputs": {"pixel_values": {"dtype": "uint8", "layout": "NCHW (RGB)"}},
+                "decode_shorter_side": pipeline.shorter_side or None, "decode_interpolation": "bicubic",
+                "resize_shorter_side": resize_size(cfg), "interpolation": cfg.get("interpolation", "bilinear"),
+                "center_crop": int(cfg["input_size"][-1]), "normalization": "inside the graph",
+                "mean": list(cfg["mean"]), "std": list(cfg["std"])}
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled features of normalized float images, or of uint8 images normalized here, on the device."""
         if self.channels_last:

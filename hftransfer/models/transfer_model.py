@@ -206,6 +206,7 @@ class TransferModel(nn.Module):
         head = head if head is not None else _saved_head(config["head"], backbone.feature_dim, len(id2label))
         model = cls(backbone, head, id2label, multi_label=config["multi_label"],
                     label_smoothing=config.get("label_smoothing", 0.0), head_config=config["head"])
+        model.source_dir = save_dir  # where an ONNX export of it would be (predict's onnxruntime backend)
         if lora is not None:
             add_lora(model, spec=lora)
             load_adapter_files(model, save_dir)
@@ -245,8 +246,29 @@ class TransferModel(nn.Module):
             return push_folder(folder, repo_id, private=private, revision=revision, create_pr=create_pr,
                                commit_message=commit_message, token=token)
 
+    def _onnx_source(self, settings, quantized: bool) -> Path:
+        """The export next to the folder this model was loaded from, else one made now in a temporary folder."""
+        import tempfile
+
+        from ..files import ONNX_DIR, ONNX_INT8_NAME, ONNX_MODEL_NAME
+        from .onnx_export import export_onnx
+
+        source = getattr(self, "source_dir", None)
+        name = ONNX_INT8_NAME if quantized else ONNX_MODEL_NAME
+        if source is not None and (Path(source) / ONNX_DIR / name).is_file():
+            return Path(source) / ONNX_DIR
+        if quantized:
+            raise HFTransferError("quantized=True needs an int8 export of this model (its accuracy is checked on "
+                                  "validation data): run hftransfer export MODEL_DIR --quantize int8, or pass onnx_file")
+        cached = getattr(self, "_onnx_tmp", None)
+        if cached is None:
+            cached = self._onnx_tmp = tempfile.TemporaryDirectory(prefix="hftransfer-onnx-")
+            export_onnx(self, cached.name, decode_size=settings.decode_size, max_seq_length=settings.max_seq_length)
+        return Path(cached.name)
+
     def predict(self, inputs, *, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
-                settings=None, skip_unreadable: bool = False, progress: bool | None = False) -> list[dict]:
+                settings=None, skip_unreadable: bool = False, progress: bool | None = False, backend: str = "torch",
+                onnx_file=None, quantized: bool = False) -> list[dict]:
         """Label ``inputs`` (image paths / PIL images, or texts) in batches; one dict per input, in order.
 
         ``batch_size`` defaults to 8 images on a CPU (fastest there), else 32.
@@ -262,13 +284,19 @@ class TransferModel(nn.Module):
         for CNNs, as in training), its train/eval mode restored.
         An unreadable image or empty text raises ``HFTransferError``; ``skip_unreadable=True`` leaves it
         out (logged as a warning; each dict's ``input`` says which input it belongs to). See ``inference``.
+        ``backend="onnxruntime"`` runs the same batches through an ONNX export on the CPU: ``onnx_file`` (default:
+        the ``onnx/`` export next to the folder the model was loaded from; without one the model is exported to
+        a temporary folder, once), ``quantized=True`` its int8 graph (``hftransfer export --quantize int8``).
         """
         import logging
 
-        from .inference import predict
+        from .inference import InferenceSettings, predict
 
+        if backend == "onnxruntime" and onnx_file is None:
+            onnx_file = self._onnx_source(InferenceSettings.resolve(settings), quantized)
         result = predict(self, inputs, batch_size=batch_size, top_k=top_k, threshold=threshold, device=device,
-                         settings=settings, skip_unreadable=skip_unreadable, progress=progress)
+                         settings=settings, skip_unreadable=skip_unreadable, progress=progress, backend=backend,
+                         onnx_file=onnx_file, quantized=quantized)
         if result.skipped:
             shown = "; ".join(f"{s.input} ({s.reason})" for s in result.skipped[:5])
             logging.getLogger(__name__).warning(f"skipped {len(result.skipped)} unreadable input(s): {shown}"
