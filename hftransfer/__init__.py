@@ -7,6 +7,8 @@ The Python API::
     result = hftransfer.finetune("tf_efficientnet_lite0", train_dir="train", validation_dir="val")
     result.metrics["eval_accuracy"], result.model              # all_results.json's scores, the TransferModel
     hftransfer.predict(result, ["photo.jpg"])                  # or a run folder / Hub repo id
+    hftransfer.export_onnx(result, quantize="int8")            # onnx/model.onnx (+ model_int8.onnx), checked
+    hftransfer.predict(result, ["photo.jpg"], backend="onnxruntime")
     hftransfer.rank_backbones(["resnet18", "tf_efficientnet_lite0"], train_dir="train")
 
 Names are imported on first use (PEP 562), so ``import hftransfer`` loads neither torch nor the
@@ -38,20 +40,23 @@ _EXPORTS = {
     "finetune": "hftransfer.runs.api:finetune",
     "rank_backbones": "hftransfer.runs.api:rank_backbones",
     "predict": "hftransfer.runs.api:predict",
+    "export_onnx": "hftransfer.runs.api:export_onnx",
+    "OnnxExport": "hftransfer.records:OnnxExport",
 }
 
 __all__ = [  # every name of _EXPORTS, and the two imported above
-    "Backbone", "FinetuneResult", "HFTransferError", "LayerGroup", "LinearHead", "MLPHead", "RunResults",
-    "TextBackbone", "TimmBackbone", "TransferModel", "TransferOutput", "__version__", "create_backbone",
-    "create_head", "create_transfer_model", "finetune", "predict", "rank_backbones",
+    "Backbone", "FinetuneResult", "HFTransferError", "LayerGroup", "LinearHead", "MLPHead", "OnnxExport",
+    "RunResults", "TextBackbone", "TimmBackbone", "TransferModel", "TransferOutput", "__version__",
+    "create_backbone", "create_head", "create_transfer_model", "export_onnx", "finetune", "predict",
+    "rank_backbones",
 ]
 
 if TYPE_CHECKING:
     from .models.factory import Backbone, LayerGroup, TextBackbone, TimmBackbone, create_backbone
     from .models.heads import LinearHead, MLPHead, create_head
     from .models.transfer_model import TransferModel, TransferOutput, create_transfer_model
-    from .records import RunResults
-    from .runs.api import FinetuneResult, finetune, predict, rank_backbones
+    from .records import OnnxExport, RunResults
+    from .runs.api import FinetuneResult, export_onnx, finetune, predict, rank_backbones
 
 
 def __getattr__(name: str):

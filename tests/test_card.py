@@ -288,3 +288,108 @@ def test_a_run_stopped_by_its_caller_says_so_without_an_evaluation_schedule(tmp_
     assert "- **Stopping**: the run was stopped by its caller at step 3 (epoch 1 of 3 planned)" in body
     assert "Training was stopped by its caller at step 3 (epoch 1 of 3 planned)." in body
     assert "**Evaluation**" not in body
+
+
+# --------------------------------------------------------------------------------------------- ONNX export
+def onnx_run_dir(tmp_path, int8: dict | None, files=("model.onnx", "preprocessing.json", "config.json",
+                                                     "export_results.json")):
+    """A run folder with an ``onnx/`` export recorded in ``all_results.json`` (graphs faked: the card reads records)."""
+    from hftransfer.records import Int8Check, OnnxExport
+
+    record = OnnxExport(folder="onnx", exporter="torch.onnx (dynamo)", opset=18, input_names=["pixel_values"],
+                        checked_examples=64, max_abs_logit_diff=3.1e-6, tolerance=1e-4,
+                        int8=Int8Check(**int8) if int8 is not None else None)
+    out = make_run_dir(tmp_path / "run", image_model(), "image", hub_model_id="user/onnx-img",
+                       extra_results={"onnx": record.to_dict()})
+    (out / "onnx").mkdir()
+    for name in files:
+        (out / "onnx" / name).write_bytes(b"{}")
+    return out
+
+
+def deployment_section(body: str) -> str:
+    return body[body.index("## Inference and deployment"):body.index("## Files")]
+
+
+STATIC_INT8 = dict(method="static", settings={"method": "static", "calibration_examples": 128}, eval_samples=153,
+                   fp32_accuracy=0.9216, int8_accuracy=0.915, accuracy_drop_points=0.66, max_accuracy_drop_points=1.0,
+                   agreement=0.987, file="model_int8.onnx")
+
+
+def test_card_describes_the_onnx_export_its_checks_and_the_int8_graph(tmp_path):
+    out = onnx_run_dir(tmp_path, STATIC_INT8, files=("model.onnx", "model_int8.onnx", "preprocessing.json",
+                                                      "config.json", "export_results.json"))
+    body = ModelCard.load(write_model_card(out)).text
+    section = deployment_section(body)
+    assert body.index("## How to use") < body.index("## Inference and deployment") < body.index("## Files")
+    for needle in [
+        "`pixel_values` (uint8 RGB pixels, NCHW", "return `logits`",
+        "| `onnx/model.onnx` | float32 graph, exported with torch.onnx (dynamo), opset 18 |",
+        "| `onnx/model_int8.onnx` | int8 graph: static quantization (int8 weights per channel, activation ranges "
+        "calibrated on 128 training examples, QDQ) |",
+        "- **float32 check**: onnxruntime's logits are within 3.1e-06 of torch's (largest absolute difference on 64 "
+        "examples; an export above 1e-04 is refused)",
+        "- **int8**: static quantization, validation accuracy 0.9150 against 0.9216 for the float32 graph on the "
+        "same 153 examples (-0.66 points, limit 1 point); same label as float32 on 98.7% of them",
+        "hf download user/onnx-img --local-dir onnx-img",
+        "hftransfer predict onnx-img image.jpg --backend onnxruntime  # --quantized: the int8 graph",
+        'hftransfer\'s README, section "Inference and deployment"',
+    ]:
+        assert needle in section, needle
+    assert "refused" not in section.replace("is refused", "")
+    for row in ["| `onnx/model.onnx` | ONNX graph (float32)", "| `onnx/model_int8.onnx` | ONNX graph quantized to int8",
+                "| `onnx/preprocessing.json` |", "| `onnx/config.json` | the ONNX graph's labels",
+                "| `onnx/export_results.json` | the ONNX export's checks"]:
+        assert row in body[body.index("## Files"):], row
+    assert str(tmp_path) not in body
+
+
+def test_card_of_an_fp32_only_export_and_of_a_refused_int8(tmp_path):
+    fp32 = deployment_section(ModelCard.load(write_model_card(onnx_run_dir(tmp_path / "a", None))).text)
+    assert "| `onnx/model.onnx` |" in fp32 and "the batch size is free" in fp32
+    assert "int8 graph" not in fp32 and "**int8**" not in fp32 and "--quantized" not in fp32
+
+    refused = dict(STATIC_INT8, int8_accuracy=0.89, accuracy_drop_points=3.16, file=None,
+                   refused="int8 accuracy 0.8900 is 3.16 points below fp32's 0.9216 on 153 validation examples "
+                           "(limit 1)")
+    body = ModelCard.load(write_model_card(onnx_run_dir(tmp_path / "b", refused))).text
+    section = deployment_section(body)
+    assert "- **int8**: refused, not published: static quantization (int8 weights per channel, activation ranges " \
+           "calibrated on 128 training examples, QDQ) lost 3.16 points of validation accuracy (0.8900 against 0.9216 " \
+           "for the float32 graph on the same 153 examples; limit 1 point). Use the float32 graph." in section
+    assert "model_int8.onnx" not in body and "--quantized" not in section
+
+
+def test_card_has_no_deployment_section_without_an_export_or_when_its_graph_is_gone(tmp_path):
+    plain = ModelCard.load(write_model_card(make_run_dir(tmp_path / "plain", image_model(), "image"))).text
+    assert "Inference and deployment" not in plain and "onnx/" not in plain
+    out = onnx_run_dir(tmp_path / "gone", STATIC_INT8)  # model_int8.onnx recorded as kept, but not in the folder
+    section = deployment_section(ModelCard.load(write_model_card(out)).text)
+    assert "| `onnx/model.onnx` |" in section and "int8 graph" not in section and "**int8**" not in section
+    (out / "onnx" / "model.onnx").unlink()  # a record whose graph would not be pushed
+    assert "Inference and deployment" not in ModelCard.load(write_model_card(out)).text
+
+
+def test_card_of_a_text_export_outside_a_run_reads_onnx_export_results(tmp_path, tiny_bert):
+    from hftransfer.records import Int8Check, OnnxExport
+
+    out = text_model(tiny_bert, pooling="pooler").save_pretrained(tmp_path / "m")
+    check = Int8Check(method="dynamic", eval_samples=40, fp32_accuracy=0.8, int8_accuracy=0.8,
+                      accuracy_drop_points=0.0, agreement=1.0, file="model_int8.onnx")
+    record = OnnxExport(folder=str(tmp_path / "m" / "onnx"),  # absolute, as export_model writes it there
+                        exporter="torch.onnx (dynamo)", input_names=["input_ids", "attention_mask", "token_type_ids"],
+                        checked_examples=3, max_abs_logit_diff=2e-6, int8=check)
+    (out / "onnx").mkdir()
+    for name in ("model.onnx", "model_int8.onnx"):
+        (out / "onnx" / name).write_bytes(b"\0")
+    record.write(out / "onnx")
+    section = deployment_section(ModelCard.load(write_model_card(out, repo_id="user/bert-onnx")).text)
+    for needle in ["the tokenizer's `input_ids`, `attention_mask`, `token_type_ids` (int64)",
+                   "batch size and sequence length are free",
+                   "| int8 graph: dynamic quantization (int8 weights per channel, activations quantized per batch "
+                   "at run time) |",
+                   "- **int8**: dynamic quantization, validation accuracy 0.8000 against 0.8000 for the float32 graph "
+                   "on the same 40 examples (-0.00 points",
+                   "hftransfer predict bert-onnx texts.txt --backend onnxruntime"]:
+        assert needle in section, needle
+    assert str(tmp_path) not in section

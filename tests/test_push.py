@@ -407,6 +407,31 @@ def test_a_recipe_pushes_to_the_default_repo_its_card_names(hub, tmp_path, image
     assert 'hf-hub:user/pets-run"' in files["README.md"].decode()
 
 
+# ---------------------------------------------------------------------------------------------- the ONNX export
+def test_push_publishes_the_onnx_export_and_the_cards_deployment_section(hub, image_run):
+    from hftransfer.records import OnnxExport, RunResults
+
+    run_dir, _ = image_run
+    onnx = run_dir / "onnx"
+    onnx.mkdir()
+    for name in ("model.onnx", "model_int8.onnx", "preprocessing.json", "config.json"):
+        (onnx / name).write_bytes(b"{}" if name.endswith(".json") else b"\0" * 64)
+    record = OnnxExport(folder="onnx", exporter="torch.onnx (dynamo)", input_names=["pixel_values"],
+                        checked_examples=9, max_abs_logit_diff=1e-6)
+    record.write(onnx)
+    results = RunResults.read(run_dir)
+    results.onnx = record
+    results.write(run_dir)
+    push_output_dir(run_dir, "user/onnx-run", False, None, False)
+    files = _repo_files(hub, "user/onnx-run")
+    assert {f"onnx/{name}" for name in ("model.onnx", "model_int8.onnx", "preprocessing.json", "config.json",
+                                        "export_results.json")} <= set(files)
+    assert files["onnx/model.onnx"] == (onnx / "model.onnx").read_bytes()
+    card = files["README.md"].decode()
+    assert "## Inference and deployment" in card and "| `onnx/export_results.json` |" in card
+    assert not any(p.startswith(("checkpoints/", "best_model/")) for p in files)
+
+
 # ---------------------------------------------------------------------------------------------- a plain folder
 def test_push_folder_uploads_a_folder_as_it_is(hub, tmp_path):
     folder = tmp_path / "anything"

@@ -32,6 +32,7 @@ def run_recipe(modality: str, default_config: str | Path, argv: list[str] | None
 COMMANDS = {
     "rank": "score candidate backbones on a dataset by LogME and H-score before fine-tuning",
     "predict": "label image files / folders or text files with a trained model (output folder or Hub repo id)",
+    "export": "export a trained model as an ONNX graph (--quantize int8: also int8), checked against torch",
 }
 
 
@@ -56,3 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             from .predict import run
 
             run(rest)
+        elif command == "export":
+            from .export import run as export
+
+            export(rest)

@@ -21,6 +21,10 @@ instead: one ``error:`` line naming the first such input, exit status 2, nothing
 input is left to predict, the run is refused the same way (one line, exit 2): it never reports
 success for nothing. Input expansion and reading live in ``inputs``.
 
+``--backend onnxruntime`` runs the same batches through the model's ONNX export (``hftransfer export``;
+``MODEL/onnx/`` unless ``--onnx_file`` names it) on the CPU; ``--quantized`` picks its int8 graph and
+prints the validation accuracy its export measured against fp32 on stderr.
+
 Output: ``--output preds.jsonl`` or ``preds.csv`` (columns ``input, label, score, top_k``), else JSON
 Lines on stdout (the progress bar and messages go to stderr). See ``models.predictions.to_predictions`` for
 the fields, the multi-label form included.
@@ -39,11 +43,14 @@ from pathlib import Path
 
 from ..config import UsageErrorParser
 from ..errors import ConsoleHandler, HFTransferError
-from ..files import atomic_path
+from ..files import EXPORT_RESULTS_NAME, atomic_path
 from ..models.devices import PRECISIONS
 from ..models.inference import predict
+from ..models.onnx_export import require
+from ..models.onnx_runtime import BACKENDS, find_onnx_file
 from ..models.predictions import Skipped
-from ..models.saved import load_saved_model
+from ..models.saved import hub_onnx_file, load_saved_model
+from ..records import OnnxExport
 from .inputs import expand_inputs, nothing_to_predict, read_texts
 
 DESCRIPTION = "label images or texts with a trained hftransfer model (an output folder or a Hub repo id)"
@@ -76,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "transform (default: the run's, else the model's resize size; 0 = keep)")
     parser.add_argument("--num_workers", type=int, help="image decoding threads (default: by core count)")
     parser.add_argument("--revision", help="Hub branch, tag or commit of MODEL")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="torch, or onnxruntime: the same batches "
+                        "through the model's ONNX export (hftransfer export), on the CPU (default: torch)")
+    parser.add_argument("--quantized", action="store_true", help="with --backend onnxruntime: the int8 graph "
+                        "(model_int8.onnx; its validation accuracy against fp32 is printed on stderr)")
+    parser.add_argument("--onnx_file", help="with --backend onnxruntime: the .onnx file or export folder (default: "
+                        "MODEL/onnx)")
     return parser
 
 
@@ -92,6 +105,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise HFTransferError(f"--{flag} {value} is out of range: use a number >= {low}")
     if not 0.0 <= args.threshold <= 1.0:
         raise HFTransferError(f"--threshold {args.threshold} is out of range: use a probability in [0, 1]")
+    check_backend(args)
     if args.inputs.count("-") > 1:
         raise HFTransferError("- (stdin) is given more than once: pass it once")
     for item in args.inputs:
@@ -99,6 +113,42 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise HFTransferError(f"input '{item}' matches no file or folder: check the path (quote globs so the "
                                   "shell does not expand them)")
     return args
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """--quantized / --onnx_file need --backend onnxruntime, which needs onnxruntime and (for a local MODEL, or
+    --onnx_file) an export that is there."""
+    if args.backend != "onnxruntime":
+        given = [flag for flag, value in (("--quantized", args.quantized), ("--onnx_file", args.onnx_file)) if value]
+        if given:
+            raise HFTransferError(f"{' / '.join(given)} applies to --backend onnxruntime: pass it, or drop "
+                                  f"{' / '.join(given)}")
+        return
+    require("onnxruntime")
+    if args.onnx_file or Path(args.model).is_dir():
+        find_onnx_file(args.onnx_file or args.model, quantized=args.quantized)
+
+
+def onnx_source(args: argparse.Namespace) -> str | Path | None:
+    """The graph --backend onnxruntime runs: --onnx_file, else MODEL's export (downloaded from a Hub repo)."""
+    if args.backend != "onnxruntime":
+        return None
+    if args.onnx_file or Path(args.model).is_dir():
+        return args.onnx_file or args.model
+    return hub_onnx_file(args.model, quantized=args.quantized, revision=args.revision)
+
+
+def report_int8(onnx_file) -> None:
+    """With --quantized: the int8 graph's validation accuracy against fp32, as its export recorded it (stderr)."""
+    path = find_onnx_file(onnx_file, quantized=True)
+    record = OnnxExport.read(path.parent)
+    check = record.int8 if record is not None else None
+    if check is None or check.int8_accuracy is None:
+        print(f"int8 graph {path}: no accuracy check recorded beside it ({EXPORT_RESULTS_NAME})", file=sys.stderr)
+        return
+    print(f"int8 graph {path}: validation accuracy {check.int8_accuracy:.4f} vs fp32 {check.fp32_accuracy:.4f} "
+          f"(a drop of {check.accuracy_drop_points + 0.0:.2f} points on {check.eval_samples} examples, measured at "
+          "export)", file=sys.stderr)
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
@@ -159,16 +209,20 @@ def run(argv: list[str], stdin=None, stdout=None) -> list[dict]:
 def _run(args: argparse.Namespace, stdin, stdout) -> list[dict]:
     start = time.perf_counter()
     model, settings = load_saved_model(args.model, args.revision)
+    onnx_file = onnx_source(args)
     settings = settings.replace(max_seq_length=args.max_seq_length, decode_size=args.decode_size)
     inputs, names, skipped = expand_inputs(args.inputs, model.modality, args.text_column_name, stdin, args.strict)
     if not inputs:
         raise nothing_to_predict(args.inputs, model.modality, skipped)
     result = predict(model, inputs, batch_size=args.batch_size, top_k=args.top_k, threshold=args.threshold,
                      device=args.device, settings=settings, skip_unreadable=not args.strict, progress=None,
-                     mixed_precision=args.mixed_precision, num_workers=args.num_workers, input_names=names)
+                     mixed_precision=args.mixed_precision, num_workers=args.num_workers, input_names=names,
+                     backend=args.backend, onnx_file=onnx_file, quantized=args.quantized)
     if not result.predictions:  # a run that skipped everything never reports success
         raise nothing_to_predict(args.inputs, model.modality, skipped + result.skipped)
     write_predictions(result.predictions, args.output, stdout)
+    if args.quantized:
+        report_int8(onnx_file)
     report_skipped(skipped + result.skipped, total=len(inputs) + len(skipped))  # expansion skips never reach predict
     rate = len(result.predictions) / max(result.seconds, 1e-9)
     where = f" -> {args.output}" if args.output else ""

@@ -1,7 +1,7 @@
 """``TrainConfig`` (a recipe run) and ``RankConfig`` (``hftransfer rank``), built from the option groups.
 
 ``TrainConfig`` combines the groups (model, data, augmentation, strategy, optimization, comparison,
-run, hub), so every option is still ``cfg.<flag name>``; ``RankConfig`` inherits the data group, so
+run, export, hub), so every option is still ``cfg.<flag name>``; ``RankConfig`` inherits the data group, so
 ranking reads data with the recipes' names, defaults and checks. ``JOB_FIELDS`` are the settings of
 a recipe's embedded default job that give way when the user names data of their own.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import HFTransferError
 from ..tuning.strategies import LORA_STRATEGIES
 from .data_options import AdaptationOptions, DataOptions
+from .export_options import ExportOptions
 from .fields import option
 from .options import (
     AUTO_MODEL,
@@ -35,9 +36,9 @@ from .tune_options import TuneOptions
 
 # --help lists the groups in this order: the dataclass fields of the last base come first
 @dataclass
-class TrainConfig(HubOptions, TrackingOptions, TuneOptions, RunOptions, EvaluationOptions, AdaptationOptions,
-                  ComparisonOptions, EmaOptions, OptimizationOptions, LoraOptions, StrategyOptions, ImbalanceOptions,
-                  MixupOptions, AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
+class TrainConfig(HubOptions, ExportOptions, TrackingOptions, TuneOptions, RunOptions, EvaluationOptions,
+                  AdaptationOptions, ComparisonOptions, EmaOptions, OptimizationOptions, LoraOptions, StrategyOptions,
+                  ImbalanceOptions, MixupOptions, AugmentationOptions, DataOptions, ModelOptions, SessionOptions):
     """Everything a recipe run takes."""
 
     def validate(self, modality: str | None = None) -> "TrainConfig":

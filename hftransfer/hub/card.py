@@ -7,7 +7,8 @@ renders ``model_cards/model_card.md`` (Jinja) into ``README.md``: Hub metadata (
 base_model, datasets, license, tags, pipeline_tag, model-index with the evaluation results) and a
 body with the recipe, data, per-class results, loading instructions for the layout the weights were
 saved in, and framework versions. The sections are formatted in ``card_model_data`` (model, data,
-files, versions), ``card_recipe`` and ``card_results``, single values in ``card_format``.
+files, versions), ``card_recipe`` and ``card_results``, single values in ``card_format``; ``card_tune`` and
+``card_export`` add the ``--tune`` study and the ONNX export (``hftransfer export`` / ``--export_onnx``).
 
 The output is deterministic (no timestamps), so re-pushing an unchanged run makes no commit. No
 absolute local paths are written: local data and models are named by their last path parts.
@@ -20,6 +21,7 @@ from pathlib import Path
 from ..errors import HFTransferError
 from ..files import CARD_NAME, CONFIG_NAME, CONFUSION_PNG, CURVES_PNG, RUN_CONFIG_NAME, read_json, read_yaml, write_text
 from ..records import RunResults
+from .card_export import with_export_section
 from .card_model_data import (
     BaseModelDescription,
     DatasetDescription,
@@ -76,6 +78,7 @@ def build_model_card(output_dir: Path, repo_id: str | None = None):
                              undefined=jinja2.StrictUndefined)
     text = env.from_string(template_path().read_text()).render(**context)
     text = with_tune_section(text, Path(output_dir))  # --tune: the study, before the recipe it chose
+    text = with_export_section(text, Path(output_dir), context["repo_id"])  # ONNX / int8 export, before "Files"
     return ModelCard(re.sub(r"\n{3,}", "\n\n", text))
 
 

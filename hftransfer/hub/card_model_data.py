@@ -9,7 +9,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import CARD_NAME, TMP_SUFFIX, stale_native_files
+from ..files import CARD_NAME, ONNX_DIR, TMP_SUFFIX, stale_native_files
 from ..records import RunDescription
 from .card_format import looks_like_hub_repo_id, looks_like_local_path, public_path_name
 
@@ -37,6 +37,16 @@ FILE_DESCRIPTIONS = {
     "tune_importance.png": "how much each searched setting mattered to the `--tune` study's validation score",
     "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer settings", "vocab.txt": "tokenizer vocabulary",
     "special_tokens_map.json": "tokenizer special tokens", "merges.txt": "tokenizer merges",
+}
+# onnx/: hftransfer export / --export_onnx (its tokenizer files take the descriptions above)
+ONNX_FILE_DESCRIPTIONS = {
+    "model.onnx": "ONNX graph (float32) for onnxruntime: the model's inputs in, `logits` out",
+    "model_int8.onnx": "ONNX graph quantized to int8, kept because its validation accuracy held (see "
+                       "\"Inference and deployment\")",
+    "preprocessing.json": "how an image or a text becomes the ONNX graph's inputs (sizes, interpolation and crop, or "
+                          "the tokenizer and max length)",
+    "config.json": "the ONNX graph's labels (`id2label`, `label2id`), `problem_type` and decision rule",
+    "export_results.json": "the ONNX export's checks: logit difference to torch, int8 accuracy against float32",
 }
 WEIGHT_LAYOUTS = {"timm": "timm key names", "transformers": "transformers key names"}
 POOLING_DESCRIPTIONS = {"mean": "attention-mask-aware mean of the last hidden states", "cls": "first ([CLS]) token",
@@ -175,7 +185,18 @@ def files_table(output_dir: Path, weights_format: str) -> list[tuple[str, str]]:
     for path in sorted(output_dir.iterdir()):
         if path.is_file() and path.name not in stale | {CARD_NAME} and not path.name.endswith((TMP_SUFFIX, ".lock")):
             rows.append((path.name, FILE_DESCRIPTIONS.get(path.name, "").format(layout=layout) or "run artifact"))
-    return rows
+    return rows + onnx_files(output_dir)
+
+
+def onnx_files(output_dir: Path) -> list[tuple[str, str]]:
+    """``onnx/*``: the export that is pushed with the model (``hftransfer export`` / ``--export_onnx``)."""
+    folder = output_dir / ONNX_DIR
+    if not folder.is_dir():
+        return []
+    return [(f"{ONNX_DIR}/{path.name}", ONNX_FILE_DESCRIPTIONS.get(path.name) or FILE_DESCRIPTIONS.get(path.name)
+             or "ONNX export artifact")
+            for path in sorted(folder.iterdir())
+            if path.is_file() and not path.name.endswith((TMP_SUFFIX, ".lock"))]
 
 
 def framework_versions(recipe: RunDescription | None, hftransfer_version: str) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""An exported ONNX graph run by onnxruntime, fed the same batches as the torch model (``predict --backend onnxruntime``).
+"""An exported ONNX graph run by onnxruntime, fed the batches the torch model gets (``predict --backend onnxruntime``).
 
 ``find_onnx_file`` resolves what a user names (a run folder, its ``onnx/`` folder, or a ``.onnx`` file;
 ``quantized`` picks ``model_int8.onnx``); ``OnnxSession`` runs it on the CPU with one thread per usable
@@ -31,14 +31,35 @@ def find_onnx_file(source: str | Path, *, quantized: bool = False) -> Path:
     for folder in (source, source / ONNX_DIR):
         if (folder / name).is_file():
             return folder / name
-    what = "an int8 export" if quantized else "an ONNX export"
+    what = "int8 export" if quantized else "ONNX export"
     how = "--quantize int8" if quantized else "--format onnx"
     raise HFTransferError(f"'{source}' has no {what} ({ONNX_DIR}/{name}): run hftransfer export {source} {how} "
                           "first (or train with --export_onnx)")
 
 
+def default_onnx_dir(model, settings, *, quantized: bool = False) -> Path:
+    """The export ``TransferModel.predict(backend="onnxruntime")`` runs when none is named: the ``onnx/`` folder next
+    to the folder the model was loaded from, else one made now in a temporary folder (fp32 only; once per model;
+    ``settings``: the ``InferenceSettings`` its preprocessing uses)."""
+    import tempfile
+
+    from .onnx_export import export_onnx
+
+    source = getattr(model, "source_dir", None)
+    if source is not None and (Path(source) / ONNX_DIR / (ONNX_INT8_NAME if quantized else ONNX_MODEL_NAME)).is_file():
+        return Path(source) / ONNX_DIR
+    if quantized:
+        raise HFTransferError("quantized=True needs an int8 export of this model (its accuracy is checked on "
+                              "validation data): run hftransfer export MODEL_DIR --quantize int8, or pass onnx_file")
+    cached = getattr(model, "_onnx_tmp", None)
+    if cached is None:
+        cached = model._onnx_tmp = tempfile.TemporaryDirectory(prefix="hftransfer-onnx-")
+        export_onnx(model, cached.name, decode_size=settings.decode_size, max_seq_length=settings.max_seq_length)
+    return Path(cached.name)
+
+
 class OnnxSession:
-    """An onnxruntime CPU session over ``path``: ``logits(inputs)`` takes the pipeline's tensors, returns a float tensor."""
+    """An onnxruntime CPU session over ``path``: ``logits(inputs)`` takes the pipeline's tensors, returns logits."""
 
     def __init__(self, path: str | Path, *, threads: int | None = None):
         ort = require("onnxruntime")

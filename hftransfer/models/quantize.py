@@ -12,6 +12,7 @@ split against fp32).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterable
@@ -38,6 +39,18 @@ class _Batches:
         return next(self.batches, None)
 
 
+@contextlib.contextmanager
+def _root_logger_untouched():
+    """onnxruntime's quantizer logs with ``logging.info``, which gives an unconfigured root logger a stderr handler
+    that then repeats every library's messages (hftransfer's too): a NullHandler on the root keeps it unconfigured."""
+    root, guard = logging.getLogger(), logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
+
+
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, *, method: str,
                   calibration: list[dict[str, np.ndarray]] | None = None) -> dict:
     """Write the int8 graph of ``fp32_path`` to ``int8_path``; returns the settings used (for the records)."""
@@ -48,12 +61,14 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, *, method: str,
     quantization = require("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory() as tmp, atomic_path(int8_path) as out:
+    with _root_logger_untouched(), tempfile.TemporaryDirectory() as tmp, atomic_path(int8_path) as out:
         prepared = Path(tmp) / "prepared.onnx"
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=method == "static")
+            # symbolic shape inference is for onnxruntime's transformer fusions; it fails on dynamo-exported graphs
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         except Exception as e:  # noqa: BLE001 - pre-processing is an optimization; quantizing works without it
-            logger.warning(f"onnxruntime's quant_pre_process failed ({type(e).__name__}); quantizing the graph as is")
+            logger.warning(f"onnxruntime's quant_pre_process failed ({type(e).__name__}: {str(e)[:120]}); quantizing "
+                           "the graph as is")
             prepared = Path(fp32_path)
         if method == "static":
             quantization.quantize_static(
@@ -63,8 +78,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, *, method: str,
         else:
             quantization.quantize_dynamic(str(prepared), str(out), per_channel=True,
                                           weight_type=quantization.QuantType.QInt8)
-    settings = {"method": method, "weights": "int8 per channel",
-                "activations": "uint8, MinMax-calibrated (QDQ)" if method == "static" else "quantized per batch at run time"}
+    activations = "uint8, MinMax-calibrated (QDQ)" if method == "static" else "quantized per batch at run time"
+    settings = {"method": method, "weights": "int8 per channel", "activations": activations}
     if calibration:
         settings["calibration_examples"] = int(sum(len(next(iter(b.values()))) for b in calibration))
     return settings

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from ..errors import HFTransferError
-from ..files import RUN_CONFIG_NAME
+from ..files import ONNX_DIR, ONNX_INT8_NAME, ONNX_MODEL_NAME, RUN_CONFIG_NAME
 from .inference import InferenceSettings
 from .transfer_model import TransferModel
 
@@ -45,3 +45,18 @@ def hub_settings(repo_id: str, revision: str | None = None) -> InferenceSettings
         logger.warning(f"{repo_id} has no {RUN_CONFIG_NAME}: using the default preprocessing settings (give "
                        "max_seq_length / decode_size if the run used others)")
         return InferenceSettings()
+
+
+def hub_onnx_file(repo_id: str, *, quantized: bool = False, revision: str | None = None) -> Path:
+    """A Hub repo's ``onnx/model.onnx`` (``model_int8.onnx`` with ``quantized``), downloaded into the snapshot the
+    model files came from (so its ``export_results.json`` lies beside it), for ``--backend onnxruntime``."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    name = ONNX_INT8_NAME if quantized else ONNX_MODEL_NAME
+    try:
+        return Path(hf_hub_download(repo_id.removeprefix("hf-hub:"), f"{ONNX_DIR}/{name}", revision=revision))
+    except EntryNotFoundError:
+        raise HFTransferError(f"the Hub repo {repo_id} has no {ONNX_DIR}/{name}: push a run folder that holds an "
+                              "export (hftransfer export RUN_DIR, or train with --export_onnx), or pass onnx_file"
+                              ) from None

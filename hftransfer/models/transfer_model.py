@@ -206,7 +206,7 @@ class TransferModel(nn.Module):
         head = head if head is not None else _saved_head(config["head"], backbone.feature_dim, len(id2label))
         model = cls(backbone, head, id2label, multi_label=config["multi_label"],
                     label_smoothing=config.get("label_smoothing", 0.0), head_config=config["head"])
-        model.source_dir = save_dir  # where an ONNX export of it would be (predict's onnxruntime backend)
+        model.source_dir = save_dir  # where its ONNX export would be (predict's onnxruntime backend)
         if lora is not None:
             add_lora(model, spec=lora)
             load_adapter_files(model, save_dir)
@@ -246,26 +246,6 @@ class TransferModel(nn.Module):
             return push_folder(folder, repo_id, private=private, revision=revision, create_pr=create_pr,
                                commit_message=commit_message, token=token)
 
-    def _onnx_source(self, settings, quantized: bool) -> Path:
-        """The export next to the folder this model was loaded from, else one made now in a temporary folder."""
-        import tempfile
-
-        from ..files import ONNX_DIR, ONNX_INT8_NAME, ONNX_MODEL_NAME
-        from .onnx_export import export_onnx
-
-        source = getattr(self, "source_dir", None)
-        name = ONNX_INT8_NAME if quantized else ONNX_MODEL_NAME
-        if source is not None and (Path(source) / ONNX_DIR / name).is_file():
-            return Path(source) / ONNX_DIR
-        if quantized:
-            raise HFTransferError("quantized=True needs an int8 export of this model (its accuracy is checked on "
-                                  "validation data): run hftransfer export MODEL_DIR --quantize int8, or pass onnx_file")
-        cached = getattr(self, "_onnx_tmp", None)
-        if cached is None:
-            cached = self._onnx_tmp = tempfile.TemporaryDirectory(prefix="hftransfer-onnx-")
-            export_onnx(self, cached.name, decode_size=settings.decode_size, max_seq_length=settings.max_seq_length)
-        return Path(cached.name)
-
     def predict(self, inputs, *, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
                 settings=None, skip_unreadable: bool = False, progress: bool | None = False, backend: str = "torch",
                 onnx_file=None, quantized: bool = False) -> list[dict]:
@@ -291,9 +271,10 @@ class TransferModel(nn.Module):
         import logging
 
         from .inference import InferenceSettings, predict
+        from .onnx_runtime import default_onnx_dir
 
         if backend == "onnxruntime" and onnx_file is None:
-            onnx_file = self._onnx_source(InferenceSettings.resolve(settings), quantized)
+            onnx_file = default_onnx_dir(self, InferenceSettings.resolve(settings), quantized=quantized)
         result = predict(self, inputs, batch_size=batch_size, top_k=top_k, threshold=threshold, device=device,
                          settings=settings, skip_unreadable=skip_unreadable, progress=progress, backend=backend,
                          onnx_file=onnx_file, quantized=quantized)

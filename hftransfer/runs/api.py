@@ -1,4 +1,5 @@
-"""The Python API a notebook calls: ``finetune``, ``rank_backbones`` and ``predict`` (exported by ``hftransfer``).
+"""The Python API a notebook calls: ``finetune``, ``rank_backbones``, ``predict`` and ``export_onnx`` (exported by
+``hftransfer``).
 
 Each converts its arguments at the edge, in timm's style, then calls what the entry points call:
 
@@ -9,7 +10,9 @@ Each converts its arguments at the edge, in timm's style, then calls what the en
   and the exported model loaded back with ``TransferModel.from_pretrained``.
 * ``rank_backbones(candidates, train_dir=..., ...)`` is ``hftransfer rank``: the ranking rows.
 * ``predict(model, inputs)`` is ``hftransfer predict`` on Python objects: a ``TransferModel``, a
-  ``FinetuneResult``, a run folder or a Hub repo id, through the run's own preprocessing settings.
+  ``FinetuneResult``, a run folder or a Hub repo id, through the run's own preprocessing settings
+  (``backend="onnxruntime"``: through its ONNX export).
+* ``export_onnx(model_dir)`` is ``hftransfer export``: the ONNX graph (and int8), checked, as an ``OnnxExport``.
 
 Options set to ``None`` count as not given (their defaults apply). Defaults are ``TrainConfig``'s,
 not the recipes' embedded default jobs. Problems are one-line ``HFTransferError``s, raised (not
@@ -33,9 +36,10 @@ from ..errors import HFTransferError, show_progress_messages
 from ..files import files_under
 from ..models.factory import modality_of
 from ..models.inference import InferenceSettings
-from ..models.saved import load_saved_model
+from ..models.onnx_runtime import default_onnx_dir
+from ..models.saved import hub_onnx_file, load_saved_model
 from ..models.transfer_model import TransferModel
-from ..records import RunResults
+from ..records import OnnxExport, RunResults
 
 HELP_HINT = {"finetune": "python recipes/image_cls.py --help (or text_cls.py) lists them",
              "rank_backbones": "hftransfer rank --help lists them"}
@@ -128,8 +132,8 @@ def rank_backbones(candidates, *, output_dir: str | os.PathLike | None = None, c
 
 def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, threshold: float = 0.5, device=None,
             settings=None, skip_unreadable: bool = False, progress: bool | None = False,
-            mixed_precision: str | None = None, num_workers: int | None = None,
-            revision: str | None = None) -> list[dict]:
+            mixed_precision: str | None = None, num_workers: int | None = None, revision: str | None = None,
+            backend: str = "torch", onnx_file=None, quantized: bool = False) -> list[dict]:
     """Label ``inputs`` with ``model``: one ``{"input", "label", "score", "top_k"}`` dict per input, in order.
 
     ``model``: a ``TransferModel``, a ``FinetuneResult``, a run's ``output_dir`` (or any ``save_pretrained``
@@ -137,22 +141,63 @@ def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, thr
     of images or PIL images for an image model; strings for a text model; one item or a list. A run
     folder, Hub repo or ``FinetuneResult`` brings the run's preprocessing settings (``decode_size``,
     ``max_seq_length``, ``mixed_precision`` from its ``config.yaml``) unless ``settings`` is given, so
-    predictions equal the run's ``eval_predictions.jsonl``. See ``TransferModel.predict`` for the rest.
+    predictions equal the run's ``eval_predictions.jsonl``. ``backend="onnxruntime"``: the same batches through
+    the ONNX export ``onnx_file`` (default: a run folder's or ``FinetuneResult``'s ``onnx/``, made by ``export_onnx``
+    or ``--export_onnx``; for a ``TransferModel``, the export beside the folder it was loaded from, else a temporary
+    one), ``quantized=True`` its int8 graph. See ``TransferModel.predict`` for the rest.
     """
     from ..models.inference import predict as run_inference
 
+    given = model
     model, run_settings = _model_and_settings(model, revision)
     settings = run_settings if settings is None else settings
+    if backend == "onnxruntime" and onnx_file is None:
+        onnx_file = _onnx_default(given, model, settings, quantized, revision)
     if model.modality == "image":
         inputs = _expand_image_folders(inputs)
     result = run_inference(model, inputs, batch_size=batch_size, top_k=top_k, threshold=threshold, device=device,
                            settings=settings, skip_unreadable=skip_unreadable, progress=progress,
-                           mixed_precision=mixed_precision, num_workers=num_workers)
+                           mixed_precision=mixed_precision, num_workers=num_workers, backend=backend,
+                           onnx_file=onnx_file, quantized=quantized)
     if result.skipped:
         shown = "; ".join(f"{s.input} ({s.reason})" for s in result.skipped[:5])
         logger.warning(f"skipped {len(result.skipped)} unreadable input(s): {shown}"
                        + (" ..." if len(result.skipped) > 5 else ""))
     return result.predictions
+
+
+def export_onnx(model_dir, *, output: str | os.PathLike | None = None, quantize: str = "none",
+                opset: int | None = None, max_accuracy_drop: float = 1.0, calibration_samples: int = 128,
+                revision: str | None = None, **data_options) -> OnnxExport:
+    """Export a trained model as ONNX, as ``hftransfer export`` does: ``model_dir`` (a run's ``output_dir``, a
+    ``FinetuneResult``, a ``save_pretrained`` folder or a Hub repo id) to ``output`` (default: ``model_dir/onnx``).
+
+    The graph's onnxruntime logits are checked against torch's (``record.max_abs_logit_diff``). ``quantize="int8"``
+    also writes ``model_int8.onnx``, measured on the run's validation split (the data its ``config.yaml`` names;
+    ``data_options``, ``config.export_options.EXPORT_DATA_OPTIONS`` such as ``train_dir`` / ``validation_file``,
+    replace it). An int8 graph that loses more than ``max_accuracy_drop`` accuracy points is deleted, no error
+    raised: ``record.int8.refused`` says why (``record.int8.int8_accuracy`` / ``fp32_accuracy``: the measures).
+    ``opset``: default ``models.onnx_export.DEFAULT_OPSET``. Returns the record (``onnx/export_results.json``;
+    ``all_results.json["onnx"]`` for a run folder).
+    """
+    from ..config.export_options import EXPORT_DATA_OPTIONS, ONNX_MODULES, check_export_values
+    from ..models.onnx_export import DEFAULT_OPSET, require
+    from .export import export_run
+
+    opset = DEFAULT_OPSET if opset is None else opset
+    check_export_values(quantize=quantize, opset=opset, max_accuracy_drop=max_accuracy_drop,
+                        calibration_samples=calibration_samples)
+    unknown = sorted(set(data_options) - set(EXPORT_DATA_OPTIONS))
+    if unknown:
+        raise HFTransferError(f"unknown option(s) {', '.join(unknown)} for hftransfer.export_onnx: the data options "
+                              f"are {', '.join(EXPORT_DATA_OPTIONS)}")
+    for module in ONNX_MODULES:  # before the model loads
+        require(module)
+    source = model_dir.output_dir if isinstance(model_dir, FinetuneResult) else os.fspath(model_dir)
+    show_progress_messages()
+    return export_run(source, output=_plain(output), quantize=quantize, opset=opset,
+                      max_accuracy_drop=max_accuracy_drop, calibration_samples=calibration_samples,
+                      data_options={k: _plain(v) for k, v in data_options.items()}, revision=revision)
 
 
 # ---- arguments -----------------------------------------------------------------------------------------
@@ -270,6 +315,18 @@ def _model_and_settings(model, revision: str | None):
     return load_saved_model(os.fspath(model), revision)
 
 
+def _onnx_default(given, model: TransferModel, settings, quantized: bool, revision: str | None):
+    """The export ``backend="onnxruntime"`` runs when no ``onnx_file`` is given: a run's (a ``FinetuneResult``, a folder
+    or a Hub repo: its ``onnx/``), else ``TransferModel.predict``'s own default (the export beside the folder the
+    model was loaded from, else a temporary one)."""
+    if isinstance(given, FinetuneResult):
+        return given.output_dir
+    if isinstance(given, TransferModel):
+        return default_onnx_dir(model, InferenceSettings.resolve(settings), quantized=quantized)
+    path = os.fspath(given)
+    return path if Path(path).is_dir() else hub_onnx_file(path, quantized=quantized, revision=revision)
+
+
 def _expand_image_folders(inputs):
     """A folder among an image model's inputs stands for its image files (recursive, sorted, hidden left out)."""
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "convert") else list(inputs)
@@ -285,4 +342,5 @@ def _expand_image_folders(inputs):
     return out
 
 
-__all__ = ["FinetuneResult", "finetune", "finetune_config", "infer_modality", "predict", "rank_backbones"]
+__all__ = ["FinetuneResult", "export_onnx", "finetune", "finetune_config", "infer_modality", "predict",
+           "rank_backbones"]

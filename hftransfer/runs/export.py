@@ -59,18 +59,19 @@ def export_model(model, output: str | Path, *, settings: InferenceSettings | Non
     diff = float((_logits(model, inputs, settings, output / ONNX_MODEL_NAME) - reference).abs().max())
     if diff > TOLERANCE:
         (output / ONNX_MODEL_NAME).unlink()
-        raise HFTransferError(f"the ONNX graph's logits differ from torch's by up to {diff:.2g} (more than {TOLERANCE:g}) "
-                              f"on {len(inputs)} examples, so it was not kept: try another --opset")
+        raise HFTransferError(f"the ONNX graph's logits differ from torch's by up to {diff:.2g} (more than "
+                              f"{TOLERANCE:g}) on {len(inputs)} examples, so it was not kept: try another --opset")
     record = OnnxExport(folder=str(output), file=ONNX_MODEL_NAME, exporter=info["exporter"], opset=opset,
                         input_names=info["input_names"], checked_examples=len(inputs), max_abs_logit_diff=diff,
                         tolerance=TOLERANCE)
     logger.info(f"exported {output / ONNX_MODEL_NAME} ({info['exporter']}, opset {opset}); onnxruntime logits within "
                 f"{diff:.1e} of torch's on {len(inputs)} examples")
+    (output / ONNX_INT8_NAME).unlink(missing_ok=True)  # an earlier int8 graph is not this export's
     if quantize == "int8":
         record.int8 = check_int8(model, output, settings=settings, data=data, max_accuracy_drop=max_accuracy_drop,
                                  calibration_samples=calibration_samples, seed=seed)
     record.seconds = round(time.perf_counter() - start, 1)
-    record.write(output)
+    OnnxExport.from_dict({**record.to_dict(), "folder": "."}).write(output)  # no local path in what gets pushed
     return record
 
 
@@ -115,7 +116,7 @@ def export_run(model_dir: str | Path, *, output: str | Path | None = None, quant
     folder = Path(model_dir) if Path(model_dir).is_dir() else None
     output = Path(output) if output else (folder / ONNX_DIR if folder else Path(ONNX_DIR))
     cfg = run_config(folder, data_options or {})
-    data = load_data(cfg, model.modality) if quantize == "int8" and names_data(cfg) else None
+    data = run_data(cfg, model.modality, required=quantize == "int8")
     record = export_model(model, output, settings=settings, quantize=quantize, opset=opset, data=data,
                           max_accuracy_drop=max_accuracy_drop, calibration_samples=calibration_samples,
                           seed=cfg.seed)
@@ -155,6 +156,20 @@ def run_config(folder: Path | None, overrides: dict) -> TrainConfig:
 
 def names_data(cfg: TrainConfig) -> bool:
     return bool(cfg.dataset_name or cfg.train_dir or cfg.train_file)
+
+
+def run_data(cfg: TrainConfig, modality: str, *, required: bool) -> DataBundle | None:
+    """The run's splits (the fp32 check compares validation examples, int8 needs them); an fp32-only export of a
+    model whose data is gone falls back to the backbone's example inputs, with a warning."""
+    if not names_data(cfg):
+        return None
+    try:
+        return load_data(cfg, modality)
+    except HFTransferError as e:
+        if required:
+            raise
+        logger.warning(f"the run's data could not be read ({e}): the ONNX graph is checked on example inputs only")
+        return None
 
 
 # ---- helpers ----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""A whole recipe run: lock the output folder, ``fit``, compare with training from scratch, report, publish.
+"""A whole recipe run: lock the output folder, ``fit``, compare with training from scratch, export, report, publish.
 
 The layers below do the work: ``training`` (the loop), ``scratch`` (the from-scratch twins),
-``report`` and ``card`` (what the run shows), ``hub`` (publishing), ``checkpoint`` (the folder, its
-lock and checkpoints), ``runtime`` (processes and stop signals).
+``export`` (``--export_onnx``: the ONNX graphs), ``report`` and ``card`` (what the run shows), ``hub``
+(publishing), ``checkpoint`` (the folder, its lock and checkpoints), ``runtime`` (processes and stop signals).
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from ..errors import HFTransferError
 from ..evaluation.report import write_report
 from ..hub.card import write_model_card
 from ..hub.push import check_push_target, push_output_dir
+from ..models.onnx_export import DEFAULT_OPSET
 from ..training.checkpoint import RunLock, check_output_dir
 from ..training.loop import fit
 from ..training.runtime import StopSignals, any_process, configure_threads, create_accelerator
 from .auto_backbone import choose_backbone
+from .export import export_run
 from .scratch import compare_with_scratch
 from .source_only import compare_with_source_only
 from .tune import publish_study, tune_recipe
@@ -31,7 +33,9 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     ``all_results.json`` and the model card. Returns ``all_results`` (empty on other processes).
     SIGTERM / SIGINT save a checkpoint and raise ``runtime.RunInterrupted``. With ``--model_name_or_path
     auto`` the candidates are ranked first and the best one is fine-tuned (``auto.choose_backbone``); with
-    ``--tune`` a hyper-parameter search picks the recipe that is then fine-tuned (``tune.tune_recipe``).
+    ``--tune`` a hyper-parameter search picks the recipe that is then fine-tuned (``tune.tune_recipe``). With
+    ``--export_onnx`` the exported model is then written as ONNX (and int8) to ``output_dir/onnx``
+    (``export.export_run``); a failed export ends the run with its error after the report and card are written.
     """
     cfg.validate(modality)
     stop = StopSignals().install()
@@ -56,19 +60,8 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
         if cfg.runs_source_only_twin:
             compare_with_source_only(cfg, modality, accelerator, output_dir, threads, results, stop)
-        failure = None
-        if accelerator.is_main_process:
-            if tuned:
-                publish_study(output_dir)
-            write_report(output_dir)
-            write_model_card(output_dir, repo_id=repo_id)
-            if cfg.push_to_hub:
-                # the local output_dir is complete before any network call: a failed push loses nothing
-                try:
-                    push_output_dir(output_dir, repo_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
-                except HFTransferError as e:
-                    failure = e  # raised after the barrier, so the other ranks are not left waiting
-        accelerator.wait_for_everyone()
+        failure = finish_on_main(cfg, output_dir, repo_id, tuned, results) if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()  # the failure is raised after the barrier: no rank is left waiting
         if failure is not None:
             raise failure
         return results.to_dict() if results is not None else {}
@@ -81,6 +74,32 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             if lock is not None:
                 lock.release()
             stop.uninstall()
+
+
+def finish_on_main(cfg: TrainConfig, output_dir: Path, repo_id: str | None, tuned: bool,
+                   results) -> HFTransferError | None:
+    """The main process's last steps: the ONNX export (``--export_onnx``), the study, report and card, the push.
+    Returns the user error that ends the run (raised by every rank after the barrier), else None."""
+    failure = None
+    if cfg.export_onnx:
+        try:  # reads the exported model back from output_dir; records itself in all_results.json
+            record = export_run(output_dir, quantize=cfg.quantize, opset=cfg.onnx_opset or DEFAULT_OPSET,
+                                max_accuracy_drop=cfg.max_int8_accuracy_drop)
+            if results is not None:
+                results.onnx = record
+        except HFTransferError as e:
+            failure = HFTransferError(f"the run finished, but its ONNX export failed: {e}")
+    if tuned:
+        publish_study(output_dir)
+    write_report(output_dir)
+    write_model_card(output_dir, repo_id=repo_id)
+    if cfg.push_to_hub and failure is None:
+        # the local output_dir is complete before any network call: a failed push loses nothing
+        try:
+            push_output_dir(output_dir, repo_id, cfg.hub_private, cfg.hub_revision, cfg.hub_create_pr)
+        except HFTransferError as e:
+            failure = e
+    return failure
 
 
 def choose_recipe(cfg: TrainConfig, modality: str, accelerator, output_dir: Path, threads: int, stop):

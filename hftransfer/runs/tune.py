@@ -104,11 +104,12 @@ def tuned_choice(choice: BackboneChoice, spec: str) -> BackboneChoice:
 
 
 def trial_config(recipe: TrainConfig, trial_dir: Path, cache_dir: str) -> TrainConfig:
-    """A trial's run of ``recipe``: into its own folder, validation only, nothing published or tracked."""
+    """A trial's run of ``recipe``: into its own folder, validation only, nothing published, tracked or exported."""
     return dataclasses.replace(
         recipe, output_dir=str(trial_dir), overwrite_output_dir=True, resume_from_checkpoint=None,
         checkpointing_steps="no", do_predict=False, compare_scratch=False, push_to_hub=False, report_to=["none"],
-        logging_dir=None, feature_cache_dir=cache_dir, tune=False, tune_trials=None, tune_timeout=None)
+        logging_dir=None, feature_cache_dir=cache_dir, tune=False, tune_trials=None, tune_timeout=None,
+        export_onnx=False, quantize="none", onnx_opset=None)
 
 
 class Search:

@@ -26,7 +26,8 @@ RUN_ONLY_KEYS = (
     "num_threads", "dataloader_num_workers", "feature_cache_dir", "per_device_eval_batch_size", "checkpointing_steps",
     "save_total_limit", "ddp_timeout", "do_predict", "compare_scratch", "scratch_learning_rate", "scratch_seeds",
     "compare_source_only", "report_to", "run_name", "project", "logging_dir", "logging_steps", "push_to_hub",
-    "hub_model_id", "hub_private", "hub_revision", "hub_create_pr")
+    "hub_model_id", "hub_private", "hub_revision", "hub_create_pr", "export_onnx", "quantize", "onnx_opset",
+    "max_int8_accuracy_drop")
 AUTO_KEYS = ("model_name_or_path", "weights", "candidates")  # under auto the ranked candidates stand for them
 
 
