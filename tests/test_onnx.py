@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from builders import (
     IMAGE_TINY,
     ROOT,
@@ -395,3 +396,46 @@ def test_tune_trials_never_export():
     trial = trial_config(cfg, Path("trial"), "cache")
     assert (trial.export_onnx, trial.quantize, trial.onnx_opset) == (False, "none", None)
     assert {"export_onnx", "quantize", "onnx_opset", "max_int8_accuracy_drop"} <= set(RUN_ONLY_KEYS)
+
+
+def _lora_merged(model):
+    """A model whose LoRA adapters trained (randomized here), saved and reloaded as the merged model an export is."""
+    from hftransfer.models.lora import add_lora, is_lora_parameter
+
+    add_lora(model, r=4, alpha=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if is_lora_parameter(name):
+                p.normal_(0, 0.2)
+    return model
+
+
+VARIANTS = {
+    "timm, mlp head": lambda bert: image_model(head="mlp"),
+    "timm, multi-label": lambda bert: image_model(multi_label=True),
+    "timm, LoRA merged": lambda bert: _lora_merged(image_model()),
+    "text, mean pooling (custom code)": lambda bert: text_model(bert, pooling="mean"),
+    "text, cls pooling, mlp head": lambda bert: text_model(bert, pooling="cls", head="mlp"),
+    "text, pooler (native layout)": lambda bert: text_model(bert, pooling="pooler"),
+    "text, LoRA merged": lambda bert: _lora_merged(text_model(bert, pooling="mean")),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_kind_of_model_exports_to_a_graph_equal_to_torch(variant, tiny_bert, tmp_path):
+    """Native timm / transformers layouts, custom-code poolings, MLP heads, multi-label and LoRA-merged models all
+    export, saved and reloaded as a user has them, with onnxruntime's logits within the tolerance of torch's."""
+    from hftransfer.runs.export import TOLERANCE, export_model
+
+    VARIANTS[variant](tiny_bert).save_pretrained(tmp_path / "model")
+    model = TransferModel.from_pretrained(tmp_path / "model")
+    record = export_model(model, tmp_path / "onnx")
+    assert record.max_abs_logit_diff <= TOLERANCE
+    inputs = [noise_image(s) for s in range(3)] if model.modality == "image" else TEXTS
+    torch_logits = predict(model, inputs, device="cpu").logits
+    onnx_logits = predict(model, inputs, backend="onnxruntime", onnx_file=tmp_path / "onnx").logits
+    assert (onnx_logits - torch_logits).abs().max() <= TOLERANCE
+    labels = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert labels["id2label"] == {str(i): n for i, n in model.id2label.items()}
+    assert labels["problem_type"] == ("multi_label_classification" if model.multi_label
+                                      else "single_label_classification")
