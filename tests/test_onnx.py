@@ -1,4 +1,4 @@
-"""ONNX and int8 exports: ``hftransfer export``, ``--export_onnx``, ``hftransfer.export_onnx`` and the onnxruntime backend.
+"""ONNX and int8 exports: ``hftransfer export``, ``--export_onnx``, ``hftransfer.export_onnx``, the onnxruntime backend.
 
 Tiny random models only. Each export of a tiny model takes seconds, so the exported folders are
 module-scoped and shared: a tiny image recipe run with ``--export_onnx --quantize int8`` (static int8),
@@ -42,7 +42,7 @@ EXTRA = "pip install 'hftransfer[onnx]'"
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory, image_data) -> tuple[Path, dict]:
-    """A tiny image recipe run that exports itself (fp32 + static int8, any accuracy drop accepted); what it returned."""
+    """A tiny image recipe run that exports itself (fp32 + static int8, any accuracy drop accepted), and its result."""
     out = tmp_path_factory.mktemp("onnx_image_run") / "run"
     argv = image_args(image_data, out, "--num_train_epochs", "1", "--checkpointing_steps", "no", "--export_onnx",
                       "--quantize", "int8", "--max_int8_accuracy_drop", "100")
