@@ -1,4 +1,4 @@
-"""``hftransfer export MODEL --format onnx [--quantize int8]``: a trained model as an ONNX graph, checked before it is kept.
+"""``hftransfer export MODEL --format onnx [--quantize int8]``: a trained model as an ONNX graph, checked, then kept.
 
 MODEL is a run's output folder (or any ``save_pretrained`` folder) or a Hub repo id. The graph goes to
 ``MODEL/onnx/`` (``--output`` elsewhere) with its labels and preprocessing; its onnxruntime logits are
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "for text encoders), kept only if its validation accuracy holds (default: none)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, {ONNX_OPSETS.lo:g} to {ONNX_OPSETS.hi:g} (default: {DEFAULT_OPSET})")
-    parser.add_argument("--output", help=f"folder for the graphs (default: MODEL/{ONNX_DIR}; ./{ONNX_DIR} for a Hub repo)")
+    parser.add_argument("--output",
+                        help=f"folder for the graphs (default: MODEL/{ONNX_DIR}; ./{ONNX_DIR} for a Hub repo)")
     parser.add_argument("--max_accuracy_drop", type=float, default=1.0,
                         help="int8: most validation accuracy points it may lose against fp32 (default: 1.0)")
     parser.add_argument("--calibration_samples", type=int, default=128,

@@ -38,8 +38,9 @@ class ExportOptions(Options):
     def validate(self) -> "ExportOptions":
         super().validate()
         if not self.export_onnx:
-            given = [flag for flag, value in (("--quantize int8", self.quantize == "int8"),
-                                              (f"--onnx_opset {self.onnx_opset}", self.onnx_opset is not None)) if value]
+            asked = (("--quantize int8", self.quantize == "int8"),
+                     (f"--onnx_opset {self.onnx_opset}", self.onnx_opset is not None))
+            given = [flag for flag, value in asked if value]
             if given:
                 raise HFTransferError(f"{' / '.join(given)} applies to the ONNX export: pass --export_onnx too, or "
                                       "drop it")
