@@ -283,10 +283,8 @@ def cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------------------------------------- loading elsewhere
 # A script for a fresh interpreter: loads pushed or saved models with timm / transformers only (hftransfer is
 # made unimportable first) and prints their logits, labels and pipeline outputs as one JSON line.
-LOAD_WITHOUT_HFTRANSFER = r'''
-"""Load pushed models with timm / transformers only; hftransfer is made unimportable first."""
-import json
-import sys
+# the prelude of every such script: importing hftransfer (or any of its modules) raises ImportError
+BLOCK_HFTRANSFER = '''import sys
 
 
 class BlockHFTransfer:
@@ -297,6 +295,10 @@ class BlockHFTransfer:
 
 
 sys.meta_path.insert(0, BlockHFTransfer())
+'''
+LOAD_WITHOUT_HFTRANSFER = BLOCK_HFTRANSFER + r'''
+"""Load pushed models with timm / transformers only; hftransfer is made unimportable first."""
+import json
 
 import timm
 import torch

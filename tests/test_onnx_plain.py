@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from builders import ROOT, image_model, run_python, text_model
+from builders import BLOCK_HFTRANSFER, ROOT, image_model, run_python, text_model
 from PIL import Image
 
 from hftransfer.models.inference import predict
@@ -25,18 +25,6 @@ from hftransfer.runs.export import TOLERANCE, export_model
 pytestmark = pytest.mark.integration  # fresh interpreters
 
 MARKER = re.compile(r"<!-- onnx-example: (\w+) -->\s*```python\n(.*?)```", re.S)
-BLOCK_HFTRANSFER = '''import sys
-
-
-class BlockHFTransfer:
-    def find_spec(self, name, path=None, target=None):
-        if name == "hftransfer" or name.startswith("hftransfer."):
-            raise ImportError("hftransfer is blocked in this process")
-        return None
-
-
-sys.meta_path.insert(0, BlockHFTransfer())
-'''
 REPORT = '''
 import json as _json
 import sys as _sys

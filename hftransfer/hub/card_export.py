@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..files import NATIVE_CONFIG_NAME, ONNX_DIR, ONNX_PREPROCESSING_NAME
 from ..records import Int8Check, OnnxExport, RunResults
-from .card_format import format_value, markdown_escape
+from .card_format import format_value, insert_section, markdown_escape
 
 SECTION_TITLE = "## Inference and deployment"
 BEFORE = "## Files"
@@ -26,13 +26,7 @@ INT8_METHODS = {"static": "static quantization (int8 weights per channel, activa
 
 def with_export_section(text: str, output_dir: Path, repo_id: str) -> str:
     """The card ``text`` with the deployment section before "Files" (unchanged without an ONNX export)."""
-    section = export_section(Path(output_dir), repo_id)
-    if section is None:
-        return text
-    if BEFORE in text:
-        head, _, tail = text.partition(BEFORE)
-        return f"{head}{section}\n{BEFORE}{tail}"
-    return f"{text.rstrip()}\n\n{section}"
+    return insert_section(text, export_section(Path(output_dir), repo_id), BEFORE)
 
 
 def export_record(output_dir: Path) -> tuple[OnnxExport, str] | None:

@@ -62,3 +62,14 @@ def group_span_display(groups: list[str]) -> str:
     if len(names) <= MAX_GROUPS_NAMED:
         return ", ".join(names)
     return f"{names[0]} ... {names[-1]} ({len(names)} groups)"
+
+
+def insert_section(text: str, section: str | None, before: str) -> str:
+    """``text`` with ``section`` placed before the heading ``before`` (at the end when there is none; unchanged for
+    no section)."""
+    if section is None:
+        return text
+    if before in text:
+        head, _, tail = text.partition(before)
+        return f"{head}{section}\n{before}{tail}"
+    return f"{text.rstrip()}\n\n{section}"

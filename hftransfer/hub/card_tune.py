@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..files import TUNE_IMPORTANCE_PNG, TUNE_RESULTS_NAME, read_json
-from .card_format import format_learning_rate, format_value, looks_like_local_path, markdown_escape, public_path_name
+from .card_format import (
+    format_learning_rate,
+    format_value,
+    insert_section,
+    looks_like_local_path,
+    markdown_escape,
+    public_path_name,
+)
 from .card_results import public_candidate_name
 
 SECTION_TITLE = "## Hyper-parameter search"
@@ -20,13 +27,7 @@ METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1 (macro)", "loss": "loss"}
 
 def with_tune_section(text: str, output_dir: Path) -> str:
     """The card ``text`` with the search section before "Transfer recipe" (unchanged without a study)."""
-    section = tune_section(output_dir)
-    if section is None:
-        return text
-    if BEFORE in text:
-        head, _, tail = text.partition(BEFORE)
-        return f"{head}{section}\n{BEFORE}{tail}"
-    return f"{text.rstrip()}\n\n{section}"
+    return insert_section(text, tune_section(output_dir), BEFORE)
 
 
 def tune_section(output_dir: Path) -> str | None:
