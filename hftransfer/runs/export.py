@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..config.export_options import QUANTIZE_CHOICES
 from ..data import DataBundle
 from ..errors import HFTransferError
 from ..files import BEST_DIR, ONNX_DIR, ONNX_INT8_NAME, ONNX_MODEL_NAME, RUN_CONFIG_NAME, read_yaml
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 TOLERANCE = 1e-4  # fp32 onnxruntime vs torch, max |logit difference|
 CHECK_EXAMPLES = 64  # validation examples the fp32 check compares
 CALIBRATION_BATCH = 16
-QUANTIZE_CHOICES = ("none", "int8")
 
 
 def export_model(model, output: str | Path, *, settings: InferenceSettings | None = None, quantize: str = "none",
