@@ -109,13 +109,14 @@ class EpochRecord(Record):
     target_im: float | None = None
     selection_score: float | None = None
     target_oracle_accuracy: float | None = None
+    selection_scores: dict | None = None  # every label-free criterion's score (the run selects by one of them)
     # --model_ema: the averaged weights' scores at the same evaluation
     ema_eval_loss: float | None = None
     ema_eval_accuracy: float | None = None
     ema_eval_f1: float | None = None
 
-    OPTIONAL = ("target_im", "selection_score", "target_oracle_accuracy", "ema_eval_loss", "ema_eval_accuracy",
-                "ema_eval_f1")
+    OPTIONAL = ("target_im", "selection_score", "target_oracle_accuracy", "selection_scores", "ema_eval_loss",
+                "ema_eval_accuracy", "ema_eval_f1")
 
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in self.OPTIONAL}
@@ -132,6 +133,28 @@ class SourceOnlyRun(Record):
     target_oracle_accuracy: float | None = None
     target_test_accuracy: float | None = None
     train_runtime: float | None = None
+    selection_scores: dict = field(default_factory=dict)  # every criterion's score of its selected epoch
+
+
+@dataclass
+class DaptPhase(Record):
+    """``--domain_adaptation dapt``: masked-language-model pretraining of the encoder on unlabelled text before
+    the fine-tune. The masked-LM loss on held-out target text, before and after, says whether it learned the
+    target's language."""
+
+    target_texts: int = 0
+    source_texts: int = 0
+    held_out_texts: int = 0
+    epochs: float = 0.0
+    steps: int = 0
+    learning_rate: float = 0.0
+    mlm_probability: float = 0.15
+    max_seq_length: int | None = None
+    held_out_loss_before: float | None = None
+    held_out_loss_after: float | None = None
+    train_loss_last: float | None = None
+    runtime: float | None = None
+    reused: bool = False  # an earlier run's identical phase was reused (resume, or a re-run with --overwrite)
 
 
 @dataclass
@@ -142,7 +165,7 @@ class DomainAdaptation(Record):
     and are reported only; ``negative_transfer`` compares with ``source_only`` on them when they exist,
     else ``warning`` says what the label-free criterion suggests."""
 
-    NESTED = {"source_only": SourceOnlyRun}
+    NESTED = {"source_only": SourceOnlyRun, "dapt": DaptPhase}
 
     method: str = "none"
     weight: float = 1.0
@@ -163,10 +186,16 @@ class DomainAdaptation(Record):
     target_test_accuracy: float | None = None
     target_test_f1: float | None = None
     target_test_samples: int | None = None
+    selection_scores: dict = field(default_factory=dict)  # every criterion's score of the selected epoch
+    dapt: DaptPhase | None = None
+    self_training_threshold: float | None = None
+    adversary_warmup_steps: int | None = None
     source_only: SourceOnlyRun | None = None
     negative_transfer: bool | None = None
     verdict: str = ""
     warning: str | None = None
+    exported: str = "adapted"  # with --compare_source_only: "adapted" or "source_only", the label-free choice
+    exported_reason: str = ""
 
 
 @dataclass

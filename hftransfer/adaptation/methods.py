@@ -32,7 +32,9 @@ from torch.nn import functional as F
 
 from ..errors import HFTransferError
 
-METHODS = ("none", "dann", "cdan", "mcc")
+TRAINING_METHODS = ("none", "dann", "cdan", "mcc", "self_training")  # a loss on paired source/target batches
+DAPT = "dapt"  # a phase before fine-tuning: masked-language-model pretraining on the target text (adaptation.dapt)
+METHODS = (*TRAINING_METHODS, DAPT, *(f"{DAPT}+{m}" for m in TRAINING_METHODS[1:]))
 SELECTION_CRITERIA = ("source_im", "source", "im")
 TARGET_PREFIX = "target_"  # batch keys of the target half of a paired batch
 RANDOMIZED_ABOVE = 4096  # CDAN: a multilinear map larger than this is randomized
@@ -166,8 +168,21 @@ def domain_loss(domain_logits: torch.Tensor, num_source: int, weights: torch.Ten
     return F.binary_cross_entropy_with_logits(domain_logits.squeeze(1), labels, weight=weights)
 
 
+def parse_method(name: str) -> tuple[bool, str]:
+    """``--domain_adaptation`` as (continued pretraining first?, the training-time method): ``dapt+self_training``
+    is ``(True, "self_training")``, ``dapt`` is ``(True, "none")``, ``mcc`` is ``(False, "mcc")``."""
+    if name not in METHODS:
+        raise HFTransferError(f"unknown domain_adaptation '{name}' (--domain_adaptation): use one of {', '.join(METHODS)}")
+    if name == DAPT:
+        return True, "none"
+    if name.startswith(DAPT + "+"):
+        return True, name[len(DAPT) + 1:]
+    return False, name
+
+
 def create_method(name: str, feature_dim: int, num_labels: int, seed: int = 0,
-                  mcc_temperature: float = 2.5) -> AdaptationMethod | None:
+                  mcc_temperature: float = 2.5, *, num_target: int = 0, self_training_threshold: float = 0.9,
+                  adversary_warmup_steps: int = 0) -> AdaptationMethod | None:
     """The adaptation module for ``--domain_adaptation name`` (None for ``none``)."""
     if name == "none":
         return None

@@ -70,7 +70,10 @@ class TrainConfig(HubOptions, ExportOptions, TrackingOptions, TuneOptions, RunOp
             raise HFTransferError("--compare_scratch and target-domain data: the from-scratch comparison is of "
                                   "single-domain runs; drop --compare_scratch (--compare_source_only is the "
                                   "adaptation's comparison)")
-        if self.sampler == "balanced" and self.domain_adaptation != "none":
+        if self.continued_pretraining and modality == "image":
+            raise HFTransferError(f"--domain_adaptation {self.domain_adaptation}: dapt is masked-language-model "
+                                  "pretraining of a text encoder; for images use mcc, self_training, dann or cdan")
+        if self.sampler == "balanced" and self.adaptation_loss != "none":
             raise HFTransferError("--sampler balanced and --domain_adaptation: each source example is paired with a "
                                   "target example in order; use --class_weights balanced instead")
         resume = self.resume_from_checkpoint

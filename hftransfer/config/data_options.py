@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..adaptation.methods import METHODS as ADAPTATION_METHODS
+from ..adaptation.methods import parse_method
 from ..adaptation.methods import SELECTION_CRITERIA
 from ..errors import HFTransferError
 from .fields import AT_LEAST_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, Options, Range, check_paths, option
@@ -93,8 +94,10 @@ class DataOptions(Options):
 class AdaptationOptions(Options):
     """Unsupervised domain adaptation: labelled source data (the data options) and unlabelled target data."""
 
-    domain_adaptation: str = option("none", "none (source only), dann, cdan (CDAN+E) or mcc: trains on source labels and "
-                                    "unlabelled target examples together", ADAPTATION_METHODS)
+    domain_adaptation: str = option("none", "none (source only); dann, cdan (CDAN+E), mcc or self_training: a loss on "
+                                    "unlabelled target examples trained beside the source labels; dapt: masked-language-"
+                                    "model pretraining on the target text first (text), alone or as dapt+<method>",
+                                    ADAPTATION_METHODS)
     target_dataset_name: Optional[str] = option(None, "target domain as a dataset (Hub name or save_to_disk folder): "
                                                 "its train split is used unlabelled; validation / test splits only "
                                                 "report")
@@ -122,9 +125,32 @@ class AdaptationOptions(Options):
     target_selection_samples: int = option(2000, "unlabelled target examples scored each epoch by the selection criterion",
                                            valid=AT_LEAST_ONE)
     mcc_temperature: float = option(2.5, "mcc: softmax temperature of the class confusion", valid=POSITIVE)
+    adversary_warmup_steps: int = option(1000, "dann / cdan: optimizer steps over which the gradient reversal ramps from "
+                                         "0 to 1 (0 = over the whole run)", valid=NON_NEGATIVE)
+    self_training_threshold: float = option(0.9, "self_training: a target example is pseudo-labelled when its top "
+                                            "class probability reaches this", valid=OPEN_FRACTION)
+    dapt_epochs: float = option(3.0, "dapt: passes of masked-language-model training over the unlabelled text",
+                                valid=POSITIVE, modality="text")
+    dapt_max_steps: int = option(0, "dapt: stop after this many optimizer steps (0 = --dapt_epochs decides)",
+                                 valid=NON_NEGATIVE, modality="text")
+    dapt_learning_rate: float = option(5e-5, "dapt: peak learning rate of the masked-language-model phase",
+                                       valid=POSITIVE, modality="text")
+    dapt_mlm_probability: float = option(0.15, "dapt: share of tokens masked", valid=OPEN_FRACTION, modality="text")
+    dapt_source_text: bool = option(True, "dapt: pretrain on the source training text too, not only the target's",
+                                    modality="text")
 
     def uses_target_data(self) -> bool:
         return any(getattr(self, name) for name in TARGET_SOURCE_FIELDS)
+
+    @property
+    def adaptation_loss(self) -> str:
+        """The training-time method (``none`` for source-only and for ``dapt`` alone): paired batches when not none."""
+        return parse_method(self.domain_adaptation)[1]
+
+    @property
+    def continued_pretraining(self) -> bool:
+        """``dapt`` / ``dapt+<method>``: masked-language-model pretraining on the target text before the fine-tune."""
+        return parse_method(self.domain_adaptation)[0]
 
     @property
     def runs_source_only_twin(self) -> bool:
@@ -147,7 +173,7 @@ class AdaptationOptions(Options):
                     "pass an existing data file")
         if self.compare_source_only and self.domain_adaptation == "none":
             raise HFTransferError("--compare_source_only compares adaptation with source-only training: pass "
-                                  "--domain_adaptation dann, cdan or mcc too")
+                                  "--domain_adaptation mcc, dapt, self_training, dann or cdan too")
         return self
 
 

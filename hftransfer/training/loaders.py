@@ -75,7 +75,7 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
     target = bundle.target
     if target is not None:
         target_train = pipeline.prepare(target.train, column, "target train")
-        if cfg.domain_adaptation != "none":  # each source example brings a target example along
+        if cfg.adaptation_loss != "none":  # each source example brings a target example along
             train_view = PairedDomains(train_view, pipeline.train_view(target_train, column), cfg.seed)
             train_collate = PairedCollate(pipeline.collate)
     loaders = Loaders(
@@ -130,7 +130,7 @@ def check_sampler(cfg, bundle: DataBundle) -> None:
         return
     if bundle.multi_label:
         raise HFTransferError(MULTI_LABEL_SAMPLER)
-    if bundle.target is not None and cfg.domain_adaptation != "none":
+    if bundle.target is not None and cfg.adaptation_loss != "none":
         # balancing the source classes shifts its label distribution away from the target's, a shift the
         # alignment losses would then try to erase from the features
         raise HFTransferError("--sampler balanced does not combine with --domain_adaptation: use --class_weights "

@@ -32,7 +32,7 @@ from .outputs import write_run_outputs
 from .selection import EARLY_STOPPING, MAX_STEPS, STOPPED_BY_CALLER, evaluate_and_keep
 from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, mean_over_processes, rewrap_ddp, step_seed
 from .setup import TrainingRun, setup
-from .target_domain import adaptation_record, measure_domain_gap
+from .target_domain import adaptation_record, measure_domain_gap, prepare_target_epoch
 from .tracking import RunLog, continue_tensorboard_after, hparams, init_kwargs
 
 
@@ -75,6 +75,8 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
         fill_feature_cache(accelerator, run.model, run.loaders, cache_dir=cfg.feature_cache_dir,
                            dtype_name=cfg.feature_cache_dtype)
     train_dl = run.loaders.cached_train if cached else run.loaders.train
+    if run.adaptation is not None:  # self-training: this epoch's pseudo-labels (kept in a resumed epoch's checkpoint)
+        prepare_target_epoch(run, epoch)
     run.model.train()
     train_dl.set_epoch(epoch)
     run.loaders.set_epoch(epoch)
@@ -91,6 +93,7 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
         torch.manual_seed(seed)
         if run.adaptation is not None:  # DANN's reversal schedule: a function of the step, so resumes match
             run.adaptation.progress = state.global_step / max(1, run.total_steps)
+            run.adaptation.step = state.global_step
         if run.mixer is not None and not cached:  # mixup / cutmix mix images: never cached features
             batch = run.mixer(batch, seed=seed)
         loss = train_step(accelerator, run.model, run.optimizer, batch, run.l2sp, cfg.max_grad_norm).item()
@@ -198,7 +201,8 @@ def train_epochs(run: TrainingRun) -> float:
 def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
         data_seed: int | None = None, stop: StopSignals | None = None, track: bool = False,
         backbone_choice: BackboneChoice | None = None,
-        on_evaluate: Callable[[int, dict], bool] | None = None) -> RunResults | None:
+        on_evaluate: Callable[[int, dict], bool] | None = None,
+        init_backbone: Path | None = None) -> RunResults | None:
     """Train, evaluate every epoch, and export the best epoch; returns the results (main process).
 
     ``data_seed`` fixes the held-out split and subsets independently of ``cfg.seed``, so from-scratch
@@ -209,11 +213,12 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
     ``all_results.json``. ``on_evaluate(evaluation, metrics)`` is called on every process after each
     evaluation (1-based count; the validation ``accuracy``, ``f1``, ``loss``, and ``epoch``, ``step``);
     True stops the run there (its best model is still exported): ``--tune`` prunes trials this way.
+    ``init_backbone``: backbone weights to start from (``--domain_adaptation dapt``'s continued pretraining).
     """
     registered = len(accelerator._custom_objects)
     try:
         return fit_run(cfg, modality, accelerator, output_dir, threads, data_seed, stop, track, backbone_choice,
-                       on_evaluate)
+                       on_evaluate, init_backbone)
     finally:
         # this fit's scheduler, run state and EMA are checkpointed with it only: a later fit on the same
         # accelerator (the from-scratch twins, --tune's trials and final run) must neither save nor load them
@@ -222,9 +227,9 @@ def fit(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: P
 
 def fit_run(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path, threads: int,
             data_seed: int | None, stop: StopSignals | None, track: bool, backbone_choice: BackboneChoice | None,
-            on_evaluate: Callable[[int, dict], bool] | None) -> RunResults | None:
+            on_evaluate: Callable[[int, dict], bool] | None, init_backbone: Path | None) -> RunResults | None:
     """``fit``'s body: setup, the epochs, the test split, the outputs."""
-    run = setup(cfg, modality, accelerator, output_dir, data_seed, stop)
+    run = setup(cfg, modality, accelerator, output_dir, data_seed, stop, init_backbone)
     run.on_evaluate = on_evaluate
     if run.resumed_from is not None:
         accelerator.print(f"resumed from {run.resumed_from} at epoch {run.state.epoch}, step {run.state.global_step}")

@@ -76,11 +76,17 @@ class TrainingRun:
         return self.strategy.description(lora.r, lora.alpha) if lora is not None else self.strategy.description()
 
 
-def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle) -> TransferModel:
+def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle, init_backbone: Path | None = None) -> TransferModel:
+    """The run's ``TransferModel``; ``init_backbone``: backbone weights to start from instead of the pretrained ones
+    (a safetensors file of ``backbone.state_dict()``, written by ``--domain_adaptation dapt``'s phase)."""
     model = create_transfer_model(modality, cfg.model_name_or_path, bundle.id2label, head=cfg.head, weights=cfg.weights,
                                   multi_label=bundle.multi_label, label_smoothing=cfg.label_smoothing,
                                   head_hidden_sizes=tuple(cfg.head_hidden_sizes), head_dropout=cfg.head_dropout,
                                   pooling=cfg.pooling)
+    if init_backbone is not None:  # before LoRA wraps layers: the keys are the plain backbone's
+        from safetensors.torch import load_file
+
+        model.backbone.load_state_dict(load_file(str(init_backbone)))
     model.bn_stats = cfg.bn_stats
     if cfg.image_size:  # text backbones refuse it in one line
         model.backbone.set_input_size(cfg.image_size)
@@ -165,18 +171,19 @@ def estimated_epochs(cfg: TrainConfig, train_size: int, processes: int) -> int:
 
 
 def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path,
-          data_seed: int | None = None, stop: StopSignals | None = None) -> TrainingRun:
+          data_seed: int | None = None, stop: StopSignals | None = None,
+          init_backbone: Path | None = None) -> TrainingRun:
     """Data, model, strategy, loaders, optimizer and schedule, all prepared; resumed if asked to."""
     set_seed(cfg.seed)
     bundle = load_bundle(cfg, modality, accelerator, data_seed)
-    model = build_model(cfg, modality, bundle)
+    model = build_model(cfg, modality, bundle, init_backbone)
     model.set_class_weights(train_class_weights(cfg, bundle, accelerator))
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
     # adaptation needs the target batch beside every source batch: no cached-feature epochs
     num_epochs = estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
     with_cache = uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache,
-                                    train_norm=cfg.train_norm, bn_stats=cfg.bn_stats) and cfg.domain_adaptation == "none"
+                                    train_norm=cfg.train_norm, bn_stats=cfg.bn_stats) and cfg.adaptation_loss == "none"
     if cfg.heavy_augmentation and all(strategy.trainable_groups(e) == 0 for e in range(num_epochs)):
         # --auto_augment / --reprob / --mixup / --cutmix apply where the backbone trains; frozen epochs probe on
         # cached (unaugmented) features, as with crop and flip, unless no epoch trains it: then the asked-for
@@ -185,8 +192,10 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     with accelerator.main_process_first():
         loaders = create_dataloaders(cfg, bundle, model.backbone, with_cache)
     apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm, strategy.adapter_only)
-    method = create_method(cfg.domain_adaptation, model.backbone.feature_dim, model.num_labels, cfg.seed,
-                           cfg.mcc_temperature)
+    method = create_method(cfg.adaptation_loss, model.backbone.feature_dim, model.num_labels, cfg.seed,
+                           cfg.mcc_temperature, num_target=len(bundle.target.train) if bundle.target is not None else 0,
+                           self_training_threshold=cfg.self_training_threshold,
+                           adversary_warmup_steps=cfg.adversary_warmup_steps)
     optimizer = create_optimizer(cfg, model, method)
     trained = DomainAdaptationModel(model, method, cfg.adaptation_weight) if method is not None else model
     prepared, optimizer = accelerator.prepare(trained, optimizer)

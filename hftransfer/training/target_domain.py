@@ -50,6 +50,12 @@ def measure_domain_gap(run: TrainingRun) -> dict:
     return run.state.domain_gap
 
 
+def prepare_target_epoch(run: TrainingRun, epoch: int) -> None:
+    """Before epoch ``epoch`` trains: what the adaptation method needs from the whole target split (self-training's
+    pseudo-labels). Nothing for the other methods."""
+    return None
+
+
 def adaptation_record(run: TrainingRun, results: RunResults, gap: dict, target_test: dict | None) -> DomainAdaptation:
     """What a target-domain run tells about the target: method, gap, the selected epoch's scores, the oracle."""
     cfg, m = run.cfg, results.metrics
