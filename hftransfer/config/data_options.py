@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..adaptation.criteria import SELECTION_CRITERIA
 from ..adaptation.methods import METHODS as ADAPTATION_METHODS
 from ..adaptation.methods import parse_method
-from ..adaptation.methods import SELECTION_CRITERIA
 from ..errors import HFTransferError
 from .fields import AT_LEAST_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, Options, Range, check_paths, option
 
@@ -94,9 +94,10 @@ class DataOptions(Options):
 class AdaptationOptions(Options):
     """Unsupervised domain adaptation: labelled source data (the data options) and unlabelled target data."""
 
-    domain_adaptation: str = option("none", "none (source only); dann, cdan (CDAN+E), mcc or self_training: a loss on "
-                                    "unlabelled target examples trained beside the source labels; dapt: masked-language-"
-                                    "model pretraining on the target text first (text), alone or as dapt+<method>",
+    domain_adaptation: str = option("none", "none (source only); dann, cdan (CDAN+E), mcc or self_training: a loss "
+                                    "on unlabelled target examples trained beside the source labels; dapt: masked-"
+                                    "language-model pretraining on the target text first (text), alone or as "
+                                    "dapt+<method>",
                                     ADAPTATION_METHODS)
     target_dataset_name: Optional[str] = option(None, "target domain as a dataset (Hub name or save_to_disk folder): "
                                                 "its train split is used unlabelled; validation / test splits only "
@@ -114,19 +115,21 @@ class AdaptationOptions(Options):
     target_test_file: Optional[str] = option(None, "labelled target test file, scored once with the exported model")
     adaptation_weight: float = option(1.0, "weight of the adaptation loss against the source classification loss",
                                       valid=POSITIVE)
-    selection_criterion: str = option("source_im", "picks the exported epoch without target labels: source_im (source "
-                                      "validation accuracy + information maximization on target predictions), source "
-                                      "or im", SELECTION_CRITERIA)
+    selection_criterion: str = option("dev", "picks the exported epoch, and with --compare_source_only the exported "
+                                      "model, without target labels: dev (source validation loss weighted towards "
+                                      "target-like examples), source_im (source accuracy + information maximization "
+                                      "of the target predictions), snd (soft neighbourhood density), source or im",
+                                      SELECTION_CRITERIA)
     compare_source_only: Optional[bool] = option(None, "also train without adaptation (same budget, same selection) "
-                                                 "and flag negative transfer",
+                                                 "and export whichever of the two the selection criterion prefers",
                                                  default_text="yes with --domain_adaptation")
     domain_gap_samples: int = option(1000, "examples per domain for the domain gap of the frozen backbone (0 = skip)",
                                      valid=NON_NEGATIVE)
     target_selection_samples: int = option(2000, "unlabelled target examples scored each epoch by the selection criterion",
                                            valid=AT_LEAST_ONE)
     mcc_temperature: float = option(2.5, "mcc: softmax temperature of the class confusion", valid=POSITIVE)
-    adversary_warmup_steps: int = option(1000, "dann / cdan: optimizer steps over which the gradient reversal ramps from "
-                                         "0 to 1 (0 = over the whole run)", valid=NON_NEGATIVE)
+    adversary_warmup_steps: int = option(1000, "dann / cdan: optimizer steps over which the gradient reversal ramps "
+                                         "from 0 to 1 (0 = over the whole run)", valid=NON_NEGATIVE)
     self_training_threshold: float = option(0.9, "self_training: a target example is pseudo-labelled when its top "
                                             "class probability reaches this", valid=OPEN_FRACTION)
     dapt_epochs: float = option(3.0, "dapt: passes of masked-language-model training over the unlabelled text",

@@ -24,7 +24,12 @@ HISTORY_COLUMNS = (("epoch", "epoch"), ("step", "step"), ("train loss", "train_l
 WEIGHTS_NAMES = {"ema": "EMA weights", "raw": "raw weights"}
 SCORE_NAMES = {"h_score": "H-score", "logme": "LogME"}
 ADAPTATION_METHODS = {"none": "no adaptation (source-only training)", "dann": "DANN (Ganin et al. 2016)",
-                      "cdan": "CDAN+E (Long et al. 2018)", "mcc": "MCC (Jin et al. 2020)"}
+                      "cdan": "CDAN+E (Long et al. 2018)", "mcc": "MCC (Jin et al. 2020)",
+                      "self_training": "self-training on confident pseudo-labels (refreshed each epoch)",
+                      "dapt": "domain-adaptive pretraining (masked-LM on the target text, Gururangan et al. 2020)"}
+# dapt+<method>: the continued pretraining, then the method's fine-tune
+ADAPTATION_METHODS.update({f"dapt+{m}": f"{ADAPTATION_METHODS['dapt']}, then {ADAPTATION_METHODS[m]}"
+                           for m in ("dann", "cdan", "mcc", "self_training")})
 
 
 def has_eval_results(results: RunResults | None) -> bool:
@@ -226,7 +231,32 @@ def domain_adaptation_block(record: DomainAdaptation) -> dict:
             "rule": markdown_escape(record.selection_rule), "target_train_samples": record.target_train_samples,
             "selected_epoch": record.selected_epoch, "gap": gap_text, "rows": domain_adaptation_rows(record),
             "verdict": markdown_escape(record.verdict) if record.verdict else None,
-            "warning": markdown_escape(record.warning) if record.warning else None}
+            "warning": markdown_escape(record.warning) if record.warning else None,
+            "dapt": dapt_text(record.dapt) if record.dapt is not None else None,
+            "exported": exported_text(record)}
+
+
+def dapt_text(phase) -> str:
+    """The continued-pretraining phase in one paragraph: on what, how long, and what it did to the masked-LM loss."""
+    texts = f"{phase.target_texts} unlabelled target texts" + (
+        f" and {phase.source_texts} source training texts" if phase.source_texts else "")
+    text = (f"Before fine-tuning, the encoder was further pretrained as a masked language model (domain-adaptive "
+            f"pretraining, Gururangan et al. 2020) on {texts}: {phase.steps} steps ({format_value(phase.epochs, 2)} "
+            f"epochs) at learning rate {phase.learning_rate:g}, masking {phase.mlm_probability:.0%} of the tokens")
+    if phase.held_out_loss_before is not None and phase.held_out_loss_after is not None:
+        text += (f". Masked-LM loss on {phase.held_out_texts} held-out target texts: "
+                 f"{format_value(phase.held_out_loss_before)} before, {format_value(phase.held_out_loss_after)} after")
+    return markdown_escape(text)
+
+
+def exported_text(record: DomainAdaptation) -> str | None:
+    """Which model this folder holds when a source-only twin was trained: the label-free choice and why."""
+    if record.source_only is None or not record.exported_reason:
+        return None
+    if record.exported == "source_only":
+        return markdown_escape("The exported model is the source-only twin, not the adapted one: "
+                               + record.exported_reason)
+    return markdown_escape("The exported model is the adapted one: " + record.exported_reason)
 
 
 def domain_adaptation_rows(record: DomainAdaptation) -> list[tuple[str, str]]:
@@ -234,6 +264,9 @@ def domain_adaptation_rows(record: DomainAdaptation) -> list[tuple[str, str]]:
     rows = [("source validation accuracy (selected epoch)", format_value(record.source_accuracy)),
             ("target information maximization (label-free)", format_value(record.target_im)),
             ("selection score (label-free)", format_value(record.selection_score))]
+    if record.selection_scores:
+        rows.append(("every label-free criterion at the selected epoch", ", ".join(
+            f"{name} {format_value(value)}" for name, value in record.selection_scores.items())))
     if record.target_oracle_accuracy is not None:
         rows.append(("target validation accuracy (**oracle**: target labels, reported only, never used to select)",
                      format_value(record.target_oracle_accuracy)))

@@ -36,6 +36,10 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     ``--tune`` a hyper-parameter search picks the recipe that is then fine-tuned (``tune.tune_recipe``). With
     ``--export_onnx`` the exported model is then written as ONNX (and int8) to ``output_dir/onnx``
     (``export.export_run``); a failed export ends the run with its error after the report and card are written.
+    With ``--domain_adaptation dapt[+method]`` the encoder is first pretrained on the target text
+    (``dapt.pretrain_on_target``) and the fine-tune starts from it; with a source-only twin
+    (``--compare_source_only``), whichever of the two the label-free criterion prefers is exported
+    (``source_only.compare_with_source_only``).
     """
     cfg.validate(modality)
     stop = StopSignals().install()
@@ -55,7 +59,16 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         threads = configure_threads(cfg.num_threads, accelerator)
         tuned = cfg.tune
         cfg, choice = choose_recipe(cfg, modality, accelerator, output_dir, threads, stop)
-        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice)
+        init_backbone, dapt = None, None
+        if cfg.continued_pretraining:  # --domain_adaptation dapt[+method]: the encoder learns the target's text first
+            from .dapt import pretrain_on_target  # transformers' masked-LM classes load only for these runs
+
+            init_backbone, dapt = pretrain_on_target(cfg, modality, accelerator, output_dir, stop)
+        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice,
+                      init_backbone=init_backbone)
+        if dapt is not None and results is not None:
+            results.domain_adaptation.dapt = dapt
+            results.write(output_dir)
         if cfg.compare_scratch:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
         if cfg.runs_source_only_twin:

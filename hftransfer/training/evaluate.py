@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from ..adaptation.methods import selection_score, target_scores
+from ..adaptation.criteria import selection_score, selection_scores, target_scores
 from ..config import TrainConfig
 from ..data import INDEX_COLUMN
 from ..evaluation.metrics import ClassificationMetrics
@@ -38,20 +38,42 @@ def evaluate(accelerator: Accelerator, model, eval_dl, num_labels: int, multi_la
     return result, records
 
 
-def evaluate_target(run: TrainingRun, metrics: dict) -> None:
-    """Target-domain runs: add the label-free scores of the target predictions, the selection score and,
-    with labelled target validation data, the oracle accuracy (reported, never used to select) to ``metrics``."""
-    accelerator = run.accelerator
-    run.model.eval()
-    probs = []
-    for batch in run.loaders.target_selection:
+def collect_outputs(accelerator: Accelerator, module, loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(features, logits, labels or None) of every example of ``loader`` once, gathered over processes, on the CPU.
+    ``module`` is the bare ``TransferModel``: its features are what the label-free criteria look at."""
+    module.eval()
+    features, logits, labels = [], [], []
+    for batch in loader:
+        batch = dict(batch)
         batch.pop(INDEX_COLUMN, None)
-        batch.pop("labels", None)
+        label = batch.pop("labels", None)
         with torch.no_grad():
-            logits = run.model(**batch).logits
-        probs.append(accelerator.gather_for_metrics(torch.softmax(logits.float(), dim=-1)).cpu())
-    metrics.update(target_scores(torch.cat(probs)))
-    metrics["selection_score"] = selection_score(run.cfg.selection_criterion, metrics["accuracy"], metrics["target_im"])
+            f = module.forward_features(**batch)
+            out = module.forward_head(f.to(next(module.head.parameters(), f).dtype))
+        gathered = accelerator.gather_for_metrics((f.float(), out.float()) + ((label,) if label is not None else ()))
+        features.append(gathered[0].cpu())
+        logits.append(gathered[1].cpu())
+        if label is not None:
+            labels.append(gathered[2].cpu())
+    return torch.cat(features), torch.cat(logits), torch.cat(labels) if labels else None
+
+
+def evaluate_target(run: TrainingRun, metrics: dict) -> None:
+    """Target-domain runs: add every label-free criterion's score (``selection_scores``), the configured one as
+    ``selection_score``, the target predictions' entropy / diversity / IM and, with labelled target validation
+    data, the oracle accuracy (reported, never used to select) to ``metrics``."""
+    accelerator, module = run.accelerator, run.module
+    target_features, target_logits, _ = collect_outputs(accelerator, module, run.loaders.target_selection)
+    target_probs = torch.softmax(target_logits, dim=-1)
+    metrics.update(target_scores(target_probs))
+    # DEV's source side: the raw source validation split (the eval loader may hold cached features)
+    source_features, source_logits, source_labels = collect_outputs(accelerator, module, run.loaders.eval)
+    losses = torch.nn.functional.cross_entropy(source_logits, source_labels.long(), reduction="none")
+    scores = selection_scores(source_accuracy=metrics["accuracy"], target_probs=target_probs,
+                              source_features=source_features, source_losses=losses,
+                              target_features=target_features, seed=run.cfg.seed)
+    metrics["selection_scores"] = scores
+    metrics["selection_score"] = selection_score(run.cfg.selection_criterion, scores)
     if run.loaders.target_eval is not None:
         oracle, _ = evaluate(accelerator, run.model, run.loaders.target_eval, run.module.num_labels, False)
         metrics["target_oracle_accuracy"], metrics["target_oracle_f1"] = oracle["accuracy"], oracle["f1"]

@@ -69,7 +69,7 @@ def better(score: float, than: float, higher_is_better: bool) -> bool:
 def history_entry(epoch: int, step: int, train_loss: float, metrics: dict, ema_metrics: dict | None) -> dict:
     entry = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "eval_loss": metrics["loss"],
              "eval_accuracy": metrics["accuracy"], "eval_f1": metrics["f1"]}
-    for key in ("target_im", "selection_score", "target_oracle_accuracy"):
+    for key in ("target_im", "selection_score", "target_oracle_accuracy", "selection_scores"):
         if key in metrics:
             entry[key] = metrics[key]
     if ema_metrics is not None:
@@ -88,7 +88,9 @@ def print_evaluation(run: TrainingRun, entry: dict, metrics: dict, ema_metrics: 
                f"eval_f1 {ema_metrics['f1']:.4f}")
     if "selection_score" in metrics:
         oracle = metrics.get("target_oracle_accuracy")
+        others = "  ".join(f"{k} {v:.4f}" for k, v in metrics.get("selection_scores", {}).items())
         print_(f"  target: im {metrics['target_im']:.4f} (entropy {metrics['target_entropy']:.4f}, diversity "
-               f"{metrics['target_diversity']:.4f})  selection_score {metrics['selection_score']:.4f}"
+               f"{metrics['target_diversity']:.4f})  selection_score ({run.cfg.selection_criterion}) "
+               f"{metrics['selection_score']:.4f}  [criteria: {others}]"
                + (f"  oracle accuracy {oracle:.4f} (target labels: reported, not used to select)"
                   if oracle is not None else ""))

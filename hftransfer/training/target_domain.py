@@ -5,7 +5,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adaptation.domain_gap import domain_gap
-from ..adaptation.methods import SELECTION_RULES
+from ..adaptation.criteria import SELECTION_RULES
 from ..data import INDEX_COLUMN
 from ..records import DomainAdaptation, RunResults
 from .runtime import from_main_process
@@ -52,8 +52,54 @@ def measure_domain_gap(run: TrainingRun) -> dict:
 
 def prepare_target_epoch(run: TrainingRun, epoch: int) -> None:
     """Before epoch ``epoch`` trains: what the adaptation method needs from the whole target split (self-training's
-    pseudo-labels). Nothing for the other methods."""
-    return None
+    pseudo-labels). Nothing for the other methods.
+
+    Self-training refreshes its pseudo-labels once per epoch from the second on (the first trains on the source
+    labels alone: the head is untrained before it), with the model as the epoch starts. They live in the method's
+    buffers, which checkpoints save: a run resumed inside an epoch finds that epoch's labels there and keeps them.
+    """
+    from ..adaptation.methods import SelfTraining
+
+    method = run.adaptation
+    if not isinstance(method, SelfTraining) or epoch == 0 or int(method.pseudo_epoch) == epoch:
+        return
+    index, confidence, predicted = predict_target_train(run)
+    counts = method.set_pseudo_labels(index, confidence, predicted, epoch).tolist()
+    names = run.bundle.id2label
+    run.accelerator.print(f"self-training, epoch {epoch + 1}: {sum(counts)} of {len(method.pseudo_labels)} target "
+                          f"examples pseudo-labelled (top probability >= {method.threshold:g}): "
+                          + ", ".join(f"{names.get(k, k)} {n}" for k, n in enumerate(counts)))
+
+
+def predict_target_train(run: TrainingRun) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every target train example's ``INDEX_COLUMN``, top class probability and top class, predicted by the current
+    model (eval mode, eval preprocessing: no augmentation); each process scores its shard and every process gets
+    all of them. Leaves the global RNG as it found it (DataLoader iterators draw a seed from it)."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    cfg, accelerator, pipeline = run.cfg, run.accelerator, run.loaders.pipeline
+    view = pipeline.eval_view(run.loaders.prepared["target_train"], run.bundle.input_column)
+    loader = DataLoader(view, batch_size=cfg.per_device_eval_batch_size, shuffle=False, collate_fn=pipeline.collate,
+                        num_workers=getattr(run.loaders.eval, "num_workers", 0))
+    # sharded like the run's loaders, but not registered with the accelerator: checkpoints keep their loader list
+    loader = prepare_data_loader(loader, accelerator.device, num_processes=accelerator.num_processes,
+                                 process_index=accelerator.process_index, put_on_device=True)
+    was_training = run.module.training
+    run.module.eval()
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        for batch in tqdm(loader, desc="self-training: pseudo-labelling the target", leave=False, dynamic_ncols=True,
+                          disable=not accelerator.is_local_main_process):
+            index = batch.pop(INDEX_COLUMN)
+            batch.pop("labels", None)
+            with torch.no_grad(), accelerator.autocast():
+                logits = run.module(**batch).logits
+            confidence, predicted = torch.softmax(logits.float(), dim=-1).max(dim=-1)
+            out.append([t.cpu() for t in accelerator.gather_for_metrics((index, confidence, predicted))])
+    run.module.train(was_training)
+    index, confidence, predicted = (torch.cat(parts) for parts in zip(*out))
+    return index, confidence, predicted
 
 
 def adaptation_record(run: TrainingRun, results: RunResults, gap: dict, target_test: dict | None) -> DomainAdaptation:
@@ -65,6 +111,11 @@ def adaptation_record(run: TrainingRun, results: RunResults, gap: dict, target_t
                               target_train_samples=len(run.bundle.target.train), domain_gap=gap,
                               selected_epoch=run.state.best_epoch, source_accuracy=m.get("eval_accuracy"),
                               selection_score=m.get("eval_selection_score"), target_im=m.get("eval_target_im"),
+                              selection_scores=m.get("eval_selection_scores") or {},
+                              self_training_threshold=(cfg.self_training_threshold
+                                                       if cfg.adaptation_loss == "self_training" else None),
+                              adversary_warmup_steps=(cfg.adversary_warmup_steps
+                                                      if cfg.adaptation_loss in ("dann", "cdan") else None),
                               target_entropy=m.get("eval_target_entropy"),
                               target_diversity=m.get("eval_target_diversity"),
                               target_oracle_accuracy=m.get("eval_target_oracle_accuracy"),
