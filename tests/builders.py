@@ -359,3 +359,16 @@ for job in jobs.get("remote_code", []):  # custom-code exports: the repo's own m
 assert not any(name.startswith("hftransfer") for name in sys.modules)
 print(json.dumps(out))
 '''
+
+
+def make_tiny_bert_with_vocab(path: Path) -> Path:
+    """``make_tiny_bert`` with a tokenizer that splits its words (not all ``[UNK]``): transformers 5 takes the
+    vocabulary as ``vocab=`` and ignores 4.x's ``vocab_file=``. For tests that need the words (masked-LM training)."""
+    import inspect
+
+    from transformers import BertTokenizerFast
+
+    make_tiny_bert(path)
+    key = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    BertTokenizerFast(**{key: str(path / "vocab.txt")}, do_lower_case=True).save_pretrained(path)
+    return path

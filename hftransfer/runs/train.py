@@ -59,16 +59,7 @@ def train(cfg: TrainConfig, modality: str) -> dict:
         threads = configure_threads(cfg.num_threads, accelerator)
         tuned = cfg.tune
         cfg, choice = choose_recipe(cfg, modality, accelerator, output_dir, threads, stop)
-        init_backbone, dapt = None, None
-        if cfg.continued_pretraining:  # --domain_adaptation dapt[+method]: the encoder learns the target's text first
-            from .dapt import pretrain_on_target  # transformers' masked-LM classes load only for these runs
-
-            init_backbone, dapt = pretrain_on_target(cfg, modality, accelerator, output_dir, stop)
-        results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice,
-                      init_backbone=init_backbone)
-        if dapt is not None and results is not None:
-            results.domain_adaptation.dapt = dapt
-            results.write(output_dir)
+        results = fit_recipe(cfg, modality, accelerator, output_dir, threads, stop, choice)
         if cfg.compare_scratch:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
         if cfg.runs_source_only_twin:
@@ -87,6 +78,22 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             if lock is not None:
                 lock.release()
             stop.uninstall()
+
+
+def fit_recipe(cfg: TrainConfig, modality: str, accelerator, output_dir: Path, threads: int, stop, choice):
+    """The run's fit; with ``--domain_adaptation dapt[+method]`` the encoder first learns the target's text
+    (masked-LM pretraining, ``dapt.pretrain_on_target``) and the fine-tune starts from it."""
+    init_backbone, dapt = None, None
+    if cfg.continued_pretraining:
+        from .dapt import pretrain_on_target  # transformers' masked-LM classes load only for these runs
+
+        init_backbone, dapt = pretrain_on_target(cfg, modality, accelerator, output_dir, stop)
+    results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice,
+                  init_backbone=init_backbone)
+    if dapt is not None and results is not None:
+        results.domain_adaptation.dapt = dapt
+        results.write(output_dir)
+    return results
 
 
 def finish_on_main(cfg: TrainConfig, output_dir: Path, repo_id: str | None, tuned: bool,

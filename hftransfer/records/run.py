@@ -1,38 +1,15 @@
-"""The typed run records: what a run writes and the card, the report and later runs read back.
-
-``RunDescription`` (the transfer recipe), ``RunResults`` (``all_results.json``) and the records
-nested in them round-trip through JSON (``Record``): unknown keys are ignored and missing ones take
-their defaults, so older run folders stay readable. Attributes instead of ``.get()`` chains.
-"""
+"""The run's own records: the recipe (``RunDescription``), each evaluation (``EpochRecord``), the
+from-scratch comparison, the backbone choice and ``all_results.json`` (``RunResults``)."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import BACKBONE_CHOICE_NAME, EXPORT_RESULTS_NAME, RESULTS_NAME, read_json, write_json
-
-
-class Record:
-    """A dataclass that round-trips through JSON: unknown keys are ignored, missing ones take defaults."""
-
-    NESTED: dict[str, type] = {}  # field -> Record class (a list field holds a list of them)
-
-    @classmethod
-    def from_dict(cls, data: dict | None):
-        if data is None:
-            return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        for name, kind in cls.NESTED.items():
-            if isinstance(values.get(name), list):
-                values[name] = [kind.from_dict(v) for v in values[name]]
-            elif isinstance(values.get(name), dict):
-                values[name] = kind.from_dict(values[name])
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from ..files import BACKBONE_CHOICE_NAME, RESULTS_NAME, read_json, write_json
+from .adaptation import DomainAdaptation
+from .base import Record
+from .export import OnnxExport
 
 
 @dataclass
@@ -123,82 +100,6 @@ class EpochRecord(Record):
 
 
 @dataclass
-class SourceOnlyRun(Record):
-    """The same run without adaptation (``--compare_source_only``), selected by the same target-only rule."""
-
-    best_epoch: int | None = None
-    source_accuracy: float | None = None
-    selection_score: float | None = None
-    target_im: float | None = None
-    target_oracle_accuracy: float | None = None
-    target_test_accuracy: float | None = None
-    train_runtime: float | None = None
-    selection_scores: dict = field(default_factory=dict)  # every criterion's score of its selected epoch
-
-
-@dataclass
-class DaptPhase(Record):
-    """``--domain_adaptation dapt``: masked-language-model pretraining of the encoder on unlabelled text before
-    the fine-tune. The masked-LM loss on held-out target text, before and after, says whether it learned the
-    target's language."""
-
-    target_texts: int = 0
-    source_texts: int = 0
-    held_out_texts: int = 0
-    epochs: float = 0.0
-    steps: int = 0
-    learning_rate: float = 0.0
-    mlm_probability: float = 0.15
-    max_seq_length: int | None = None
-    held_out_loss_before: float | None = None
-    held_out_loss_after: float | None = None
-    train_loss_last: float | None = None
-    runtime: float | None = None
-    reused: bool = False  # an earlier run's identical phase was reused (resume, or a re-run with --overwrite)
-
-
-@dataclass
-class DomainAdaptation(Record):
-    """A target-domain run: the method, the domain gap, how the epoch was chosen, and whether adapting helped.
-
-    ``target_*`` scores are of the exported (selected) epoch. ``target_oracle_*`` use target labels
-    and are reported only; ``negative_transfer`` compares with ``source_only`` on them when they exist,
-    else ``warning`` says what the label-free criterion suggests."""
-
-    NESTED = {"source_only": SourceOnlyRun, "dapt": DaptPhase}
-
-    method: str = "none"
-    weight: float = 1.0
-    selection_criterion: str = "source_im"
-    selection_rule: str = ""
-    target_train_samples: int = 0
-    domain_gap: dict = field(default_factory=dict)  # proxy_a_distance, mmd, samples_per_domain
-    selected_epoch: int | None = None
-    source_accuracy: float | None = None
-    selection_score: float | None = None
-    target_im: float | None = None
-    target_entropy: float | None = None
-    target_diversity: float | None = None
-    target_oracle_accuracy: float | None = None
-    target_oracle_f1: float | None = None
-    target_oracle_best_epoch: int | None = None  # the epoch target labels would have picked: how far selection was
-    target_oracle_best_accuracy: float | None = None
-    target_test_accuracy: float | None = None
-    target_test_f1: float | None = None
-    target_test_samples: int | None = None
-    selection_scores: dict = field(default_factory=dict)  # every criterion's score of the selected epoch
-    dapt: DaptPhase | None = None
-    self_training_threshold: float | None = None
-    adversary_warmup_steps: int | None = None
-    source_only: SourceOnlyRun | None = None
-    negative_transfer: bool | None = None
-    verdict: str = ""
-    warning: str | None = None
-    exported: str = "adapted"  # with --compare_source_only: "adapted" or "source_only", the label-free choice
-    exported_reason: str = ""
-
-
-@dataclass
 class ScratchRun(Record):
     seed: int | None = None
     accuracy: float | None = None
@@ -271,48 +172,6 @@ class BackboneChoice(Record):
     @classmethod
     def read(cls, output_dir: str | Path) -> "BackboneChoice | None":
         return cls.from_dict(read_json(Path(output_dir) / BACKBONE_CHOICE_NAME))
-
-
-@dataclass
-class Int8Check(Record):
-    """``--quantize int8``: how it was quantized and what it costs on the validation split (accuracy in [0, 1])."""
-
-    method: str = "dynamic"  # static (calibrated activations, CNNs) or dynamic (int8 weights, transformer encoders)
-    settings: dict = field(default_factory=dict)
-    eval_samples: int = 0
-    fp32_accuracy: float | None = None  # the fp32 ONNX graph's, on the same examples
-    int8_accuracy: float | None = None
-    accuracy_drop_points: float | None = None  # (fp32 - int8) x 100
-    max_accuracy_drop_points: float = 1.0
-    agreement: float | None = None  # share of examples whose predicted label is the same as fp32's
-    file: str | None = None  # onnx/model_int8.onnx; None when refused
-    refused: str | None = None  # why the int8 graph was not kept (its accuracy fell too far)
-
-
-@dataclass
-class OnnxExport(Record):
-    """``hftransfer export`` / ``--export_onnx``: the ONNX graph, the check against torch and the int8 version."""
-
-    NESTED = {"int8": Int8Check}
-
-    folder: str = "onnx"  # relative to the run folder when inside it
-    file: str = "model.onnx"
-    exporter: str = ""
-    opset: int = 18
-    input_names: list[str] = field(default_factory=list)
-    checked_examples: int = 0  # examples whose onnxruntime logits were compared with torch's
-    max_abs_logit_diff: float | None = None
-    tolerance: float = 1e-4
-    int8: Int8Check | None = None
-    seconds: float | None = None
-
-    def write(self, folder: str | Path) -> Path:
-        return write_json(Path(folder) / EXPORT_RESULTS_NAME, self.to_dict())
-
-    @classmethod
-    def read(cls, folder: str | Path) -> "OnnxExport | None":
-        path = Path(folder) / EXPORT_RESULTS_NAME
-        return cls.from_dict(read_json(path)) if path.is_file() else None
 
 
 @dataclass
