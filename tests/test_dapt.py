@@ -294,3 +294,54 @@ def test_bundled_minilm_learns_the_target_language(accelerator, tmp_path):
                                   mlm_source=str(bundled_text_model_path("all-MiniLM-L6-v2")))
     assert result["mlm_head"] == "random"  # sentence-transformers ship no masked-LM head
     assert result["held_out_loss_after"] < 0.5 * result["held_out_loss_before"]
+
+
+# ---------------------------------------------------------------------------------------------- the whole recipe
+def test_text_recipe_with_dapt_and_a_source_only_twin_exports_the_label_free_choice(bert, text_domains, tmp_path):
+    """The issue's "done when": dapt + --compare_source_only runs offline, exports the model the label-free
+    criterion prefers (the other stays in its folder), and the card says which and why."""
+    from hftransfer.runs.train import train
+
+    out = tmp_path / "run"
+    cfg = dapt_config(bert, text_domains, out, num_train_epochs=2, num_threads=1, checkpointing_steps="no",
+                      domain_gap_samples=0, learning_rate=1e-3)
+    results = train(cfg, "text")
+    da = results["domain_adaptation"]
+    assert da["method"] == "dapt" and da["selection_criterion"] == "dev"
+    assert da["dapt"]["steps"] > 0 and da["dapt"]["held_out_loss_after"] is not None
+    assert set(da["selection_scores"]) == {"dev", "source_im", "snd", "source", "im"}
+    assert all("selection_scores" in h for h in results["history"])
+    assert da["source_only"]["selection_score"] is not None and da["exported"] in ("adapted", "source_only")
+    assert da["exported_reason"].startswith(f"exported the {'DAPT' if da['exported'] == 'adapted' else 'source-only'}")
+    twin_score, own_score = da["source_only"]["selection_score"], da["selection_score"]
+    assert (da["exported"] == "adapted") == (own_score > twin_score)
+    exported = load_file(out / "model.safetensors")
+    if da["exported"] == "source_only":
+        twin = load_file(out / "source_only" / "model.safetensors")
+        assert all(torch.equal(exported[k], twin[k]) for k in twin)
+        assert (out / "adapted" / "model.safetensors").is_file()
+    else:
+        assert not (out / "adapted").exists()
+    card = (out / "README.md").read_text()
+    assert "masked language model" in card and "held-out target texts" in card
+    assert "The exported model is the" in card and da["exported_reason"].split(":")[0] in card
+
+
+def test_exported_source_only_model_is_what_predict_loads(bert, text_domains, tmp_path):
+    """When the criterion prefers source-only training, the folder's model *is* the twin's."""
+    from hftransfer.models.saved import load_saved_model
+    from hftransfer.runs.source_only import export_source_only
+    from hftransfer.runs.train import train
+
+    out = tmp_path / "run"
+    cfg = dapt_config(bert, text_domains, out, num_train_epochs=1, num_threads=1, checkpointing_steps="no",
+                      domain_gap_samples=0, dapt_max_steps=2)
+    train(cfg, "text")
+    if not (out / "adapted").exists():  # the criterion kept the adapted model: swap by hand, as choose() would
+        export_source_only(out, out / "source_only")
+    exported, _ = load_saved_model(str(out))
+    twin, _ = load_saved_model(str(out / "source_only"))
+    adapted, _ = load_saved_model(str(out / "adapted"))
+    a, b, c = exported.state_dict(), twin.state_dict(), adapted.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the adapted model (DAPT encoder) is another model
