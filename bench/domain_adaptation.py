@@ -6,8 +6,8 @@
 
 Each run is ``recipes/{text,image}_cls.py`` in a subprocess with explicit flags, the Hub offline, and
 ``--compare_source_only false``: ``--domain_adaptation none`` on the same data (target included) is the
-source-only baseline. Every evaluation records **every** label-free criterion (``dev``, ``source_im``, ``snd``,
-``source``, ``im``; ``hftransfer/adaptation/criteria.py``) and the target validation accuracy, so one set of
+source-only baseline. Every evaluation records **every** label-free criterion (``dev``, ``dev_loss``, ``source_im``,
+``snd``, ``source``, ``im``; ``hftransfer/adaptation/criteria.py``) and the target validation accuracy, so one set of
 runs answers, per criterion:
 
 * **epoch choice**: the epoch it picks in each run, and that epoch's target accuracy against the best epoch's
@@ -49,7 +49,7 @@ IMAGE_DOMAINS = ("mnist", "optdigits")
 DEFAULT_PAIRS = "books:kitchen,dvd:electronics,electronics:books,kitchen:dvd,mnist:optdigits,optdigits:mnist"
 METHODS = ("none", "mcc", "self_training", "dapt", "dapt+self_training", "dann", "cdan")
 TEXT_ONLY = ("dapt", "dapt+self_training")
-CRITERIA = ("dev", "source_im", "snd", "source", "im")
+CRITERIA = ("dev", "dev_loss", "source_im", "snd", "source", "im")
 TIE = 0.005  # target accuracies closer than this are a tie: either choice is right
 
 TEXT = ["recipes/text_cls.py", "--model_name_or_path", "all-MiniLM-L6-v2", "--text_column_name", "sentence",

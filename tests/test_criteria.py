@@ -72,11 +72,12 @@ def test_every_criterion_is_scored_and_the_configured_one_selects():
     g = torch.Generator().manual_seed(0)
     probs = torch.softmax(torch.randn(50, 3, generator=g), 1)
     scores = selection_scores(source_accuracy=0.8, target_probs=probs, source_features=torch.randn(40, 4, generator=g),
-                              source_losses=torch.rand(40, generator=g), target_features=torch.randn(50, 4, generator=g))
+                              source_losses=torch.rand(40, generator=g), target_features=torch.randn(50, 4, generator=g),
+                              source_errors=(torch.rand(40, generator=g) > 0.8).double())
     assert set(scores) == set(SELECTION_CRITERIA)
     im = target_scores(probs)["target_im"]
     assert scores["source_im"] == pytest.approx(0.8 + im) and scores["im"] == pytest.approx(im)
-    assert scores["dev"] < 0  # a negated loss: higher is better
+    assert scores["dev"] <= 0 and scores["dev_loss"] < 0  # negated risks: higher is better
     for c in SELECTION_CRITERIA:
         assert selection_score(c, scores) == scores[c]
 
@@ -88,14 +89,18 @@ def test_confident_wrong_predictions_fool_im_but_not_dev():
     target = torch.randn(200, 2, generator=g) + torch.tensor([2.0, 0.0])
     confident = torch.softmax(torch.randn(200, 2, generator=g) * 8, 1)  # sharp, both classes used
     hesitant = torch.softmax(torch.randn(200, 2, generator=g) * 0.5, 1)
-    wrong_near_target = torch.where(source[:, 0] > 0.5, torch.tensor(2.5), torch.tensor(0.2))
-    right_near_target = torch.where(source[:, 0] > 0.5, torch.tensor(0.3), torch.tensor(0.3))
+    near_target = source[:, 0] > 0.5
+    # both models make 1 error in 5 on the source; the adapted one makes them where the target lives
+    wrong_near_target = (near_target & (torch.rand(200, generator=g) < 0.6)).double()
+    right_near_target = (~near_target & (torch.rand(200, generator=g) < 0.3)).double()
     adapted = selection_scores(source_accuracy=0.8, target_probs=confident, source_features=source,
-                               source_losses=wrong_near_target, target_features=target)
+                               source_errors=wrong_near_target, source_losses=2 * wrong_near_target,
+                               target_features=target)
     plain = selection_scores(source_accuracy=0.8, target_probs=hesitant, source_features=source,
-                             source_losses=right_near_target, target_features=target)
+                             source_errors=right_near_target, source_losses=2 * right_near_target,
+                             target_features=target)
     assert adapted["source_im"] > plain["source_im"]
-    assert adapted["dev"] < plain["dev"]
+    assert adapted["dev"] < plain["dev"] and adapted["dev_loss"] < plain["dev_loss"]
 
 
 def test_choose_exports_the_higher_label_free_score_and_ties_go_to_source_only():

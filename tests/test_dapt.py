@@ -309,7 +309,7 @@ def test_text_recipe_with_dapt_and_a_source_only_twin_exports_the_label_free_cho
     da = results["domain_adaptation"]
     assert da["method"] == "dapt" and da["selection_criterion"] == "dev"
     assert da["dapt"]["steps"] > 0 and da["dapt"]["held_out_loss_after"] is not None
-    assert set(da["selection_scores"]) == {"dev", "source_im", "snd", "source", "im"}
+    assert set(da["selection_scores"]) == {"dev", "dev_loss", "source_im", "snd", "source", "im"}
     assert all("selection_scores" in h for h in results["history"])
     assert da["source_only"]["selection_score"] is not None and da["exported"] in ("adapted", "source_only")
     assert da["exported_reason"].startswith(f"exported the {'DAPT' if da['exported'] == 'adapted' else 'source-only'}")

@@ -13,11 +13,13 @@ the labelled source validation split and on unlabelled target examples:
   of each target example's softmax-weighted neighbourhood (cosine similarity of the prediction vectors,
   temperature 0.05, itself excluded), over ``log(n - 1)``. High when target predictions form dense clusters.
 * ``dev`` -- deep embedded validation (You et al., "Towards Accurate Model Selection in Deep Unsupervised
-  Domain Adaptation", ICML 2019), negated: the source validation loss reweighted by the density ratio
-  ``p_target(x) / p_source(x)`` of each example's features, estimated by a logistic-regression domain
-  classifier on the model's own features (cross-fitted: no example is weighted by a classifier that saw it),
-  with the paper's control variate to cut the variance. An estimate of the target risk; the only criterion
-  here that uses labels (the source's) where the target's would be.
+  Domain Adaptation", ICML 2019) of the 0-1 error, negated: each source validation example's error reweighted
+  by the density ratio ``p_target(x) / p_source(x)`` of its features, estimated by a logistic-regression
+  domain classifier on the model's own features (cross-fitted: no example is weighted by a classifier that
+  saw it), with the paper's control variate to cut the variance. An estimate of the target accuracy; the
+  criterion that uses labels (the source's) where the target's would be.
+* ``dev_loss`` -- the same estimator on the cross-entropy, as the paper has it. It estimates the target
+  log-loss, which also punishes over-confidence: an early, hesitant epoch can beat a later, more accurate one.
 """
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ import math
 import torch
 from torch.nn import functional as F
 
-SELECTION_CRITERIA = ("dev", "source_im", "snd", "source", "im")
+SELECTION_CRITERIA = ("dev", "dev_loss", "source_im", "snd", "source", "im")
 SELECTION_RULES = {
-    "dev": "deep embedded validation: the source validation loss weighted by how target-like each example's "
-           "features are (You et al. 2019), lower loss is better",
+    "dev": "deep embedded validation: the source validation error weighted by how target-like each example's "
+           "features are (You et al. 2019), lower is better",
+    "dev_loss": "deep embedded validation of the source validation loss (You et al. 2019), lower is better",
     "source_im": "source validation accuracy + the information-maximization score of the target predictions",
     "snd": "soft neighbourhood density of the target predictions (Saito et al. 2021)",
     "source": "source validation accuracy",
@@ -108,28 +111,47 @@ def density_ratios(source: torch.Tensor, target: torch.Tensor, seed: int = 0, fo
     return ratios
 
 
+def importance_weights(source_features: torch.Tensor, target_features: torch.Tensor, seed: int = 0) -> torch.Tensor | None:
+    """DEV's weights of the source validation rows (mean 1), or None when a domain has too few rows to fit."""
+    if len(source_features) < 4 or len(target_features) < 4:
+        return None
+    w = density_ratios(source_features, target_features, seed)
+    return w / w.mean()  # importance weights average 1 over the source (the estimator's normalization)
+
+
+def control_variate_mean(weights: torch.Tensor | None, values: torch.Tensor) -> float:
+    """DEV's estimate of the target mean of ``values`` (losses or errors): the weighted mean with the control
+    variate ``eta * (mean w - 1)``, ``eta = -Cov(w v, w) / Var(w)``; the plain mean without weights."""
+    values = values.double()
+    if weights is None:
+        return values.mean().item()
+    weighted = weights * values
+    var = weights.var()
+    eta = -((weighted - weighted.mean()) * (weights - weights.mean())).mean() / var if var > 1e-12 else 0.0
+    return (weighted.mean() + eta * weights.mean() - eta).item()
+
+
 def deep_embedded_validation(source_features: torch.Tensor, source_losses: torch.Tensor,
                              target_features: torch.Tensor, seed: int = 0) -> float:
-    """DEV's estimate of the target risk (lower is better) from per-example source validation losses."""
-    if len(source_features) < 4 or len(target_features) < 4:
-        return source_losses.double().mean().item()
-    w = density_ratios(source_features, target_features, seed)
-    w = w / w.mean()  # importance weights average 1 over the source (the estimator's normalization)
-    weighted = w * source_losses.double()
-    var = w.var()
-    eta = -((weighted - weighted.mean()) * (w - w.mean())).mean() / var if var > 1e-12 else torch.tensor(0.0)
-    return (weighted.mean() + eta * w.mean() - eta).item()
+    """DEV's estimate of the target risk (lower is better) from per-example source validation losses or errors."""
+    return control_variate_mean(importance_weights(source_features, target_features, seed), source_losses)
 
 
 def selection_scores(*, source_accuracy: float, target_probs: torch.Tensor, source_features: torch.Tensor | None = None,
-                     source_losses: torch.Tensor | None = None, target_features: torch.Tensor | None = None,
-                     seed: int = 0) -> dict:
-    """Every criterion's score (higher is better) of one evaluation; ``dev`` needs the features and losses."""
+                     source_losses: torch.Tensor | None = None, source_errors: torch.Tensor | None = None,
+                     target_features: torch.Tensor | None = None, seed: int = 0) -> dict:
+    """Every criterion's score (higher is better) of one evaluation; ``dev`` needs the source validation
+    features and per-example errors (0 / 1), ``dev_loss`` their losses, both the target features."""
     im = target_scores(target_probs)["target_im"]
     scores = {"source": source_accuracy, "im": im, "source_im": source_accuracy + im,
               "snd": soft_neighborhood_density(target_probs)}
-    if source_features is not None and source_losses is not None and target_features is not None:
-        scores["dev"] = -deep_embedded_validation(source_features, source_losses, target_features, seed)
+    if source_features is not None and target_features is not None:
+        # one domain classifier per evaluation: both DEV variants weight the examples alike
+        weights = importance_weights(source_features, target_features, seed)
+        if source_errors is not None:
+            scores["dev"] = -control_variate_mean(weights, source_errors)
+        if source_losses is not None:
+            scores["dev_loss"] = -control_variate_mean(weights, source_losses)
     return scores
 
 

@@ -69,8 +69,9 @@ def evaluate_target(run: TrainingRun, metrics: dict) -> None:
     # DEV's source side: the raw source validation split (the eval loader may hold cached features)
     source_features, source_logits, source_labels = collect_outputs(accelerator, module, run.loaders.eval)
     losses = torch.nn.functional.cross_entropy(source_logits, source_labels.long(), reduction="none")
+    errors = (source_logits.argmax(-1) != source_labels.long()).double()
     scores = selection_scores(source_accuracy=metrics["accuracy"], target_probs=target_probs,
-                              source_features=source_features, source_losses=losses,
+                              source_features=source_features, source_losses=losses, source_errors=errors,
                               target_features=target_features, seed=run.cfg.seed)
     metrics["selection_scores"] = scores
     metrics["selection_score"] = selection_score(run.cfg.selection_criterion, scores)
