@@ -1,6 +1,7 @@
-"""Domain adaptation: gradient reversal and its schedule, CDAN's multilinear map, MCC against a hand
-computation, the domain gap, paired batches, label-free selection, the adversary absent from exports,
-exact resume, a 2-process run, and one run on real digits (MNIST -> optdigits).
+"""Domain adaptation: gradient reversal, its schedule and warm-up, CDAN's multilinear map, MCC and self-training
+against hand computations, the per-epoch pseudo-label refresh, the domain gap, paired batches (with the target
+index), label-free selection, the adversary absent from exports, exact resume, 2-process runs, and one run on
+real digits (MNIST -> optdigits).
 
 Unit runs use tiny random models (test_efficientnet, a 2-layer BERT) on generated data.
 """
@@ -24,10 +25,13 @@ from hftransfer.adaptation.methods import (
     DANN,
     MCC,
     DomainAdaptationModel,
+    SelfTraining,
     concat_inputs,
+    create_method,
     domain_loss,
     grl_coefficient,
     minimum_class_confusion,
+    parse_method,
     reverse_gradient,
     selection_score,
     target_scores,
@@ -68,7 +72,8 @@ def test_dann_discriminator_learns_while_features_get_the_reversed_gradient():
     reversed_grad = feats.grad.clone()
     feats.grad = None
     # the same loss without reversal: the features' gradient is exactly the opposite, scaled by the schedule
-    F.binary_cross_entropy_with_logits(dann.discriminator(feats).squeeze(1), torch.tensor([1.0] * 4 + [0.0] * 4)).backward()
+    domains = torch.tensor([1.0] * 4 + [0.0] * 4)
+    F.binary_cross_entropy_with_logits(dann.discriminator(feats).squeeze(1), domains).backward()
     assert torch.allclose(reversed_grad, -grl_coefficient(1.0) * feats.grad, atol=1e-6)
     assert all(p.grad is not None for p in dann.discriminator.parameters())
 
@@ -100,8 +105,9 @@ def test_cdan_entropy_weights_favour_confident_examples_within_each_domain():
     with torch.no_grad():
         got = cdan.loss(feats[:2], feats[2:], logits[:2], logits[2:]).item()
         probs = torch.softmax(logits, 1)
-        per_example = F.binary_cross_entropy_with_logits(cdan.discriminator(cdan.multilinear_map(feats, probs)).squeeze(1),
-                                                         torch.tensor([1.0, 1.0, 0.0, 0.0]), reduction="none")
+        domain_logits = cdan.discriminator(cdan.multilinear_map(feats, probs)).squeeze(1)
+        per_example = F.binary_cross_entropy_with_logits(domain_logits, torch.tensor([1.0, 1.0, 0.0, 0.0]),
+                                                         reduction="none")
     w = 1 + torch.exp(-(-(probs * probs.log()).sum(1)))
     w = torch.cat([w[:2] / w[:2].sum() * 2, w[2:] / w[2:].sum() * 2])  # each domain's weights sum to its size
     assert w[0] > w[1] and w[3] > w[2]
@@ -219,8 +225,8 @@ def test_target_labels_outside_the_source_classes_are_refused(tmp_path, tiny_ber
 
 # ---------------------------------------------------------------------------------------------- runs
 def common(**kwargs) -> dict:
-    base = dict(per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=0.01, head_learning_rate=0.01,
-                num_train_epochs=2, save_total_limit=0, seed=0, overwrite_output_dir=True)
+    base = dict(per_device_train_batch_size=4, per_device_eval_batch_size=8, learning_rate=0.01,
+                head_learning_rate=0.01, num_train_epochs=2, save_total_limit=0, seed=0, overwrite_output_dir=True)
     return {k: str(v) if isinstance(v, os.PathLike) else v for k, v in {**base, **kwargs}.items()}
 
 
@@ -272,12 +278,13 @@ def test_adversarial_run_exports_a_plain_classifier_and_reports_the_comparison(t
 
 def test_text_mcc_run_on_an_unlabelled_target_file_warns_from_the_label_free_criterion(tmp_path, tiny_bert, text_data):
     target = tmp_path / "target.csv"
-    target.write_text("text\n" + "\n".join(f"the film was {w} very {w}" for w in ("good", "bad", "dull", "great") * 3) + "\n")
+    lines = (f"the film was {w} very {w}" for w in ("good", "bad", "dull", "great") * 3)
+    target.write_text("text\n" + "\n".join(lines) + "\n")
     results = run_text(tmp_path / "run", tiny_bert, text_data, target_train_file=str(target), domain_adaptation="mcc")
     da = results["domain_adaptation"]
     assert da["target_oracle_accuracy"] is None and da["negative_transfer"] is None
     assert "label-free" in da["verdict"]
-    assert da["target_train_samples"] == 12 and da["selection_rule"].startswith("source validation accuracy")
+    assert da["target_train_samples"] == 12 and da["selection_rule"].startswith("deep embedded validation")
 
 
 def test_source_only_run_with_target_data_selects_without_target_labels(tmp_path, domains):
@@ -287,36 +294,54 @@ def test_source_only_run_with_target_data_selects_without_target_labels(tmp_path
     assert not (tmp_path / "run" / "source_only").exists()
 
 
-def test_adaptation_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path, domains):
-    settings = dict(domain_adaptation="dann", num_train_epochs=2, checkpointing_steps="2", compare_source_only=False,
-                    head_dropout=0.1)
+@pytest.mark.parametrize("method, checkpoint, extra", [
+    ("dann", "step_2", {}),  # 4 steps per epoch: step_2 is mid-epoch 1
+    # mid-epoch 2: the pseudo-labels made as epoch 2 began come back from the checkpoint, not from the later weights
+    ("self_training", "step_6", {"self_training_threshold": 0.5}),
+])
+def test_adaptation_run_resumed_mid_epoch_ends_with_the_same_weights(tmp_path, domains, capsys, method, checkpoint,
+                                                                     extra):
+    settings = dict(domain_adaptation=method, num_train_epochs=2, checkpointing_steps="2", compare_source_only=False,
+                    head_dropout=0.1, **extra)
     reference = tmp_path / "reference"
-    run_images(reference, domains, **settings)  # 4 steps per epoch: step_2 is mid-epoch 1
+    run_images(reference, domains, **settings)
+    reference_out = capsys.readouterr().out
     resumed = tmp_path / "resumed"
-    run_images(resumed, domains, resume_from_checkpoint=str(reference / "checkpoints" / "step_2"),
+    run_images(resumed, domains, resume_from_checkpoint=str(reference / "checkpoints" / checkpoint),
                **{**settings, "overwrite_output_dir": False})
+    resumed_out = capsys.readouterr().out
     a, b = (load_file(d / "checkpoints" / "step_8" / "model.safetensors") for d in (reference, resumed))
-    assert a.keys() == b.keys() and any("discriminator" in k for k in a)
+    assert a.keys() == b.keys()
+    assert any(("discriminator" if method == "dann" else "pseudo_labels") in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_results(reference)["history"] == read_results(resumed)["history"]
-    assert read_results(reference)["domain_adaptation"]["domain_gap"] == read_results(resumed)["domain_adaptation"]["domain_gap"]
+    gaps = [read_results(d)["domain_adaptation"]["domain_gap"] for d in (reference, resumed)]
+    assert gaps[0] == gaps[1]
+    if method == "self_training":
+        assert "self-training, epoch 2: 12 of 12 target examples pseudo-labelled" in reference_out
+        assert "self-training, epoch" not in resumed_out  # the checkpoint held epoch 2's pseudo-labels
+        assert a["method.pseudo_epoch"].item() == 1 and (a["method.pseudo_labels"] >= 0).all()
 
 
 @pytest.mark.integration
-def test_two_process_adaptation_run_keeps_the_ranks_in_sync(tmp_path, domains):
+@pytest.mark.parametrize("method", ["cdan", "self_training"])
+def test_two_process_adaptation_run_keeps_the_ranks_in_sync(tmp_path, domains, method):
     out = tmp_path / "run"
     proc = launch_two_processes(
-           "image_cls", "--model_name_or_path", "test_efficientnet", "--weights", "random", "--train_dir", domains["source"],
+           "image_cls", "--model_name_or_path", "test_efficientnet", "--weights", "random",
+           "--train_dir", domains["source"],
            "--validation_dir", domains["source_val"], "--target_train_dir", domains["target"],
-           "--target_validation_dir", domains["target_val"], "--domain_adaptation", "cdan", "--image_size", "32",
+           "--target_validation_dir", domains["target_val"], "--domain_adaptation", method, "--image_size", "32",
            "--output_dir", out, "--num_train_epochs", "2", "--strategy", "full", "--per_device_train_batch_size", "4",
            "--per_device_eval_batch_size", "4", "--learning_rate", "0.01", "--ddp_timeout", "120",
-           "--compare_source_only", "false")
+           "--compare_source_only", "false", "--self_training_threshold", "0.5")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = read_results(out)
     assert results["world_size"] == 2 and results["eval_samples"] == 6
     assert results["domain_adaptation"]["target_oracle_accuracy"] is not None
-    assert not any("discriminator" in k for k in load_file(out / "model.safetensors"))
+    assert not any(k.startswith("method.") or "discriminator" in k for k in load_file(out / "model.safetensors"))
+    if method == "self_training":  # each rank predicted half the target split; every example came back to both
+        assert proc.stdout.count("self-training, epoch 2: 12 of 12 target examples pseudo-labelled") == 1
 
 
 @pytest.mark.integration
@@ -329,9 +354,11 @@ def test_real_digits_mnist_to_optdigits_with_the_bundled_lite0(tmp_path):
     data = write_domains(tmp_path / "digits", per_class=10)
     out = tmp_path / "run"
     proc = run_python(ROOT / "recipes" / "image_cls.py", "--train_dir", data["mnist"] / "train",
-                      "--validation_dir", data["mnist"] / "validation", "--target_train_dir", data["optdigits"] / "train",
+                      "--validation_dir", data["mnist"] / "validation",
+                      "--target_train_dir", data["optdigits"] / "train",
                       "--target_validation_dir", data["optdigits"] / "validation", "--target_test_dir",
-                      data["optdigits"] / "test", "--domain_adaptation", "mcc", "--image_size", "32", "--strategy", "full",
+                      data["optdigits"] / "test", "--domain_adaptation", "mcc", "--image_size", "32",
+                      "--strategy", "full",
                       "--num_train_epochs", "1", "--learning_rate", "3e-4", "--output_dir", out, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "domain gap of the backbone before training" in proc.stdout
@@ -339,4 +366,211 @@ def test_real_digits_mnist_to_optdigits_with_the_bundled_lite0(tmp_path):
     assert da["domain_gap"]["proxy_a_distance"] > 0.5  # 28x28 MNIST vs 8x8 optdigits: clearly separable domains
     assert da["target_test_samples"] == 20 and da["source_only"] is not None and da["verdict"]
     # the exported model is a plain timm classifier: the native layout, no adversary
-    assert (out / "config.json").is_file() and not any("discriminator" in k for k in load_file(out / "model.safetensors"))
+    assert (out / "config.json").is_file()
+    assert not any("discriminator" in k for k in load_file(out / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------- adversary warm-up
+def test_reversal_warms_up_over_the_given_steps_then_stays_at_one():
+    dann = DANN(feature_dim=4, num_labels=2, hidden=4, warmup_steps=100)
+    dann.progress = 1.0  # ignored with a warm-up: the step decides
+    for step, expected in ((0, 0.0), (10, grl_coefficient(0.1)), (50, 2 / (1 + math.exp(-5)) - 1),
+                           (100, grl_coefficient(1.0)), (5000, grl_coefficient(1.0))):
+        dann.step = step
+        assert dann.reversal_coefficient() == pytest.approx(expected)
+    assert dann.reversal_coefficient() > 0.99
+    over_the_run = DANN(feature_dim=4, num_labels=2, hidden=4)  # warmup_steps 0: the run's progress, as before
+    over_the_run.step, over_the_run.progress = 5000, 0.5
+    assert over_the_run.reversal_coefficient() == pytest.approx(grl_coefficient(0.5))
+
+
+def test_create_method_passes_the_warm_up_to_both_adversaries_and_a_short_run_keeps_the_reversal_small():
+    default = TrainConfig(model_name_or_path="m").adversary_warmup_steps
+    assert default == 1000
+    for name in ("dann", "cdan"):
+        method = create_method(name, 8, 2, adversary_warmup_steps=default)
+        assert method.warmup_steps == 1000
+        coefficients = []
+        for step in range(20):  # a 20-step run: the loop sets progress over the run and the step before each one
+            method.progress, method.step = step / 20, step
+            coefficients.append(method.reversal_coefficient())
+        assert coefficients == sorted(coefficients) and max(coefficients) < 0.1  # over the run it would reach ~1
+        assert grl_coefficient(19 / 20) > 0.99
+    # the reversed gradient the features get is scaled by the warmed-up coefficient
+    torch.manual_seed(0)
+    dann = create_method("dann", 6, 2, adversary_warmup_steps=1000)
+    dann.discriminator = dann.discriminator.eval()
+    dann.step = 19
+    feats = torch.randn(8, 6, requires_grad=True)
+    dann.loss(feats[:4], feats[4:], None, None).backward()
+    warmed = feats.grad.clone()
+    feats.grad = None
+    dann.warmup_steps, dann.progress = 0, 1.0
+    dann.loss(feats[:4], feats[4:], None, None).backward()
+    assert torch.allclose(warmed, feats.grad * grl_coefficient(19 / 1000) / grl_coefficient(1.0), atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------- self-training
+def log_softmax_by_hand(row: list[float]) -> np.ndarray:
+    z = np.asarray(row, dtype=np.float64)
+    return z - z.max() - np.log(np.exp(z - z.max()).sum())
+
+
+def test_self_training_keeps_confident_pseudo_labels_and_its_loss_matches_the_hand_computation():
+    method = create_method("self_training", 8, 3, num_target=6, self_training_threshold=0.8)
+    assert isinstance(method, SelfTraining) and method.threshold == 0.8 and method.pseudo_labels.tolist() == [-1] * 6
+    # examples 5, 1, 4, 0, 2 predicted (3 is never scored): confidence >= 0.8 keeps the top class
+    counts = method.set_pseudo_labels(torch.tensor([5, 1, 4, 0, 2]), torch.tensor([0.9, 0.5, 0.8, 0.95, 0.79]),
+                                      torch.tensor([2, 0, 1, 1, 2]), epoch=1)
+    assert method.pseudo_labels.tolist() == [1, -1, -1, -1, 1, 2]
+    assert counts.tolist() == [0, 2, 1] and method.pseudo_epoch.item() == 1
+    logits = [[2.0, -1.0, 0.5], [0.3, 0.2, 0.1], [-1.0, 1.5, 0.0], [1.0, 1.0, 3.0]]
+    index = torch.tensor([0, 1, 5, 3])  # pseudo-labels 1, -1, 2, -1: rows 0 and 2 count
+    got = method.loss(None, None, None, torch.tensor(logits), target_index=index).item()
+    expected = -(log_softmax_by_hand(logits[0])[1] + log_softmax_by_hand(logits[2])[2]) / 2
+    assert got == pytest.approx(expected, rel=1e-6)
+    unlabelled = torch.tensor(logits[:2], requires_grad=True)
+    none = method.loss(None, None, None, unlabelled, target_index=torch.tensor([1, 3]))
+    none.backward()
+    assert none.item() == 0.0 and torch.equal(unlabelled.grad, torch.zeros(2, 3))
+    with pytest.raises(HFTransferError, match="target_index|index"):
+        method.loss(None, None, None, torch.tensor(logits))
+
+
+def test_adaptation_model_hands_the_target_index_to_self_training():
+    from builders import image_model
+
+    torch.manual_seed(0)
+    model = image_model("test_efficientnet", labels={0: "a", 1: "b"}).eval()
+    method = SelfTraining(model.backbone.feature_dim, 2, num_target=5, threshold=0.5)
+    method.set_pseudo_labels(torch.arange(5), torch.ones(5), torch.tensor([0, 1, 1, 0, 1]), epoch=1)
+    wrapped = DomainAdaptationModel(model, method, weight=0.5).eval()
+    x, t, labels = torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32), torch.tensor([0, 1])
+    out = wrapped(pixel_values=x, target_pixel_values=t, target___index__=torch.tensor([4, 0, 2]), labels=labels)
+    source_logits, target_logits = model(pixel_values=x).logits, model(pixel_values=t).logits
+    expected = F.cross_entropy(source_logits, labels) + 0.5 * F.cross_entropy(target_logits, torch.tensor([1, 0, 1]))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_paired_batches_carry_the_target_rows_position_in_the_target_split():
+    import datasets
+
+    from hftransfer.adaptation.paired import PairedCollate, PairedDomains
+    from hftransfer.data import INDEX_COLUMN
+    from hftransfer.data.preprocessing import collate_images
+
+    source = datasets.Dataset.from_dict({"pixel_values": [[float(i)] for i in range(7)],
+                                         "labels": [i % 2 for i in range(7)],
+                                         INDEX_COLUMN: list(range(7))}).with_format("torch")
+    target = datasets.Dataset.from_dict({"pixel_values": [[100.0 + i] for i in range(3)], "labels": [-1] * 3,
+                                         INDEX_COLUMN: list(range(3))}).with_format("torch")
+    paired = PairedDomains(source, target, seed=0)
+    examples = [paired[i] for i in range(7)]
+    assert [int(e["target_" + INDEX_COLUMN]) for e in examples] == [paired.target_index(i) for i in range(7)]
+    batch = PairedCollate(collate_images)(examples)
+    assert batch["target_" + INDEX_COLUMN].tolist() == [paired.target_index(i) for i in range(7)]
+    # the index is the row: the row's own input comes with it
+    assert batch["target_pixel_values"].squeeze(1).tolist() == [100.0 + paired.target_index(i) for i in range(7)]
+    assert "target_labels" not in batch
+    # a collate that drops the index: PairedCollate still carries the target's
+    dropping = PairedCollate(lambda rows: collate_images([{k: v for k, v in r.items() if k != INDEX_COLUMN}
+                                                          for r in rows]))
+    assert dropping(examples)["target_" + INDEX_COLUMN].tolist() == batch["target_" + INDEX_COLUMN].tolist()
+
+
+def self_training_run(tmp_path, domains, **kwargs):
+    """The prepared ``TrainingRun`` of a tiny self-training image run (nothing trained)."""
+    from hftransfer.training.runtime import create_accelerator
+    from hftransfer.training.setup import setup
+
+    cfg = TrainConfig(**common(model_name_or_path="test_efficientnet", weights="random", train_dir=domains["source"],
+                               validation_dir=domains["source_val"], target_train_dir=domains["target"],
+                               output_dir=tmp_path / "run", image_size=32, domain_adaptation="self_training",
+                               **kwargs)).validate("image")
+    accelerator = create_accelerator(cfg)
+    return setup(cfg, "image", accelerator, tmp_path / "run")
+
+
+def test_refresh_pseudo_labels_the_whole_target_split_once_per_epoch_from_the_second(tmp_path, domains, capsys,
+                                                                                       monkeypatch):
+    from hftransfer.data import INDEX_COLUMN
+    from hftransfer.training import target_domain
+
+    run = self_training_run(tmp_path, domains, self_training_threshold=0.55)
+    method = run.adaptation
+    assert isinstance(method, SelfTraining) and len(method.pseudo_labels) == len(run.bundle.target.train) == 12
+    # the target rows' INDEX_COLUMN is their position in the target train split: the buffer is indexed by it
+    assert run.bundle.target.train[INDEX_COLUMN] == list(range(12))
+    assert run.loaders.prepared["target_train"][INDEX_COLUMN] == list(range(12))
+    capsys.readouterr()
+    target_domain.prepare_target_epoch(run, 0)  # the first epoch: source labels only
+    assert method.pseudo_labels.tolist() == [-1] * 12 and method.pseudo_epoch.item() == -1
+    with torch.no_grad():  # make the head confident on some examples, unsure on others
+        run.module.head.fc.weight.normal_(0, 5.0)
+    rng = torch.get_rng_state()
+    target_domain.prepare_target_epoch(run, 1)
+    assert torch.equal(torch.get_rng_state(), rng)  # the refresh draws nothing from the global RNG
+    assert method.pseudo_epoch.item() == 1 and run.module.training
+    # what the model predicts on the eval view, by hand
+    view = run.loaders.pipeline.eval_view(run.loaders.prepared["target_train"], run.bundle.input_column)
+    batch = run.loaders.pipeline.collate([view[i] for i in range(12)])
+    run.module.eval()
+    with torch.no_grad():
+        probs = torch.softmax(run.module(pixel_values=batch["pixel_values"]).logits, -1)
+    run.module.train()
+    expected = torch.where(probs.max(1).values >= 0.55, probs.argmax(1), -1)
+    assert torch.equal(method.pseudo_labels[batch[INDEX_COLUMN]], expected)
+    kept = int((expected >= 0).sum())
+    assert 0 < kept < 12, "the test wants some examples above the threshold and some below"
+    counts = [int((expected == k).sum()) for k in range(2)]
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == (f"self-training, epoch 2: {kept} of 12 target examples pseudo-labelled (top probability >= 0.55): "
+                    f"cats {counts[0]}, dogs {counts[1]}")
+    # the same epoch again (a resumed run): the stored labels stay, nothing is predicted
+    monkeypatch.setattr(target_domain, "predict_target_train", lambda run: pytest.fail("recomputed"))
+    target_domain.prepare_target_epoch(run, 1)
+    assert torch.equal(method.pseudo_labels[batch[INDEX_COLUMN]], expected)
+
+
+def test_other_methods_need_nothing_before_an_epoch(monkeypatch):
+    from types import SimpleNamespace
+
+    from hftransfer.training import target_domain
+
+    monkeypatch.setattr(target_domain, "predict_target_train", lambda run: pytest.fail("predicted"))
+    for method in (MCC(4, 2), DANN(4, 2, hidden=4), None):
+        target_domain.prepare_target_epoch(SimpleNamespace(adaptation=method), 1)
+
+
+def test_self_training_run_trains_on_pseudo_labels_and_records_the_method(tmp_path, domains, capsys):
+    out = tmp_path / "run"
+    results = run_images(out, domains, domain_adaptation="self_training", self_training_threshold=0.5,
+                         compare_source_only=False)
+    printed = capsys.readouterr().out
+    assert "self-training, epoch 1" not in printed  # the untrained head labels nothing
+    assert "self-training, epoch 2: 12 of 12 target examples pseudo-labelled (top probability >= 0.5): " in printed
+    da = results["domain_adaptation"]
+    assert da["method"] == "self_training" and da["target_train_samples"] == 12 and da["selection_score"] is not None
+    checkpoint = load_file(out / "checkpoints" / "step_8" / "model.safetensors")
+    assert checkpoint["method.pseudo_epoch"].item() == 1 and (checkpoint["method.pseudo_labels"] >= 0).all()
+    assert not any(k.startswith("method.") or "pseudo" in k for k in load_file(out / "model.safetensors"))
+
+
+def test_text_self_training_run_looks_pseudo_labels_up_by_the_target_index(tmp_path, tiny_bert, text_data, capsys):
+    target = tmp_path / "target.csv"
+    target.write_text("text\n" + "\n".join(f"a {w} movie" for w in ("good", "bad", "dull") * 3) + "\n")
+    results = run_text(tmp_path / "run", tiny_bert, text_data, target_train_file=str(target),
+                       domain_adaptation="self_training", self_training_threshold=0.5, compare_source_only=False)
+    assert "self-training, epoch 2: 9 of 9 target examples pseudo-labelled" in capsys.readouterr().out
+    assert results["domain_adaptation"]["method"] == "self_training"
+
+
+def test_dapt_with_self_training_parses_into_both_phases():
+    assert parse_method("dapt+self_training") == (True, "self_training")
+    assert parse_method("self_training") == (False, "self_training")
+    cfg = TrainConfig(model_name_or_path="m", domain_adaptation="dapt+self_training")
+    assert cfg.continued_pretraining and cfg.adaptation_loss == "self_training"
+    from hftransfer.hub.card_results import ADAPTATION_METHODS
+
+    assert ADAPTATION_METHODS["dapt+self_training"] == (f"{ADAPTATION_METHODS['dapt']}, then "
+                                                        f"{ADAPTATION_METHODS['self_training']}")

@@ -8,7 +8,15 @@ depends on timing. 12 training images at batch 4: 3 optimizer steps per epoch, 3
 from __future__ import annotations
 
 import pytest
-from builders import IMAGE_TINY_MODEL, image_args, image_data_args, launch_two_processes, read_results, run_recipe
+from builders import (
+    IMAGE_TINY_MODEL,
+    image_args,
+    image_data_args,
+    launch_two_processes,
+    make_image_folder,
+    read_results,
+    run_recipe,
+)
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration  # every test runs recipes in fresh interpreters
@@ -94,7 +102,8 @@ def test_lp_ft_resumed_inside_the_probe_phase_crosses_the_phase_change_exactly(t
 def test_sigterm_saves_a_checkpoint_and_exits_143_then_continues_exactly(tmp_path, image_data, reference):
     out = tmp_path / "run"
     flags = [*BASE, "--checkpointing_steps", "no", "--strategy", "gradual"]  # no checkpoints of its own
-    stopped = run_recipe("image_cls", *image_args(image_data, out, *flags), env={"HFTRANSFER_TEST_SIGNAL_AT_STEP": "4:TERM"})
+    stopped = run_recipe("image_cls", *image_args(image_data, out, *flags),
+                         env={"HFTRANSFER_TEST_SIGNAL_AT_STEP": "4:TERM"})
     assert stopped.returncode == 143
     expected = (f"interrupted by SIGTERM at epoch 2, step 4: checkpoint saved to {out / 'checkpoints' / 'step_4'}; "
                 "continue with --resume_from_checkpoint latest")
@@ -103,7 +112,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143_then_continues_exactly(tmp_pat
     resumed = run_recipe("image_cls", *image_args(image_data, out, *flags, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert history(out) == history(reference["gradual"])
-    exported, expected_model = load_file(out / "model.safetensors"), load_file(reference["gradual"] / "model.safetensors")
+    exported = load_file(out / "model.safetensors")
+    expected_model = load_file(reference["gradual"] / "model.safetensors")
     assert largest_difference(exported, expected_model) == 0
 
 
@@ -128,18 +138,21 @@ def test_sigterm_in_a_two_process_run_stops_every_rank_at_the_same_step(tmp_path
     resumed = launch_two(out, image_data, *flags, "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert history(out) == history(tmp_path / "ref")
-    last = lambda run: load_file(max((run / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:])) / "model.safetensors")  # noqa: E731
+    last = lambda run: load_file(max((run / "checkpoints").glob("step_*"),  # noqa: E731
+                                     key=lambda p: int(p.name[5:])) / "model.safetensors")
     assert largest_difference(last(out), last(tmp_path / "ref")) == 0
 
 
 def test_text_with_l2sp_and_length_grouped_batches_resumes_mid_epoch_exactly(tmp_path, text_data, tiny_bert):
     """24 sentences at batch 4: 6 steps per epoch; killed after step 8 of 18, resumed from step_8's own checkpoint."""
-    flags = ["--model_name_or_path", tiny_bert, "--train_file", text_data["train"], "--validation_file", text_data["val"],
-             "--per_device_train_batch_size", "4", "--strategy", "gradual", "--l2sp_alpha", "0.1", "--l2sp_beta", "0.01",
+    flags = ["--model_name_or_path", tiny_bert, "--train_file", text_data["train"],
+             "--validation_file", text_data["val"], "--per_device_train_batch_size", "4", "--strategy", "gradual",
+             "--l2sp_alpha", "0.1", "--l2sp_beta", "0.01",
              "--group_by_length", "true", *BASE, "--checkpointing_steps", "4", "--save_total_limit", "0"]
     ref = run_recipe("text_cls", *flags, "--output_dir", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
-    killed = run_recipe("text_cls", *flags, "--output_dir", tmp_path / "run", env={"HFTRANSFER_TEST_KILL_AT_STEP": "10"})
+    killed = run_recipe("text_cls", *flags, "--output_dir", tmp_path / "run",
+                        env={"HFTRANSFER_TEST_KILL_AT_STEP": "10"})
     assert killed.returncode == -9
     resumed = run_recipe("text_cls", *flags, "--output_dir", tmp_path / "run", "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -147,3 +160,23 @@ def test_text_with_l2sp_and_length_grouped_batches_resumes_mid_epoch_exactly(tmp
     last = lambda run: load_file(run / "checkpoints" / "step_18" / "model.safetensors")  # noqa: E731
     assert largest_difference(last(tmp_path / "run"), last(tmp_path / "ref")) == 0
     assert history(tmp_path / "run") == history(tmp_path / "ref")
+
+
+def test_self_training_killed_mid_epoch_resumes_with_that_epochs_pseudo_labels(tmp_path, image_data):
+    """The pseudo-labels made as epoch 2 began are in step_4's checkpoint: the resumed run trains on them (not on
+    labels from the checkpoint's later weights) and refreshes again only for epoch 3."""
+    target = make_image_folder(tmp_path / "target", per_class=6, size=20, seed=2)
+    flags = [*GRADUAL, "--target_train_dir", target, "--domain_adaptation", "self_training",
+             "--self_training_threshold", "0.5", "--compare_source_only", "false"]
+    ref = run_recipe("image_cls", *image_args(image_data, tmp_path / "ref", *flags))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert "self-training, epoch 2: 12 of 12 target examples pseudo-labelled" in ref.stdout
+    assert "self-training, epoch 1" not in ref.stdout
+    out = tmp_path / "run"
+    _, resumed = kill_and_resume(image_data, out, flags, {"HFTRANSFER_TEST_KILL_AT_STEP": "5"})
+    assert "step_4 at epoch 1, step 4" in resumed.stdout  # mid-epoch 2
+    assert "self-training, epoch 2" not in resumed.stdout and "self-training, epoch 3: " in resumed.stdout
+    weights = final_weights(out)
+    assert weights["method.pseudo_epoch"].item() == 2
+    assert largest_difference(weights, final_weights(tmp_path / "ref")) == 0
+    assert history(out) == history(tmp_path / "ref")

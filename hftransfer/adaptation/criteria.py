@@ -111,7 +111,8 @@ def density_ratios(source: torch.Tensor, target: torch.Tensor, seed: int = 0, fo
     return ratios
 
 
-def importance_weights(source_features: torch.Tensor, target_features: torch.Tensor, seed: int = 0) -> torch.Tensor | None:
+def importance_weights(source_features: torch.Tensor, target_features: torch.Tensor,
+                       seed: int = 0) -> torch.Tensor | None:
     """DEV's weights of the source validation rows (mean 1), or None when a domain has too few rows to fit."""
     if len(source_features) < 4 or len(target_features) < 4:
         return None

@@ -37,15 +37,17 @@ class PairedDomains(torch.utils.data.Dataset):
         return self._orders[key][i % n]
 
     def __getitem__(self, i: int) -> dict:
+        """Source example ``i`` and its target example, the target's keys prefixed; the target's ``INDEX_COLUMN``
+        (its position in the target train split) comes along: self-training looks its pseudo-label up by it."""
         example = dict(self.source[i])
         for key, value in self.target[self.target_index(i)].items():
-            if key != INDEX_COLUMN:
-                example[TARGET_PREFIX + key] = value
+            example[TARGET_PREFIX + key] = value
         return example
 
 
 class PairedCollate:
-    """Collate a paired batch: each domain with the pipeline's own collate, target keys prefixed."""
+    """Collate a paired batch: each domain with the pipeline's own collate, target keys prefixed; the target's
+    ``INDEX_COLUMN`` travels as ``TARGET_PREFIX + INDEX_COLUMN`` (a long tensor), whatever the collate keeps."""
 
     def __init__(self, collate):
         self.collate = collate
@@ -56,5 +58,7 @@ class PairedCollate:
         batch = self.collate(source)
         target_batch = self.collate(target)
         target_batch.pop("labels", None)  # the target's labels are -1: never seen by the loss
+        if target and INDEX_COLUMN in target[0]:
+            target_batch[INDEX_COLUMN] = torch.tensor([int(e[INDEX_COLUMN]) for e in target], dtype=torch.long)
         batch.update({TARGET_PREFIX + k: v for k, v in target_batch.items()})
         return batch

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..adaptation.domain_gap import domain_gap
 from ..adaptation.criteria import SELECTION_RULES
+from ..adaptation.domain_gap import domain_gap
 from ..data import INDEX_COLUMN
 from ..records import DomainAdaptation, RunResults
 from .runtime import from_main_process
@@ -120,7 +120,8 @@ def adaptation_record(run: TrainingRun, results: RunResults, gap: dict, target_t
                               target_diversity=m.get("eval_target_diversity"),
                               target_oracle_accuracy=m.get("eval_target_oracle_accuracy"),
                               target_oracle_f1=m.get("eval_target_oracle_f1"))
-    oracle = [(h["target_oracle_accuracy"], h["epoch"]) for h in run.state.history if h.get("target_oracle_accuracy") is not None]
+    oracle = [(h["target_oracle_accuracy"], h["epoch"]) for h in run.state.history
+              if h.get("target_oracle_accuracy") is not None]
     if oracle:
         best_accuracy, best_epoch = max(oracle, key=lambda x: (x[0], -x[1]))
         record.target_oracle_best_accuracy, record.target_oracle_best_epoch = best_accuracy, best_epoch
