@@ -175,7 +175,7 @@ def _loaders(with_cache=True, **overrides):
                         target=overrides.pop("target", None))
     cfg = SimpleNamespace(**{"dataloader_num_workers": 0, "sampler": "balanced", "group_by_length": True, "seed": 5,
                              "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
-                             "domain_adaptation": "none", **overrides})
+                             "domain_adaptation": "none", "adaptation_loss": "none", **overrides})
     backbone = SimpleNamespace(data_pipeline=lambda **kwargs: _Pipeline())
     with mock.patch("hftransfer.training.loaders.pipeline_kwargs", return_value={}):
         return create_dataloaders(cfg, bundle, backbone, with_cache)
@@ -192,7 +192,8 @@ def test_balanced_sampler_feeds_the_training_and_the_cached_feature_loaders():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"multi_label": True}, "supports single-label data"),
-    ({"target": SimpleNamespace(), "domain_adaptation": "dann"}, "does not combine with --domain_adaptation"),
+    ({"target": SimpleNamespace(), "domain_adaptation": "dann", "adaptation_loss": "dann"},
+     "does not combine with --domain_adaptation"),
 ])
 def test_balanced_sampler_refusals(overrides, message):
     with pytest.raises(HFTransferError, match=message):
