@@ -15,8 +15,8 @@ the labelled source validation split and on unlabelled target examples:
 * ``dev`` -- deep embedded validation (You et al., "Towards Accurate Model Selection in Deep Unsupervised
   Domain Adaptation", ICML 2019) of the 0-1 error, negated: each source validation example's error reweighted
   by the density ratio ``p_target(x) / p_source(x)`` of its features, estimated by a logistic-regression
-  domain classifier on the model's own features (cross-fitted: no example is weighted by a classifier that
-  saw it), with the paper's control variate to cut the variance. An estimate of the target accuracy; the
+  domain classifier on the top 16 principal components of the model's own features (cross-fitted: no example
+  is weighted by a classifier that saw it), with the paper's control variate to cut the variance. An estimate of the target accuracy; the
   criterion that uses labels (the source's) where the target's would be.
 * ``dev_loss`` -- the same estimator on the cross-entropy, as the paper has it. It estimates the target
   log-loss, which also punishes over-confidence: an early, hesitant epoch can beat a later, more accurate one.
@@ -39,7 +39,10 @@ SELECTION_RULES = {
     "im": "the information-maximization score of the target predictions",
 }
 SND_TEMPERATURE = 0.05
-DOMAIN_CLASSIFIER_L2 = 1.0  # ridge penalty of the domain classifier on standardized features: smooth ratios
+DOMAIN_CLASSIFIER_L2 = 1.0  # ridge penalty of the domain classifier on standardized components: smooth ratios
+# the domain classifier sees the features' top principal components only: a few hundred examples of 384-1280
+# dimensions are always linearly separable, which would put all the weight on a handful of source examples
+DOMAIN_CLASSIFIER_COMPONENTS = 16
 DENSITY_CLIP = 1e-3  # the domain classifier's probabilities are kept in [clip, 1 - clip]
 
 
@@ -70,11 +73,17 @@ def soft_neighborhood_density(probs: torch.Tensor, temperature: float = SND_TEMP
 
 
 def fit_domain_classifier(source: torch.Tensor, target: torch.Tensor, l2: float = DOMAIN_CLASSIFIER_L2,
-                          iterations: int = 100):
-    """Logistic regression ``P(target | x)`` on standardized features; returns a function of features."""
+                          iterations: int = 100, components: int = DOMAIN_CLASSIFIER_COMPONENTS):
+    """Logistic regression ``P(target | x)`` on the standardized top principal components of both domains'
+    features; returns a function of features."""
     x = torch.cat([source, target]).double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    x = (x - mean) / std
+    center = x.mean(0)
+    k = max(1, min(components, x.shape[1], len(x) - 1))
+    _, _, v = torch.linalg.svd(x - center, full_matrices=False)
+    basis = v[:k].t()  # [d, k]
+    z = (x - center) @ basis
+    mean, std = z.mean(0), z.std(0).clamp_min(1e-6)
+    x = (z - mean) / std
     y = torch.cat([torch.zeros(len(source)), torch.ones(len(target))]).double()
     # each domain weighs the same in the fit; the prior is put back in the ratio (density_ratio)
     w = torch.cat([torch.full((len(source),), 0.5 / len(source)), torch.full((len(target),), 0.5 / len(target))])
@@ -92,7 +101,7 @@ def fit_domain_classifier(source: torch.Tensor, target: torch.Tensor, l2: float 
     with torch.enable_grad():
         optimizer.step(closure)
     weight, bias = weight.detach(), bias.detach()
-    return lambda features: torch.sigmoid(((features.double() - mean) / std) @ weight + bias)
+    return lambda features: torch.sigmoid(((((features.double() - center) @ basis) - mean) / std) @ weight + bias)
 
 
 def density_ratios(source: torch.Tensor, target: torch.Tensor, seed: int = 0, folds: int = 2) -> torch.Tensor:
@@ -113,11 +122,11 @@ def density_ratios(source: torch.Tensor, target: torch.Tensor, seed: int = 0, fo
 
 def importance_weights(source_features: torch.Tensor, target_features: torch.Tensor,
                        seed: int = 0) -> torch.Tensor | None:
-    """DEV's weights of the source validation rows (mean 1), or None when a domain has too few rows to fit."""
+    """DEV's weights of the source validation rows (the density ratios, whose mean is 1 in expectation), or None
+    when a domain has too few rows to fit. They are not renormalized: the control variate corrects their mean."""
     if len(source_features) < 4 or len(target_features) < 4:
         return None
-    w = density_ratios(source_features, target_features, seed)
-    return w / w.mean()  # importance weights average 1 over the source (the estimator's normalization)
+    return density_ratios(source_features, target_features, seed)
 
 
 def control_variate_mean(weights: torch.Tensor | None, values: torch.Tensor) -> float:
