@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from hftransfer import TransferModel
+from hftransfer.adaptation.criteria import selection_score, selection_scores, target_scores
 from hftransfer.adaptation.domain_gap import domain_gap, mmd, proxy_a_distance
 from hftransfer.adaptation.methods import (
     CDAN,
@@ -33,8 +34,6 @@ from hftransfer.adaptation.methods import (
     minimum_class_confusion,
     parse_method,
     reverse_gradient,
-    selection_score,
-    target_scores,
 )
 from hftransfer.config import TrainConfig
 from hftransfer.errors import HFTransferError
@@ -185,8 +184,9 @@ def test_target_scores_reward_confident_and_diverse_predictions():
     im = {name: target_scores(p)["target_im"] for name, p in
           (("good", confident_diverse), ("collapsed", collapsed), ("uniform", uniform))}
     assert im["good"] > 0.8 and abs(im["collapsed"]) < 0.1 and abs(im["uniform"]) < 1e-6
-    assert selection_score("source_im", 0.8, 0.5) == pytest.approx(1.3)
-    assert selection_score("source", 0.8, 0.5) == 0.8 and selection_score("im", 0.8, 0.5) == 0.5
+    scores = selection_scores(source_accuracy=0.8, target_probs=confident_diverse)
+    assert selection_score("source_im", scores) == pytest.approx(0.8 + im["good"])
+    assert selection_score("source", scores) == 0.8 and selection_score("im", scores) == pytest.approx(im["good"])
 
 
 def test_verdict_flags_negative_transfer_on_oracle_labels_and_warns_without_them():

@@ -16,8 +16,8 @@ the labelled source validation split and on unlabelled target examples:
   Domain Adaptation", ICML 2019) of the 0-1 error, negated: each source validation example's error reweighted
   by the density ratio ``p_target(x) / p_source(x)`` of its features, estimated by a logistic-regression
   domain classifier on the top 16 principal components of the model's own features (cross-fitted: no example
-  is weighted by a classifier that saw it), with the paper's control variate to cut the variance. An estimate of the target accuracy; the
-  criterion that uses labels (the source's) where the target's would be.
+  is weighted by a classifier that saw it), with the paper's control variate to cut the variance. An estimate
+  of the target error; the criterion that uses labels (the source's) where the target's would be.
 * ``dev_loss`` -- the same estimator on the cross-entropy, as the paper has it. It estimates the target
   log-loss, which also punishes over-confidence: an early, hesitant epoch can beat a later, more accurate one.
 """

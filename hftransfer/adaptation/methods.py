@@ -27,10 +27,7 @@ accelerate, DDP, checkpoints and exact resume treat the discriminator like any o
 the exported model is the inner ``TransferModel`` alone: a plain classifier. Without target inputs
 (evaluation) it is the classifier.
 
-Model selection without target labels (``selection_scores``): the information-maximization score of
-the target predictions, ``IM = H(mean p) - mean H(p)`` divided by ``log K`` (high when predictions are
-confident *and* use every class), added to the source validation accuracy (which guards against a
-model that is confidently wrong: entropy alone rewards collapse onto a wrong but sharp solution).
+Model selection without target labels is ``criteria``'s.
 """
 from __future__ import annotations
 
@@ -42,11 +39,11 @@ from torch.nn import functional as F
 
 from ..data import INDEX_COLUMN
 from ..errors import HFTransferError
+from .criteria import entropy
 
 TRAINING_METHODS = ("none", "dann", "cdan", "mcc", "self_training")  # a loss on paired source/target batches
 DAPT = "dapt"  # a phase before fine-tuning: masked-language-model pretraining on the target text (adaptation.dapt)
 METHODS = (*TRAINING_METHODS, DAPT, *(f"{DAPT}+{m}" for m in TRAINING_METHODS[1:]))
-SELECTION_CRITERIA = ("source_im", "source", "im")
 TARGET_PREFIX = "target_"  # batch keys of the target half of a paired batch
 RANDOMIZED_ABOVE = 4096  # CDAN: a multilinear map larger than this is randomized
 RANDOMIZED_DIM = 1024
@@ -72,11 +69,6 @@ def reverse_gradient(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
 def grl_coefficient(progress: float, gamma: float = 10.0) -> float:
     """DANN's schedule: 0 at the start of training, rising to ~1 (``2 / (1 + exp(-gamma p)) - 1``)."""
     return 2.0 / (1.0 + math.exp(-gamma * min(max(progress, 0.0), 1.0))) - 1.0
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Per-row Shannon entropy (nats) of probability rows."""
-    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1)
 
 
 class DomainDiscriminator(nn.Sequential):
@@ -300,28 +292,3 @@ class DomainAdaptationModel(nn.Module):
         out.loss = out.loss + self.weight * adaptation
         out.logits = logits[:n]
         return out
-
-
-def target_scores(probs: torch.Tensor) -> dict:
-    """Label-free scores of target predictions ``[n, K]``: mean entropy, the entropy of the mean
-    prediction (diversity), and the information-maximization score, both normalized by ``log K``."""
-    k = probs.shape[1]
-    mean_entropy = entropy(probs).mean().item() / math.log(k)
-    diversity = entropy(probs.mean(0, keepdim=True)).item() / math.log(k)
-    return {"target_entropy": mean_entropy, "target_diversity": diversity, "target_im": diversity - mean_entropy}
-
-
-def selection_score(criterion: str, source_accuracy: float, im: float | None) -> float:
-    """The number that picks the exported epoch without target labels (higher is better)."""
-    if criterion == "source" or im is None:
-        return source_accuracy
-    if criterion == "im":
-        return im
-    return source_accuracy + im
-
-
-SELECTION_RULES = {
-    "source_im": "source validation accuracy + the information-maximization score of the target predictions",
-    "source": "source validation accuracy",
-    "im": "the information-maximization score of the target predictions",
-}
