@@ -30,9 +30,10 @@ from torch.nn import functional as F
 
 SELECTION_CRITERIA = ("dev", "dev_loss", "source_im", "snd", "source", "im")
 SELECTION_RULES = {
-    "dev": "deep embedded validation: the source validation error weighted by how target-like each example's "
-           "features are (You et al. 2019), lower is better",
-    "dev_loss": "deep embedded validation of the source validation loss (You et al. 2019), lower is better",
+    "dev": "deep embedded validation: minus the source validation error weighted by how target-like each "
+           "example's features are (You et al. 2019), an estimate of minus the target error",
+    "dev_loss": "deep embedded validation: minus the source validation loss weighted by how target-like each "
+                "example's features are (You et al. 2019)",
     "source_im": "source validation accuracy + the information-maximization score of the target predictions",
     "snd": "soft neighbourhood density of the target predictions (Saito et al. 2021)",
     "source": "source validation accuracy",

@@ -75,10 +75,11 @@ def choose(adapted: DomainAdaptation, source_only: SourceOnlyRun, criterion: str
         return "adapted", f"no label-free score to compare; exported the {method} model"
     rule = SELECTION_RULES.get(criterion, criterion)
     if a > s:
-        return "adapted", (f"exported the {method} model: its label-free score ({criterion}: {rule}) is {a:.4f} "
+        return "adapted", (f"{method} scores higher on the label-free criterion ({criterion}, {rule}): {a:.4f} "
                            f"against source-only training's {s:.4f}")
-    return "source_only", (f"exported the source-only model: its label-free score ({criterion}: {rule}) is {s:.4f} "
-                           f"against {method}'s {a:.4f}; the {method} model is in {ADAPTED_DIR}/")
+    return "source_only", (f"source-only training scores {'as high as' if a == s else 'higher than'} {method} on the "
+                           f"label-free criterion ({criterion}, {rule}): {s:.4f} against {a:.4f}; the {method} "
+                           f"model is in {ADAPTED_DIR}/")
 
 
 def export_source_only(output_dir: Path, twin_dir: Path) -> None:
@@ -129,4 +130,5 @@ def compare_with_source_only(cfg, modality: str, accelerator, output_dir: Path, 
     accelerator.print(record.verdict)
     if record.warning:
         accelerator.print(f"warning: {record.warning}")
-    accelerator.print(record.exported_reason)
+    accelerator.print(f"exported the {'adapted' if record.exported == 'adapted' else 'source-only'} model: "
+                      f"{record.exported_reason}")
