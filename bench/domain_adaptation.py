@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (--jobs 2 --threads 1 on 2 cores)")
     parser.add_argument("--work", default="/tmp/hftransfer-da-work", help="run folders (each deleted after its row)")
     parser.add_argument("--fresh", action="store_true", help="forget the recorded runs instead of resuming")
-    parser.add_argument("--criterion", default="dev", help="the criterion of the method table")
+    parser.add_argument("--criterion", default="source_im", help="the criterion of the method table (the default's)")
     parser.add_argument("--quick", action="store_true", help="1 seed, books:kitchen and mnist:optdigits, tiny budget")
     parser.add_argument("--report", action="store_true", help="only print (and record) the tables of recorded runs")
     parser.add_argument("--record", action="store_true", help="append the tables to RESULTS.md")

@@ -284,7 +284,7 @@ def test_text_mcc_run_on_an_unlabelled_target_file_warns_from_the_label_free_cri
     da = results["domain_adaptation"]
     assert da["target_oracle_accuracy"] is None and da["negative_transfer"] is None
     assert "label-free" in da["verdict"]
-    assert da["target_train_samples"] == 12 and da["selection_rule"].startswith("deep embedded validation")
+    assert da["target_train_samples"] == 12 and da["selection_rule"].startswith("source validation accuracy")
 
 
 def test_source_only_run_with_target_data_selects_without_target_labels(tmp_path, domains):

@@ -28,7 +28,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-SELECTION_CRITERIA = ("dev", "dev_loss", "source_im", "snd", "source", "im")
+SELECTION_CRITERIA = ("source_im", "dev", "dev_loss", "snd", "source", "im")
 SELECTION_RULES = {
     "dev": "deep embedded validation: minus the source validation error weighted by how target-like each "
            "example's features are (You et al. 2019), an estimate of minus the target error",
