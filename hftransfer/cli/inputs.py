@@ -1,8 +1,8 @@
-"""The INPUT arguments of ``hftransfer predict``: expanded into image paths or texts, read, and refused.
+"""The INPUT arguments of ``hftransfer predict``: expanded into image or audio paths or texts, read, and refused.
 
-An input of the other modality (a text file given to an image model, a folder of images given to a
-text model) is recognised by its suffixes and skipped like an unreadable one, so mixed inputs keep
-working; when nothing usable remains, ``nothing_to_predict`` turns the skips into one error line
+An input of another modality (a text file given to an image model, a folder of images given to a
+text model, a WAV file given to either) is recognised by its suffixes and skipped like an unreadable one, so
+mixed inputs keep working; when nothing usable remains, ``nothing_to_predict`` turns the skips into one error line
 naming what was given and what the model reads.
 
 A skip reason that starts with its input is a whole sentence naming its fix (a file-level
@@ -32,12 +32,24 @@ READS = {  # what a model of each modality reads, and the way out: the end of ev
     "image": "this image model reads image files, folders or globs; pass those, or predict texts with a text model",
     "text": "this text model reads CSV/TSV/JSONL/JSON/TXT files or - (stdin); pass those, or predict images with "
             "an image model",
+    "audio": "this audio model reads audio files (.wav, .flac, .ogg, .mp3, ...), folders or globs; pass those, or "
+             "predict other inputs with a model of their modality",
 }
+A_FILE = {"image": "an image file", "text": "a text file", "audio": "an audio file"}
+NOT_OURS = {"image": "an image", "text": "text", "audio": "audio"}
+PLURAL = {"image": "images", "text": "texts", "audio": "audio files"}
+
+
+def input_suffixes() -> dict[str, set[str]]:
+    """The file suffixes each modality's model reads (lower case)."""
+    from ..data.audio import AUDIO_SUFFIXES
+
+    return {"image": image_suffixes(), "text": set(TEXT_FILE_SUFFIXES), "audio": set(AUDIO_SUFFIXES)}
 
 
 @dataclass
 class OtherModality(Skipped):
-    """An input of the other modality; ``what`` says what it is (``t.txt is a text file, not an image``)."""
+    """An input of another modality; ``what`` says what it is (``t.txt is a text file, not an image``)."""
 
     what: str = ""
 
@@ -48,40 +60,44 @@ def _matches(item: str) -> list[Path]:
     return [path] if path.exists() else [Path(m) for m in sorted(glob.glob(item, recursive=True))]
 
 
-def _other_modality(path: Path, modality: str, theirs: int = 0, ours: int = 0) -> OtherModality:
-    """Why a ``modality`` model refuses ``path``: a file, or a folder holding ``theirs`` files of the other
-    modality and ``ours`` of its own."""
-    other = "text" if modality == "image" else "image"
+def _other_modality(path: Path, modality: str, other: str, theirs: int = 0, ours: int = 0) -> OtherModality:
+    """Why a ``modality`` model refuses ``path``: a file of the ``other`` modality, or a folder holding ``theirs``
+    files of it and ``ours`` of its own."""
     if path.is_dir():
         mine = f" and {ours} {modality} file(s)" if ours else ""
-        what = f"{path} is a folder of {theirs} {other} file(s){mine}, not {modality}s"
+        what = f"{path} is a folder of {theirs} {other} file(s){mine}, not {PLURAL[modality]}"
     else:
-        what = f"{path} is an image file, not text" if modality == "text" else f"{path} is a text file, not an image"
+        what = f"{path} is {A_FILE[other]}, not {NOT_OURS[modality]}"
     return OtherModality(str(path), f"{what}: {READS[modality]}", what)
 
 
-def _files_of(match: Path, modality: str, images: set[str]) -> tuple[list[Path], OtherModality | None]:
+def _files_of(match: Path, modality: str, suffixes: dict[str, set[str]]) -> tuple[list[Path], OtherModality | None]:
     """The files of one match a ``modality`` model reads, or why it refuses the match.
 
     A folder belongs to the modality most of its files have (ties: the model's), so photos with a
     README are images and texts with a logo are texts, each whole.
     """
-    ours, theirs = (images, TEXT_FILE_SUFFIXES) if modality == "image" else (TEXT_FILE_SUFFIXES, images)
+    ours = suffixes[modality]
+    others = {m: s - ours for m, s in suffixes.items() if m != modality}
     if not match.is_dir():
-        refused = match.suffix.lower() in theirs and match.suffix.lower() not in ours
-        return ([], _other_modality(match, modality)) if refused else ([match], None)
-    own, other = files_under(match, ours), files_under(match, theirs)
-    if len(other) > len(own):
-        return [], _other_modality(match, modality, theirs=len(other), ours=len(own))
+        other = next((m for m, s in others.items() if match.suffix.lower() in s), None)
+        return ([], _other_modality(match, modality, other)) if other else ([match], None)
+    own = files_under(match, ours)
+    counts = {m: len(files_under(match, s)) for m, s in others.items()}
+    other = max(counts, key=counts.get)
+    if counts[other] > len(own):
+        return [], _other_modality(match, modality, other, theirs=counts[other], ours=len(own))
     return own, None
 
 
-def _paths(item: str, modality: str, images: set[str], stdin, strict: bool) -> tuple[list[Path], list[Skipped]]:
-    """The files one INPUT (``-``: a path per stdin line) names that a ``modality`` model reads, and the refused ones."""
+def _paths(item: str, modality: str, suffixes: dict[str, set[str]], stdin, strict: bool
+           ) -> tuple[list[Path], list[Skipped]]:
+    """The files one INPUT (``-``: a path per stdin line) names that a ``modality`` model reads, and the refused
+    ones."""
     matches = [Path(line.strip()) for line in stdin if line.strip()] if item == "-" else _matches(item)
     paths, skipped = [], []
     for match in matches:
-        found, refused = _files_of(match, modality, images)
+        found, refused = _files_of(match, modality, suffixes)
         if refused is not None and strict:
             raise HFTransferError(refused.reason)
         paths += found
@@ -94,15 +110,15 @@ def expand_inputs(items: list[str], modality: str, text_column: str = "text", st
     """(inputs for ``inference.predict``, what each prediction's ``input`` says, skipped inputs) for the
     INPUT arguments of a ``modality`` model. ``stdin``: the stream ``-`` reads (default ``sys.stdin``)."""
     stdin = stdin if stdin is not None else sys.stdin
-    images = image_suffixes()
+    suffixes = input_suffixes()
     inputs, skipped = [], []
     for item in items:
         if item == "-" and modality == "text":
             inputs += [line.rstrip("\r\n") for line in stdin if line.strip()]
             continue
-        paths, refused = _paths(item, modality, images, stdin, strict)
+        paths, refused = _paths(item, modality, suffixes, stdin, strict)
         skipped += refused
-        if modality == "image":
+        if modality != "text":  # image and audio models read the files themselves
             inputs += [str(p) for p in paths]
             continue
         for path in paths:
@@ -134,8 +150,8 @@ def nothing_to_predict(items: list[str], modality: str, skipped: list[Skipped]) 
         more = f" ({others} other input(s) skipped too)" if others else ""
         return HFTransferError(f"{foreign[0].what}{more}: {READS[modality]}")
     if not skipped:
-        found = "image files" if modality == "image" else "texts"
-        fix = "image files, folders or globs" if modality == "image" else "CSV/TSV/JSONL/JSON/TXT files, or - for stdin"
+        found = {"image": "image files", "audio": "audio files"}.get(modality, "texts")
+        fix = "CSV/TSV/JSONL/JSON/TXT files, or - for stdin" if modality == "text" else f"{found}, folders or globs"
         return HFTransferError(f"no {found} found in {' '.join(items)}: pass {fix}")
     first, count = skipped[0], len(skipped)
     if first.reason.startswith(first.input):  # already a whole sentence naming its fix
@@ -144,7 +160,7 @@ def nothing_to_predict(items: list[str], modality: str, skipped: list[Skipped]) 
     head = f"{first.input} could not be read" if count == 1 else \
         f"none of the {count} inputs could be read, e.g. {first.input}"
     return HFTransferError(f"{head} ({first.reason}): pass "
-                           + ("readable image files" if modality == "image" else "non-empty texts"))
+                           + ("non-empty texts" if modality == "text" else f"readable {PLURAL[modality]}"))
 
 
 def read_texts(path: Path, column: str = "text") -> tuple[list[str], list[Skipped]]:

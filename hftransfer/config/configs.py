@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Optional
 
 from ..errors import HFTransferError
 from ..tuning.strategies import LORA_STRATEGIES
@@ -28,6 +29,7 @@ from .options import (
     SessionOptions,
     StrategyOptions,
     TrackingOptions,
+    audio_options,
     pooling_option,
 )
 from .practice_options import EmaOptions, EvaluationOptions, ImbalanceOptions, MixupOptions
@@ -70,9 +72,9 @@ class TrainConfig(HubOptions, ExportOptions, TrackingOptions, TuneOptions, RunOp
             raise HFTransferError("--compare_scratch and target-domain data: the from-scratch comparison is of "
                                   "single-domain runs; drop --compare_scratch (--compare_source_only is the "
                                   "adaptation's comparison)")
-        if self.continued_pretraining and modality == "image":
+        if self.continued_pretraining and modality in ("image", "audio"):
             raise HFTransferError(f"--domain_adaptation {self.domain_adaptation}: dapt is masked-language-model "
-                                  "pretraining of a text encoder; for images use mcc, self_training, dann or cdan")
+                                  f"pretraining of a text encoder; for {modality} use mcc, self_training, dann or cdan")
         if self.sampler == "balanced" and self.adaptation_loss != "none":
             raise HFTransferError("--sampler balanced and --domain_adaptation: each source example is paired with a "
                                   "target example in order; use --class_weights balanced instead")
@@ -123,6 +125,9 @@ class RankConfig(DataOptions, SessionOptions):
                                    "state-dict file")
     output_dir: str = option("outputs/rank", "where rank.csv, rank.json and rank.png go")
     pooling: str = pooling_option()
+    sampling_rate: Optional[int] = audio_options()["sampling_rate"]
+    max_duration: float = audio_options()["max_duration"]
+    n_mels: int = audio_options()["n_mels"]
 
     def validate(self) -> "RankConfig":
         super().validate()

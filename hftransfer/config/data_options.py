@@ -16,6 +16,7 @@ DATA_SOURCE_FIELDS = ("dataset_name", "train_dir", "train_file")
 PATH_FIELDS = ("train_dir", "validation_dir", "test_dir", "train_file", "validation_file", "test_file",
                "target_train_dir", "target_validation_dir", "target_test_dir", "target_train_file",
                "target_validation_file", "target_test_file")
+MEDIA = ("image", "audio")  # the recipes whose data comes as class-per-subfolder folders of files
 TARGET_SOURCE_FIELDS = ("target_dataset_name", "target_train_dir", "target_train_file")
 
 
@@ -26,18 +27,21 @@ class DataOptions(Options):
     dataset_name: Optional[str] = option(None, "a datasets Hub name, a local dataset script/folder, or a folder "
                                          "written by save_to_disk (a single Dataset = the train split)")
     dataset_config_name: Optional[str] = option(None, "the dataset's configuration name")
-    train_dir: Optional[str] = option(None, "image folder with one subfolder per class", modality="image")
-    validation_dir: Optional[str] = option(None, "validation image folder (same classes)", modality="image")
-    train_file: Optional[str] = option(None, "training data file: text as .csv, .tsv, .json or .jsonl; images as a "
-                                       "manifest (.csv, .tsv, .jsonl or .parquet) of image paths (relative to it) or "
-                                       "bytes and labels")
-    validation_file: Optional[str] = option(None, "validation data file (text or image manifest), same format")
-    test_dir: Optional[str] = option(None, "image test folder (same classes), scored once with the exported model",
-                                     modality="image")
-    test_file: Optional[str] = option(None, "test data file (text or image manifest), same format, scored once with the "
+    train_dir: Optional[str] = option(None, "folder with one subfolder per class, of images (image recipe) or audio "
+                                      "files (audio recipe: .wav, .flac, .ogg, .mp3, ...)", modality=MEDIA)
+    validation_dir: Optional[str] = option(None, "validation folder (same classes)", modality=MEDIA)
+    train_file: Optional[str] = option(None, "training data file: text as .csv, .tsv, .json or .jsonl; images or audio "
+                                       "as a manifest (.csv, .tsv, .jsonl or .parquet) of file paths (relative to it) "
+                                       "or bytes and labels")
+    validation_file: Optional[str] = option(None, "validation data file (text, or a manifest), same format")
+    test_dir: Optional[str] = option(None, "test folder (same classes), scored once with the exported model",
+                                     modality=MEDIA)
+    test_file: Optional[str] = option(None, "test data file (text, or a manifest), same format, scored once with the "
                                       "exported model")
     image_column_name: str = option("image", "column holding the images", modality="image")
     text_column_name: str = option("text", "column holding the texts", modality="text")
+    audio_column_name: str = option("audio", "column holding the audio (a datasets Audio feature, file paths or "
+                                    "bytes)", modality="audio")
     label_column_name: str = option("label", "column holding the labels (a list per row = multi-label)")
     label_names: Optional[list[str]] = option(None, "names for the labels in sorted order, e.g. negative positive")
     validation_fraction: float = option(0.15, "fraction of train held out (stratified) when no validation split is "
@@ -49,7 +53,7 @@ class DataOptions(Options):
     max_predict_samples: Optional[int] = option(None, "truncate test data (random subset, seeded)", valid=AT_LEAST_ONE)
     max_seq_length: int = option(128, "text: truncate longer sequences (batches are padded dynamically)",
                                  valid=Range(2), modality="text")
-    # both recipes: image manifests are text files too
+    # every recipe: manifests are text files too
     text_encoding: str = option("auto", "text files' encoding: auto (UTF-8, else detected and said so) or a codec "
                                 "name such as utf-8, cp1252, latin-1")
     decode_size: Optional[int] = option(None, "image: decode once, shrinking the shorter side to this many pixels "
@@ -76,7 +80,7 @@ class DataOptions(Options):
                 raise HFTransferError(f"--{flag} is given without --{partner}: pass the training data too")
         check_paths(self, ("train_dir", "validation_dir", "test_dir"), ("train_file", "validation_file", "test_file"),
                     "pass a folder with one subfolder per class",
-                    "pass an existing CSV/TSV/JSON/JSONL file (or, for images, a .parquet manifest)")
+                    "pass an existing CSV/TSV/JSON/JSONL file (or, for images and audio, a .parquet manifest)")
         if self.feature_cache_dir and Path(self.feature_cache_dir).is_file():
             raise HFTransferError(f"--feature_cache_dir '{self.feature_cache_dir}' is a file: pass a folder (created if missing)")
         if self.text_encoding != "auto":
@@ -102,16 +106,16 @@ class AdaptationOptions(Options):
     target_dataset_name: Optional[str] = option(None, "target domain as a dataset (Hub name or save_to_disk folder): "
                                                 "its train split is used unlabelled; validation / test splits only "
                                                 "report")
-    target_train_dir: Optional[str] = option(None, "unlabelled target images: a flat folder, or class subfolders "
-                                             "(ignored)", modality="image")
-    target_train_file: Optional[str] = option(None, "unlabelled target data file (text, or an image manifest); a label "
+    target_train_dir: Optional[str] = option(None, "unlabelled target images or audio files: a flat folder, or class "
+                                             "subfolders (ignored)", modality=MEDIA)
+    target_train_file: Optional[str] = option(None, "unlabelled target data file (text, or a manifest); a label "
                                               "column, if present, is ignored")
-    target_validation_dir: Optional[str] = option(None, "labelled target images, reported as the oracle score, never "
-                                                  "used to select", modality="image")
+    target_validation_dir: Optional[str] = option(None, "labelled target folder, reported as the oracle score, never "
+                                                  "used to select", modality=MEDIA)
     target_validation_file: Optional[str] = option(None, "labelled target data file, reported as the oracle score, "
                                                    "never used to select")
-    target_test_dir: Optional[str] = option(None, "labelled target test images, scored once with the exported model",
-                                            modality="image")
+    target_test_dir: Optional[str] = option(None, "labelled target test folder, scored once with the exported model",
+                                            modality=MEDIA)
     target_test_file: Optional[str] = option(None, "labelled target test file, scored once with the exported model")
     adaptation_weight: float = option(1.0, "weight of the adaptation loss against the source classification loss",
                                       valid=POSITIVE)
@@ -172,7 +176,8 @@ class AdaptationOptions(Options):
                 raise HFTransferError(f"--{flag} is given without target training data: pass --target_train_file / "
                                       "--target_train_dir too")
         check_paths(self, ("target_train_dir", "target_validation_dir", "target_test_dir"),
-                    ("target_train_file", "target_validation_file", "target_test_file"), "pass a folder of images",
+                    ("target_train_file", "target_validation_file", "target_test_file"),
+                    "pass a folder of images or audio files",
                     "pass an existing data file")
         if self.compare_source_only and self.domain_adaptation == "none":
             raise HFTransferError("--compare_source_only compares adaptation with source-only training: pass "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import HFTransferError
 
-MODALITIES = ("image", "text")
+MODALITIES = ("image", "text", "audio")
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,26 @@ FRACTION = Range(0, 1, hi_inclusive=False)  # [0, 1)
 OPEN_FRACTION = Range(0, 1, lo_inclusive=False, hi_inclusive=False)  # (0, 1)
 
 
-def option(default, help: str, choices: tuple | None = None, valid: Range | None = None, *, modality: str | None = None,
-           default_text: str | None = None):
-    """A dataclass field with what ``--help`` and ``validate()`` need to know about it."""
+def option(default, help: str, choices: tuple | None = None, valid: Range | None = None, *,
+           modality: str | tuple[str, ...] | None = None, default_text: str | None = None):
+    """A dataclass field with what ``--help`` and ``validate()`` need to know about it; ``modality``: the recipe(s)
+    whose parser takes it (one name or a tuple; None = every recipe)."""
     metadata = {"help": help, "choices": choices, "valid": valid, "modality": modality, "default_text": default_text}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def applies_to(f: dataclasses.Field, modality: str | None) -> bool:
+    """Whether option ``f`` belongs to ``modality``'s recipe (every option does when ``modality`` is None)."""
+    owner = f.metadata.get("modality")
+    return modality is None or owner is None or modality == owner or (isinstance(owner, tuple) and modality in owner)
+
+
+def owner_recipes(f: dataclasses.Field) -> tuple[str, ...]:
+    """The recipes whose parser takes option ``f`` (every one for a common option)."""
+    owner = f.metadata.get("modality")
+    return MODALITIES if owner is None else owner if isinstance(owner, tuple) else (owner,)
 
 
 def to_bool(value: str) -> bool:

@@ -41,7 +41,21 @@ def tracker_installed(name: str) -> bool:
 
 
 def pooling_option():  # one definition for the recipes and for ranking
-    return option("mean", "text pooling: mean (mask-aware), cls or pooler", ("mean", "cls", "pooler"), modality="text")
+    return option("mean", "pooling of a transformers encoder's states: mean (mask-aware), cls or pooler (text)",
+                  ("mean", "cls", "pooler"), modality=("text", "audio"))
+
+
+def audio_options():  # the log-mel front end's settings: one definition for the recipe and for ranking
+    return {
+        "sampling_rate": option(None, "audio: the rate clips are resampled to (Hz), part of the model",
+                                valid=Range(1000), modality="audio",
+                                default_text="16000 for a timm backbone; a transformers encoder's own"),
+        "max_duration": option(1.0, "audio: seconds per clip; longer clips are cropped (centre; random while "
+                               "training), shorter ones padded with silence; part of the model", valid=POSITIVE,
+                               modality="audio"),
+        "n_mels": option(128, "audio, timm backbones: mel bands of the log-mel spectrogram the image model sees",
+                         valid=Range(8), modality="audio"),
+    }
 
 
 @dataclass
@@ -60,14 +74,17 @@ class SessionOptions(Options):
 class ModelOptions(Options):
     """The backbone, its weights, and the head put on it."""
 
-    model_name_or_path: str = option("", "timm model name / hf-hub:repo (image) or transformers model id / folder "
-                                     "(text)")
+    model_name_or_path: str = option("", "timm model name / hf-hub:repo (image; audio: on log-mel spectrograms) or "
+                                     "transformers model id / folder (text; audio: wav2vec2, HuBERT, AST, ...)")
     weights: str = option("pretrained", "pretrained (bundled offline copy when installed, else the Hub), random, or a "
                           "state-dict file")
     head: str = option("linear", "classification head: linear or mlp", ("linear", "mlp"))
     head_hidden_sizes: list[int] = option([512], "hidden sizes of the mlp head", valid=AT_LEAST_ONE)
     head_dropout: float = option(0.0, "dropout before the head's layers", valid=FRACTION)
     pooling: str = pooling_option()
+    sampling_rate: Optional[int] = audio_options()["sampling_rate"]
+    max_duration: float = audio_options()["max_duration"]
+    n_mels: int = audio_options()["n_mels"]
     image_size: Optional[int] = option(None, "image: train and serve at this many pixels square instead of the model's "
                                        "default input size (e.g. 64 for small digit images; recorded in the export)",
                                        valid=Range(8), modality="image")
@@ -91,8 +108,8 @@ class ModelOptions(Options):
 class AugmentationOptions(Options):
     """How training batches differ from evaluation ones."""
 
-    augment: bool = option(True, "image: random crop/flip/jitter while training (false = eval transform)",
-                           modality="image")
+    augment: bool = option(True, "random crop/flip/jitter of images, random crop/gain/shift and SpecAugment masks of "
+                           "audio, while training (false = eval transform)", modality=("image", "audio"))
     crop_scale: list[float] = option([0.08, 1.0], "image: RandomResizedCrop scale range for training",
                                      valid=Range(0, 1, lo_inclusive=False), modality="image")
     color_jitter: float = option(0.4, "image: color jitter strength for training (0 = off)", valid=NON_NEGATIVE,
@@ -102,6 +119,14 @@ class AugmentationOptions(Options):
                                          modality="image")
     reprob: float = option(0.0, "image: random erasing probability per training image (timm's RandomErasing, "
                            "per-pixel noise)", valid=FRACTION, modality="image")
+    gain_db: float = option(6.0, "audio: random gain while training, up to this many dB either way", valid=NON_NEGATIVE,
+                            modality="audio")
+    time_shift: float = option(0.1, "audio: random circular shift while training, up to this fraction of the clip",
+                               valid=FRACTION, modality="audio")
+    time_masks: int = option(2, "audio: SpecAugment time masks per training clip (each up to 10% of the frames)",
+                             valid=NON_NEGATIVE, modality="audio")
+    freq_masks: int = option(2, "audio: SpecAugment frequency masks per training clip (each up to 15% of the mel "
+                             "bands)", valid=NON_NEGATIVE, modality="audio")
     group_by_length: bool = option(True, "text: batch sentences of similar length together (less padding)",
                                    modality="text")
 

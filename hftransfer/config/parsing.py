@@ -22,7 +22,7 @@ from ..files import read_yaml, write_yaml
 from .aliases import add_refusal, add_transformers_names, resolve_aliases
 from .configs import JOB_FIELDS, TrainConfig
 from .data_options import DATA_SOURCE_FIELDS, PATH_FIELDS
-from .fields import MODALITIES, Options, arg_type, coerce_value, to_bool
+from .fields import Options, applies_to, arg_type, coerce_value, owner_recipes, to_bool
 from .help import modality_note, option_help, recipe_note
 
 __all__ = ["UsageErrorParser", "build_parser", "load_config", "read_config_file", "save_config"]
@@ -43,7 +43,7 @@ def build_parser(description: str, config_cls=TrainConfig, prog: str | None = No
                  defaults: dict | None = None, defaults_source: str | None = None) -> argparse.ArgumentParser:
     """The parser of ``config_cls``'s options, each under its group's title.
 
-    ``modality`` (a recipe's: image or text; None = every option) leaves out the other modality's
+    ``modality`` (a recipe's: image, text or audio; None = every option) leaves out the other modalities'
     options, which are then refused in one line naming their recipe. ``defaults`` (a recipe YAML's
     values, read from ``defaults_source``) are the defaults ``--help`` shows where they apply. A
     ``TrainConfig`` parser also takes transformers' names (``aliases``)."""
@@ -56,25 +56,27 @@ def build_parser(description: str, config_cls=TrainConfig, prog: str | None = No
     source = defaults_source or RECIPE_DEFAULTS
     groups, refused = {}, []
     for f in fields(config_cls):
-        if modality and f.metadata.get("modality") not in (None, modality):
-            refused.append(f.name)
-            add_refusal(parser, f.name, _other_recipe(f.name, f.metadata["modality"], modality))
+        if not applies_to(f, modality):
+            refused.append(f)
+            add_refusal(parser, f.name, _other_recipe(f.name, owner_recipes(f), modality))
             continue
         group = _group(parser, groups, config_cls, f.name)
         _add_option(group, f, hints[f.name], option_help(f, recipe, source, job))
     notes = []
     if recipe:
-        notes.append(recipe_note(source, [name for name in DATA_SOURCE_FIELDS if name not in refused]))
-    if refused:
-        notes.append(modality_note(next(m for m in MODALITIES if m != modality), refused))
+        refused_names = {f.name for f in refused}
+        notes.append(recipe_note(source, [name for name in DATA_SOURCE_FIELDS if name not in refused_names]))
+    for other in dict.fromkeys(m for f in refused for m in owner_recipes(f)):
+        notes.append(modality_note(other, [f.name for f in refused if other in owner_recipes(f)]))
     if issubclass(config_cls, TrainConfig):
         notes.append(add_transformers_names(parser))
     parser.epilog = "\n\n".join(notes) or None
     return parser
 
 
-def _other_recipe(name: str, other: str, modality: str) -> str:
-    return f"--{name} is an option of the {other} recipe (recipes/{other}_cls.py): drop it from this {modality} run"
+def _other_recipe(name: str, others: tuple[str, ...], modality: str) -> str:
+    recipes = " and ".join(f"the {other} recipe (recipes/{other}_cls.py)" for other in others)
+    return f"--{name} is an option of {recipes}: drop it from this {modality} run"
 
 
 def _group(parser: argparse.ArgumentParser, groups: dict, config_cls, name: str):

@@ -121,16 +121,19 @@ def _test_split(raw: DatasetDict, input_column: str, label_column: str) -> datas
 
 
 def _is_empty(value) -> bool:
-    """A missing value or blank text; an image cell (a dict of path / bytes) counts as present."""
+    """A missing value or blank text; an image or audio cell (a dict of path / bytes) counts as present."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
 def empty_rows(ds: datasets.Dataset, columns: list[str]) -> list[int]:
-    """Rows whose value in any of ``columns`` is missing or blank (images are read as paths, not decoded)."""
+    """Rows whose value in any of ``columns`` is missing or blank (images and audio are read as paths, not decoded:
+    ``datasets`` 5 would decode audio through torchcodec)."""
     view = ds.select_columns(columns)
     for column in columns:
         if isinstance(view.features[column], datasets.Image):
             view = view.cast_column(column, datasets.Image(decode=False))
+        elif isinstance(view.features[column], datasets.Audio):
+            view = view.cast_column(column, datasets.Audio(decode=False))
     values = zip(*(view[column] for column in columns))
     return [i for i, row in enumerate(values) if any(_is_empty(v) for v in row)]
 

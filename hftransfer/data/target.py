@@ -1,4 +1,8 @@
-"""The target domain of a domain-adaptation run: unlabelled train examples, and labelled splits only reported."""
+"""The target domain of a domain-adaptation run: unlabelled train examples, and labelled splits only reported.
+
+Any modality: text files, image or audio folders (a flat folder of unlabelled files for the train split,
+class-per-subfolder folders for the labelled ones), manifests and datasets; audio stays undecoded records here.
+"""
 from __future__ import annotations
 
 import logging
@@ -62,21 +66,22 @@ def _raw_target_splits(modality: str, source: DataSource, input_column: str, lab
                        text_encoding: str) -> dict:
     train_dir = source.train_dir
     if train_dir and Path(train_dir).is_dir() and not any(c.is_dir() for c in Path(train_dir).iterdir()):
-        # a flat folder of unlabelled images; labelled class-per-subfolder splits beside it are reported only
-        raw = {"train": load_unlabelled_folder(train_dir)}
+        # a flat folder of unlabelled images / audio; labelled class-per-subfolder splits beside it are reported only
+        raw = {"train": load_unlabelled_folder(train_dir, modality=modality, column=input_column)}
         for split, folder in (("validation", source.validation_dir), ("test", source.test_dir)):
             if folder:
-                raw[split] = load_split_folder(split, folder)
+                raw[split] = load_split_folder(split, folder, modality=modality, column=input_column)
         return raw
-    return load_raw_splits(modality, source, image_column=input_column, label_column=label_column,
-                           text_encoding=text_encoding)
+    return load_raw_splits(modality, source, image_column=input_column, audio_column=input_column,
+                           label_column=label_column, text_encoding=text_encoding)
 
 
 def _unlabelled_train(train: datasets.Dataset, input_column: str) -> datasets.Dataset:
     """The target train split without empty inputs (counted); one line if the column is missing or nothing is left."""
     if input_column not in train.column_names:
         raise HFTransferError(f"column '{input_column}' not found in the target training data (columns: "
-                              f"{', '.join(train.column_names)}): pass --image_column_name/--text_column_name")
+                              f"{', '.join(train.column_names)}): pass "
+                              "--image_column_name/--text_column_name/--audio_column_name")
     empty = set(empty_rows(train, [input_column]))
     if empty:
         logger.warning(f"skipped {len(empty)} of {len(train)} target train rows with an empty {input_column}")
@@ -95,7 +100,8 @@ def _labelled_target(ds: datasets.Dataset, input_column: str, label_column: str,
                               "it or leave it out")
     ds = drop_empty_rows(ds, input_column, label_column, split)
     feature = ds.features[label_column]
-    if isinstance(feature, (datasets.Sequence, list)) or (len(ds) and isinstance(ds[0][label_column], list)):
+    first = ds.select_columns([label_column])[0][label_column] if len(ds) else None  # no image / audio decoded
+    if isinstance(feature, (datasets.Sequence, datasets.List, list)) or isinstance(first, list):
         raise HFTransferError(f"the {split} split is multi-label: domain adaptation supports single-label "
                               "classification only")
     names = feature.names if isinstance(feature, ClassLabel) else None

@@ -82,6 +82,11 @@ def build_model_card(output_dir: Path, repo_id: str | None = None):
     return ModelCard(re.sub(r"\n{3,}", "\n\n", text))
 
 
+def backbone_library(model_cfg: dict) -> str:
+    """The library the backbone comes from: ``timm`` (images, and audio on log-mel spectrograms) or ``transformers``."""
+    return "timm" if model_cfg["backbone"]["type"] in ("timm", "audio_timm") else "transformers"
+
+
 def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
     """Every template variable, preformatted (the template only lays out strings)."""
     model_cfg = read_model_config(output_dir)
@@ -100,6 +105,7 @@ def card_context(output_dir: Path, repo_id: str | None = None) -> dict:
         "summary": summary_sentence(modality=modality, base_short=base.short, dataset=dataset, recipe=recipe,
                                     num_labels=len(labels), weights_format=layout_name(model_cfg)),
         "modality": modality,
+        "backbone_library": backbone_library(model_cfg),
         "repo_id": repo_id,
         "multi_label": bool(model_cfg.get("multi_label")),
         "base_model_display": base.display,
@@ -158,7 +164,7 @@ def hub_metadata_yaml(model_cfg: dict, results: RunResults | None, base: BaseMod
         datasets=[dataset.hub_id] if dataset.hub_id else None,
         license=base_model_license(model_cfg=model_cfg, base_hub_id=base.hub_id, modality=modality),
         tags=list(dict.fromkeys(["hftransfer", "transfer-learning", pipeline_tag,
-                                 "timm" if modality == "image" else "transformers"])),
+                                 backbone_library(model_cfg)])),
         pipeline_tag=pipeline_tag,
         model_name=repo_id.split("/")[-1],
         eval_results=eval_results or None,

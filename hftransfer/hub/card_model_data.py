@@ -77,10 +77,11 @@ def describe_base_model(model_cfg: dict, recipe: RunDescription | None) -> BaseM
     backbone = model_cfg["backbone"]
     name = (recipe.base_model if recipe else "") or backbone.get("model_name", "")
     architecture = backbone.get("architecture") or backbone.get("model_name", name)
-    if backbone["type"] == "text":
+    if backbone["type"] in ("text", "audio_transformers"):
         architecture = public_path_name(name) if looks_like_local_path(name) else name
     if recipe is None:
-        display = f"`{architecture}` ({'timm' if backbone['type'] == 'timm' else 'transformers'} backbone)"
+        library = "timm" if backbone["type"] in ("timm", "audio_timm") else "transformers"
+        display = f"`{architecture}` ({library} backbone)"
         return BaseModelDescription(hub_id=None, display=display, short=display)
     if recipe.weights == "random":
         return BaseModelDescription(
@@ -127,18 +128,19 @@ def describe_dataset(recipe: RunDescription | None, modality: str) -> DatasetDes
 def local_data_kind(source: str, modality: str) -> tuple[str, str]:
     """The model-index dataset type of local data (``imagefolder``, ``csv``, ``json``, ...) and its description."""
     path = Path(source)
-    if path.is_dir() or (modality == "image" and not path.suffix):
-        return "imagefolder", "local image folder" if modality == "image" else "local dataset folder"
+    if path.is_dir() or (modality in ("image", "audio") and not path.suffix):
+        folders = {"image": ("imagefolder", "local image folder"), "audio": ("audiofolder", "local audio folder")}
+        return folders.get(modality, ("imagefolder", "local dataset folder"))
     file_format = path.suffix.lstrip(".").replace("jsonl", "json").replace("tsv", "csv")  # the datasets loader
-    if modality == "image":
-        return file_format, f"local image manifest ({file_format.upper()})"
+    if modality in ("image", "audio"):
+        return file_format, f"local {modality} manifest ({file_format.upper()})"
     file_format = file_format or "text"
     return file_format, f"local {file_format.upper()} file"
 
 
 def base_model_license(model_cfg: dict, base_hub_id: str | None, modality: str) -> str:
     """The base model's license (timm's pretrained_cfg, or a known bundled model), else ``other``."""
-    if base_hub_id and modality == "image":
+    if base_hub_id and modality in ("image", "audio"):
         licence = (model_cfg["backbone"].get("pretrained_cfg") or {}).get("license")
         if licence:
             return licence
@@ -147,7 +149,7 @@ def base_model_license(model_cfg: dict, base_hub_id: str | None, modality: str) 
 
 def summary_sentence(modality: str, base_short: str, dataset: DatasetDescription, recipe: RunDescription | None,
                      num_labels: int, weights_format: str) -> str:
-    task = "An image" if modality == "image" else "A text"
+    task = {"image": "An image", "audio": "An audio"}.get(modality, "A text")
     if recipe is None:
         return f"{task} classifier ({num_labels} labels) built with hftransfer on {base_short}."
     return (f"{task} classifier fine-tuned from {base_short} on {dataset.display} "

@@ -147,7 +147,12 @@ def class_weights_line(record: dict | None) -> str | None:
 
 
 def augmentation_line(record: dict) -> str | None:
-    """The image augmentations, named only when the run used more than the default crop / flip / jitter."""
+    """The image augmentations, named only when the run used more than the default crop / flip / jitter; the audio
+    ones whenever a run used them."""
+    if record and record.get("random_crop"):  # audio
+        masks = f"SpecAugment ({record['time_masks']} time and {record['freq_masks']} frequency masks)"
+        return (f"random crop, gain (up to ±{record['gain_db']:g} dB) and circular shift (up to "
+                f"{record['time_shift']:.0%} of the clip); {masks}")
     extras = ("auto_augment", "reprob", "mixup", "cutmix")
     if not record or not any(record.get(key) for key in extras):
         return None

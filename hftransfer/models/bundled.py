@@ -119,6 +119,7 @@ def bundled_text_model_path(name: str) -> Path | None:
 # the names ``--model_name_or_path auto`` ranks by default, as a user would type them
 _BUNDLED_NAMES = {"image": [(arch, package) for arch, (package, _) in _TIMM_PACKAGES.items()],
                   "text": [("all-MiniLM-L6-v2", _TEXT_PACKAGES["all-minilm-l6-v2"])]}
+_BUNDLED_NAMES["audio"] = _BUNDLED_NAMES["image"]  # ImageNet CNNs on log-mel spectrograms
 
 
 def bundled_backbones(modality: str) -> list[str]:

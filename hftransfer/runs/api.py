@@ -20,26 +20,20 @@ turned into an exit) so a notebook keeps its state.
 """
 from __future__ import annotations
 
-import csv
 import difflib
-import json
 import logging
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..config import RankConfig, TrainConfig, load_config, read_config_file
-from ..config.fields import MODALITIES
-from ..config.options import AUTO_MODEL
-from ..data.preprocessing import image_suffixes
 from ..errors import HFTransferError, show_progress_messages
-from ..files import files_under
-from ..models.factory import modality_of
 from ..models.inference import InferenceSettings
 from ..models.onnx_runtime import default_onnx_dir
 from ..models.saved import hub_onnx_file, load_saved_model
 from ..models.transfer_model import TransferModel
 from ..records import OnnxExport, RunResults
+from .modality import expand_folders, infer_modality
 
 HELP_HINT = {"finetune": "python recipes/image_cls.py --help (or text_cls.py) lists them",
              "rank_backbones": "hftransfer rank --help lists them"}
@@ -153,8 +147,8 @@ def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, thr
     settings = run_settings if settings is None else settings
     if backend == "onnxruntime" and onnx_file is None:
         onnx_file = _onnx_default(given, model, settings, quantized, revision)
-    if model.modality == "image":
-        inputs = _expand_image_folders(inputs)
+    if model.modality in ("image", "audio"):
+        inputs = expand_folders(inputs, model.modality)
     result = run_inference(model, inputs, batch_size=batch_size, top_k=top_k, threshold=threshold, device=device,
                            settings=settings, skip_unreadable=skip_unreadable, progress=progress,
                            mixed_precision=mixed_precision, num_workers=num_workers, backend=backend,
@@ -236,72 +230,6 @@ def build_config(config_cls, config, options: dict, entry: str):
     return load_config([], defaults=values, config_cls=config_cls, validate=False)
 
 
-# ---- modality ------------------------------------------------------------------------------------------
-def infer_modality(cfg: TrainConfig, modality: str | None = None) -> str:
-    """``modality`` if given; else the data's (an image folder or manifest: image; a text file: text);
-    else the model's (a timm name or folder: image; a transformers folder or any other name: text)."""
-    if modality is not None:
-        if modality not in MODALITIES:
-            raise HFTransferError(f"modality '{modality}': use 'image' or 'text' (or leave it out to infer it from "
-                                  "the data and the model)")
-        return modality
-    data, model = data_modality(cfg), model_modality(cfg.model_name_or_path)
-    if data and model and data != model:
-        raise HFTransferError(f"the data is {data} ({'train_dir' if cfg.train_dir else 'train_file'}) but "
-                              f"'{cfg.model_name_or_path}' is a{'n' if model == 'image' else ''} {model} backbone: "
-                              f"pass a{'n' if data == 'image' else ''} {data} backbone, or modality= to say which")
-    if data or model:
-        return data or model
-    source = cfg.dataset_name or cfg.train_file or "the default data"
-    raise HFTransferError(f"cannot tell whether '{cfg.model_name_or_path}' on {source} is an image or a text run: "
-                          "pass modality='image' or modality='text'")
-
-
-def data_modality(cfg) -> str | None:
-    """image for a class-per-subfolder ``train_dir`` or a ``train_file`` manifest of images, text for a
-    ``train_file`` with the text column, None when the data does not say (a datasets name, other columns)."""
-    if cfg.train_dir:
-        return "image"
-    if not cfg.train_file:
-        return None
-    columns = file_columns(Path(cfg.train_file))
-    if columns is None:  # Parquet: image manifests only
-        return "image"
-    image, text = cfg.image_column_name in columns, cfg.text_column_name in columns
-    return "image" if image and not text else "text" if text and not image else None
-
-
-def file_columns(path: Path) -> set[str] | None:
-    """The columns of a CSV / TSV header or the keys of the first JSON(L) record (empty when unreadable);
-    None for a Parquet file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return None
-    try:
-        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-            if suffix in (".csv", ".tsv"):
-                return set(next(csv.reader(f, delimiter="\t" if suffix == ".tsv" else ","), []))
-            if suffix == ".json" and f.read(1024).lstrip().startswith(("[", "{")):
-                f.seek(0)
-                data = json.load(f)
-                first = data[0] if isinstance(data, list) and data else data
-                return set(first) if isinstance(first, dict) else set()
-            f.seek(0)
-            line = next((ln for ln in f if ln.strip()), "{}")
-            first = json.loads(line)
-            return set(first) if isinstance(first, dict) else set()
-    except (OSError, ValueError):
-        return set()
-
-
-def model_modality(name: str) -> str | None:
-    """image for a timm name (``hf-hub:``, ``local-dir:``, ``timm/`` included) or a timm folder, text for a
-    transformers folder or any other name (a transformers id), None for ``auto`` or an unknown folder."""
-    if not name or name == AUTO_MODEL:
-        return None
-    return modality_of(name)
-
-
 # ---- models and inputs ---------------------------------------------------------------------------------
 def _model_and_settings(model, revision: str | None):
     """(TransferModel, the run's InferenceSettings or None) for whatever ``predict`` was given."""
@@ -325,21 +253,6 @@ def _onnx_default(given, model: TransferModel, settings, quantized: bool, revisi
         return default_onnx_dir(model, InferenceSettings.resolve(settings), quantized=quantized)
     path = os.fspath(given)
     return path if Path(path).is_dir() else hub_onnx_file(path, quantized=quantized, revision=revision)
-
-
-def _expand_image_folders(inputs):
-    """A folder among an image model's inputs stands for its image files (recursive, sorted, hidden left out)."""
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) or hasattr(inputs, "convert") else list(inputs)
-    if not any(isinstance(i, (str, os.PathLike)) and Path(i).is_dir() for i in items):
-        return items
-    suffixes = image_suffixes()
-    out = []
-    for item in items:
-        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-            out += [str(p) for p in files_under(Path(item), suffixes)]
-        else:
-            out.append(item)
-    return out
 
 
 __all__ = ["FinetuneResult", "export_onnx", "finetune", "finetune_config", "infer_modality", "predict",

@@ -71,6 +71,10 @@ def check_modalities(candidates: list[Candidate], data_modality: str | None) -> 
     """One modality for all candidates, matching the data; otherwise a one-line error naming the odd ones."""
     if not candidates:
         raise HFTransferError("no candidates: pass --candidates NAME [NAME ...] (timm names or text encoder ids)")
+    if data_modality == "audio":  # timm models see log-mel spectrograms, transformers ids are audio encoders
+        for candidate in candidates:
+            candidate.modality = "audio"
+        return "audio"
     kinds = {c.modality for c in candidates}
     if len(kinds) > 1:
         parts = "; ".join(f"{m}: {', '.join(c.spec for c in candidates if c.modality == m)}" for m in sorted(kinds))
@@ -83,9 +87,11 @@ def check_modalities(candidates: list[Candidate], data_modality: str | None) -> 
 
 
 def _data_modality(cfg) -> str | None:
-    if cfg.train_dir:
-        return "image"
-    return None  # a file (texts, or an image manifest) or a datasets name: decided by the candidates
+    """image or audio for a class-per-subfolder folder, else None: a file (texts, or a manifest) or a datasets name is
+    decided by the candidates."""
+    from .modality import data_modality
+
+    return data_modality(cfg) if cfg.train_dir else None
 
 
 def embed_train_split(accelerator, train_cfg, candidate: Candidate, bundle) -> tuple[torch.Tensor, torch.Tensor, str]:

@@ -81,11 +81,14 @@ def class_weight_record(cfg, model, bundle) -> dict | None:
 
 
 def augmentation_record(cfg, modality: str) -> dict:
-    """What made training images differ from evaluation ones (empty for text)."""
-    if modality != "image":
+    """What made training images or audio clips differ from evaluation ones (empty for text)."""
+    if modality == "text":
         return {}
     if not cfg.augment:
         return {"augment": False}
+    if modality == "audio":
+        return {"random_crop": True, "gain_db": cfg.gain_db, "time_shift": cfg.time_shift,
+                "time_masks": cfg.time_masks, "freq_masks": cfg.freq_masks}
     record = {"crop_scale": list(cfg.crop_scale), "color_jitter": 0.0 if cfg.auto_augment else cfg.color_jitter}
     record.update({k: getattr(cfg, k) for k in ("auto_augment", "reprob") if getattr(cfg, k)})
     if cfg.mixing:

@@ -25,14 +25,15 @@ def target_source(cfg) -> DataSource:
 
 
 def input_column(cfg, modality: str) -> str:
-    return cfg.image_column_name if modality == "image" else cfg.text_column_name
+    return {"image": cfg.image_column_name, "audio": cfg.audio_column_name}.get(modality, cfg.text_column_name)
 
 
 def load_data(cfg, modality: str, data_seed: int | None = None) -> DataBundle:
     """The labelled splits ``cfg`` names, for a ``modality`` model; ``data_seed`` (default ``cfg.seed``) seeds
     the held-out split and the subsets."""
     raw = load_raw_splits(modality, data_source(cfg), image_column=cfg.image_column_name,
-                          label_column=cfg.label_column_name, text_encoding=cfg.text_encoding)
+                          audio_column=cfg.audio_column_name, label_column=cfg.label_column_name,
+                          text_encoding=cfg.text_encoding)
     return prepare_splits(raw, input_column(cfg, modality), cfg.label_column_name, cfg.validation_fraction,
                           seed=cfg.seed if data_seed is None else data_seed, max_train_samples=cfg.max_train_samples,
                           max_eval_samples=cfg.max_eval_samples, max_predict_samples=cfg.max_predict_samples,

@@ -63,7 +63,7 @@ def create_dataloaders(cfg, bundle: DataBundle, backbone, with_cache: bool) -> L
     """Loaders for ``bundle`` preprocessed the way ``backbone`` expects (``cfg``: a ``TrainConfig``)."""
     check_sampler(cfg, bundle)
     workers = cfg.dataloader_num_workers if cfg.dataloader_num_workers is not None else default_num_workers()
-    pipeline = backbone.data_pipeline(**pipeline_kwargs(cfg))
+    pipeline = backbone.data_pipeline(**pipeline_kwargs(cfg, backbone.modality))
     common = {"num_workers": workers, "persistent_workers": workers > 0, "collate_fn": pipeline.collate}
     # the training loader's workers are forked anew each epoch, so they see the epoch its augmentation uses
     train_common = {**common, "persistent_workers": False}
@@ -137,16 +137,25 @@ def check_sampler(cfg, bundle: DataBundle) -> None:
                               "balanced, which reweights the loss without changing what the alignment sees")
 
 
-def pipeline_kwargs(cfg) -> dict:
-    """What ``Backbone.data_pipeline`` takes from a ``TrainConfig`` / ``RankConfig``."""
+def pipeline_kwargs(cfg, modality: str = "image") -> dict:
+    """What ``Backbone.data_pipeline`` takes from a ``TrainConfig`` / ``RankConfig``, for a ``modality`` backbone."""
+    augment = getattr(cfg, "augment", False)  # rank reads features only: never augmented
+    return {"decode_size": cfg.decode_size, "max_seq_length": cfg.max_seq_length,
+            "augmentation": augmentation_of(cfg, modality) if augment else None}
+
+
+def augmentation_of(cfg, modality: str):
+    """The training augmentation ``cfg`` asks of ``modality``'s pipeline (None for text, which has none)."""
+    if modality == "audio":
+        from ..data.audio import AudioAugmentation
+
+        return AudioAugmentation(seed=cfg.seed, gain_db=cfg.gain_db, shift=cfg.time_shift, time_masks=cfg.time_masks,
+                                 freq_masks=cfg.freq_masks)
     from ..data.preprocessing import Augmentation
 
-    augment = getattr(cfg, "augment", False)  # rank reads features only: never augmented
     # getattr: RankConfig has no auto-augment / erasing options (it never augments)
-    augmentation = Augmentation(tuple(cfg.crop_scale), cfg.color_jitter, cfg.seed,
-                                auto_augment=getattr(cfg, "auto_augment", None) or None,
-                                reprob=getattr(cfg, "reprob", 0.0)) if augment else None
-    return {"decode_size": cfg.decode_size, "max_seq_length": cfg.max_seq_length, "augmentation": augmentation}
+    return Augmentation(tuple(cfg.crop_scale), cfg.color_jitter, cfg.seed,
+                        auto_augment=getattr(cfg, "auto_augment", None) or None, reprob=getattr(cfg, "reprob", 0.0))
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
