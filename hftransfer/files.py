@@ -25,6 +25,7 @@ NATIVE_CONFIG_NAME = "config.json"  # timm / transformers config, present when t
 ENCODER_CONFIG_NAME = "encoder_config.json"  # the text encoder's transformers config
 REMOTE_CODE_NAME = "modeling_hftransfer.py"  # transformers custom code, for models without a native layout
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"  # transformers' image processor settings
+FEATURE_EXTRACTOR_NAME = IMAGE_PROCESSOR_NAME  # the same file, for audio: the feature extractor (every audio model)
 CARD_NAME = "README.md"
 
 # ---- what a run's output_dir holds besides the model ---------------------------------------------
@@ -184,4 +185,6 @@ def stale_native_files(save_dir: Path) -> list[str]:
         used = set(REMOTE_CODE_FILES) if config.get("modality") == "image" else {NATIVE_CONFIG_NAME, REMOTE_CODE_NAME}
     else:
         used = set()
+    if config.get("modality") == "audio":  # an audio model's feature extractor, whatever the layout
+        used.add(FEATURE_EXTRACTOR_NAME)
     return [name for name in REMOTE_CODE_FILES if name not in used and (save_dir / name).is_file()]

@@ -136,12 +136,12 @@ def test_modality_explicit_then_data_then_model(tmp_path):
     assert modality("hf-hub:user/model", dataset_name="beans") == "image"
     assert modality("bert-base-uncased", dataset_name="imdb") == "text"
     assert modality("test_efficientnet", train_file=str(odd)) == "image"  # the columns do not say: the model does
-    with pytest.raises(HFTransferError, match="cannot tell whether 'auto' on imdb is an image or a text run: pass "
-                                              "modality='image' or modality='text'"):
+    with pytest.raises(HFTransferError, match="cannot tell whether 'auto' on imdb is an image, text or audio run: "
+                                              "pass modality='image', 'text' or 'audio'"):
         modality("auto", dataset_name="imdb")
     with pytest.raises(HFTransferError, match=r"the data is text \(train_file\) but 'resnet18' is an image backbone"):
         modality("resnet18", train_file=str(texts))
-    with pytest.raises(HFTransferError, match="modality 'images': use 'image' or 'text'"):
+    with pytest.raises(HFTransferError, match="modality 'images': use 'image', 'text', 'audio'"):
         modality("resnet18", "images")
 
 

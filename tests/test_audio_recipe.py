@@ -42,7 +42,7 @@ def test_the_audio_recipe_takes_its_options_and_refuses_the_other_recipes():
 def test_audio_help_shows_its_options_with_the_recipe_defaults(capsys):
     text = recipe_help("audio", capsys)
     assert "default: 1.0, from configs/audio_cls.yaml" in entry(text, "max_duration")
-    assert "default: 128, from configs/audio_cls.yaml" in entry(text, "n_mels")
+    assert "default: 128" in entry(text, "n_mels")
     assert "default job: " in entry(text, "train_dir") and "audio files" in entry(text, "train_dir")
     assert entry(text, "crop_scale") is None and entry(text, "max_seq_length") is None
     assert "Options of the image recipe" in text and "Options of the text recipe" in text
@@ -94,3 +94,37 @@ def test_rank_takes_any_backbone_kind_for_audio_data():
                   Candidate("w2v", "some/wav2vec2", "pretrained", "text")]
     assert check_modalities(candidates, "audio") == "audio"
     assert {c.modality for c in candidates} == {"audio"}
+
+
+@pytest.mark.integration
+def test_audio_recipe_end_to_end_predict_and_two_processes(tmp_path):
+    """The recipe trains a tiny timm model on generated clips (one unreadable file skipped), writes a model that
+    ``hftransfer predict`` runs on a folder of WAV files; the same run launched as 2 processes trains too."""
+    import json
+
+    from builders import launch_two_processes, read_results, run_python, run_recipe
+
+    data = make_audio_folder(tmp_path / "clips", classes=("down", "up"), per_class=8, seconds=0.4)
+    (data / "up" / "broken.wav").write_bytes(b"RIFF not really a wave file")
+    common = ["--model_name_or_path", "test_efficientnet", "--weights", "random", "--train_dir", data,
+              "--validation_fraction", "0.25", "--num_train_epochs", "2", "--max_duration", "0.5",
+              "--n_mels", "32", "--per_device_train_batch_size", "4", "--checkpointing_steps", "no",
+              "--time_masks", "1", "--freq_masks", "1"]
+    out = tmp_path / "out"
+    proc = run_recipe("audio_cls", *common, "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "audio files that could not be read: broken.wav (not an audio file" in proc.stdout + proc.stderr
+    results = read_results(out)
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForAudioClassification"].endswith("HFTransferForAudioClassification")
+    assert json.loads((out / "preprocessor_config.json").read_text())["sampling_rate"] == 16000
+    preds = tmp_path / "preds.jsonl"
+    proc = run_python("-m", "hftransfer", "predict", out, data / "down", "--output", preds)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 8 and all(r["label"] in ("down", "up") for r in rows)
+    two = tmp_path / "two"
+    proc = launch_two_processes("audio_cls", *common, "--output_dir", two, "--num_threads", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_results(two)["eval_accuracy"] is not None

@@ -127,7 +127,7 @@ class RankConfig(DataOptions, SessionOptions):
     pooling: str = pooling_option()
     sampling_rate: Optional[int] = audio_options()["sampling_rate"]
     max_duration: float = audio_options()["max_duration"]
-    n_mels: int = audio_options()["n_mels"]
+    n_mels: Optional[int] = audio_options()["n_mels"]
 
     def validate(self) -> "RankConfig":
         super().validate()

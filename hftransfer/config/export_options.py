@@ -20,20 +20,24 @@ EXPORT_DATA_OPTIONS = ("dataset_name", "train_dir", "validation_dir", "train_fil
                        "text_column_name", "label_column_name", "image_column_name", "max_eval_samples")
 
 
+ONNX_RECIPES = ("image", "text")  # audio models have no ONNX export yet (the STFT front end)
+
+
 @dataclass
 class ExportOptions(Options):
     """After training: the model as ONNX (and int8), checked against torch, in output_dir/onnx."""
 
     export_onnx: bool = option(False, "after training, export the model to output_dir/onnx as ONNX (fp32), checked "
-                               "against torch (needs the [onnx] extra; hftransfer export does the same later)")
+                               "against torch (needs the [onnx] extra; hftransfer export does the same later)",
+                               modality=ONNX_RECIPES)
     quantize: str = option("none", "with --export_onnx: int8 also writes an int8 graph (static for CNNs, dynamic for "
                            "text encoders), kept only if its validation accuracy drops by at most "
-                           "--max_int8_accuracy_drop points", QUANTIZE_CHOICES)
+                           "--max_int8_accuracy_drop points", QUANTIZE_CHOICES, modality=ONNX_RECIPES)
     onnx_opset: Optional[int] = option(None, "with --export_onnx: the ONNX opset of the graph", valid=ONNX_OPSETS,
-                                       default_text=f"{DEFAULT_OPSET}, the exporter's own")
+                                       default_text=f"{DEFAULT_OPSET}, the exporter's own", modality=ONNX_RECIPES)
     max_int8_accuracy_drop: float = option(1.0, "with --quantize int8: most validation accuracy points the int8 graph "
                                            "may lose against fp32; one that loses more is deleted (the run still "
-                                           "succeeds, with a warning)", valid=NON_NEGATIVE)
+                                           "succeeds, with a warning)", valid=NON_NEGATIVE, modality=ONNX_RECIPES)
 
     def validate(self) -> "ExportOptions":
         super().validate()

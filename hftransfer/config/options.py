@@ -53,8 +53,8 @@ def audio_options():  # the log-mel front end's settings: one definition for the
         "max_duration": option(1.0, "audio: seconds per clip; longer clips are cropped (centre; random while "
                                "training), shorter ones padded with silence; part of the model", valid=POSITIVE,
                                modality="audio"),
-        "n_mels": option(128, "audio, timm backbones: mel bands of the log-mel spectrogram the image model sees",
-                         valid=Range(8), modality="audio"),
+        "n_mels": option(None, "audio, timm backbones: mel bands of the log-mel spectrogram the image model sees",
+                         valid=Range(8), modality="audio", default_text="128"),
     }
 
 
@@ -84,7 +84,7 @@ class ModelOptions(Options):
     pooling: str = pooling_option()
     sampling_rate: Optional[int] = audio_options()["sampling_rate"]
     max_duration: float = audio_options()["max_duration"]
-    n_mels: int = audio_options()["n_mels"]
+    n_mels: Optional[int] = audio_options()["n_mels"]
     image_size: Optional[int] = option(None, "image: train and serve at this many pixels square instead of the model's "
                                        "default input size (e.g. 64 for small digit images; recorded in the export)",
                                        valid=Range(8), modality="image")

@@ -116,7 +116,7 @@ def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, thr
             mixed_precision: str | None = None, num_workers: int | None = None,
             input_names: list[str] | None = None, backend: str = "torch", onnx_file=None,
             quantized: bool = False) -> PredictionResult:
-    """Predict ``inputs`` (image paths / PIL images for an image model, strings for a text model) in batches.
+    """Predict ``inputs`` (image paths / PIL images, strings, or audio files / waveforms, per modality) in batches.
 
     ``batch_size``: None = ``default_batch_size`` (8 images on a CPU, else 32).
     ``settings``: see ``InferenceSettings.resolve`` (pass the run folder for the run's own
@@ -132,8 +132,8 @@ def predict(model, inputs, *, batch_size: int | None = None, top_k: int = 5, thr
     (a ``.onnx`` file, an export folder or a run folder with ``onnx/``; ``quantized`` picks the int8
     graph), on the CPU; the torch model then only supplies the preprocessing and labels.
     """
-    if isinstance(inputs, (str, Path)) or hasattr(inputs, "convert"):
-        inputs = [inputs]  # one path, text or PIL image
+    if isinstance(inputs, (str, Path, dict)) or hasattr(inputs, "convert") or _is_waveform(inputs):
+        inputs = [inputs]  # one path, text, PIL image, waveform (a 1-D float array) or audio dict
     inputs = list(inputs)
     session = _onnx_session(backend, onnx_file, quantized)
     dev = resolve_device("cpu" if session is not None else device)
@@ -186,6 +186,11 @@ def check_arguments(model, *, batch_size: int, top_k: int, threshold: float) -> 
                               f"model's {model.num_labels} labels)")
     if not 0.0 <= threshold <= 1.0:
         raise HFTransferError(f"threshold {threshold} is outside [0, 1]: pass a probability, e.g. 0.5")
+
+
+def _is_waveform(inputs) -> bool:
+    """One audio clip: a 1-D numpy float array (not a list, nor an array or Series of texts)."""
+    return getattr(inputs, "ndim", 0) == 1 and getattr(getattr(inputs, "dtype", None), "kind", "") == "f"
 
 
 def _input_name(item, i: int, modality: str) -> str:

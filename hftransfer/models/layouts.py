@@ -13,13 +13,16 @@ saved in that library's layout, so that it loads *without* hftransfer:
   BERT / ERNIE / ALBERT (``pooler -> dropout -> classifier``) map key for key; the RoBERTa family
   (RoBERTa, XLM-R, CamemBERT) and MPNet map because their classification head *is* a pooler
   (``dense -> tanh`` on the first token) followed by ``out_proj``.
+* mean-pooled wav2vec2 / HuBERT / WavLM / Data2VecAudio + ``LinearHead`` -> ``<Family>ForSequenceClassification``
+  (``projector`` -> mask-aware mean -> ``classifier``), its projector the identity: two ``constants``
+  written with the weights and dropped on loading (``AutoModelForAudioClassification``, ``pipeline``).
 
 Everything else keeps hftransfer's key names, for a stated reason (MLP heads, ``mean``/``cls``
 pooling: no transformers class pools that way, encoders without such a classifier: DistilBERT's is
 ``pre_classifier -> ReLU -> classifier``, ELECTRA's has no pooler, timm models whose classifier is
 not one linear layer) and still loads without hftransfer, through transformers' custom code: the
 self-contained ``modeling_hftransfer.py`` is copied next to a ``config.json`` whose ``auto_map``
-names its classes (``AutoModelFor{Sequence,Image}Classification`` with ``trust_remote_code=True``,
+names its classes (``AutoModelFor{Sequence,Image,Audio}Classification`` with ``trust_remote_code=True``,
 and ``pipeline``). Its module names are hftransfer's, so the one weights file serves both loaders.
 Only user-defined heads, whose code the folder cannot carry, load with hftransfer alone.
 
@@ -59,7 +62,8 @@ from .heads import HEADS, LinearHead
 
 # modality -> (transformers auto class, the class of modeling_hftransfer.py it maps to)
 REMOTE_CODE_CLASSES = {"text": ("AutoModelForSequenceClassification", "HFTransferForSequenceClassification"),
-                       "image": ("AutoModelForImageClassification", "HFTransferForImageClassification")}
+                       "image": ("AutoModelForImageClassification", "HFTransferForImageClassification"),
+                       "audio": ("AutoModelForAudioClassification", "HFTransferForAudioClassification")}
 
 
 @dataclass
@@ -68,19 +72,24 @@ class NativeLayout:
 
     ``library`` is ``"timm"`` or ``"transformers"``; ``architecture`` the timm architecture or the
     transformers class name; ``key_map`` ordered ``(hftransfer_prefix, native_prefix)`` pairs;
-    ``config`` the native ``config.json`` content.
+    ``config`` the native ``config.json`` content; ``constants`` native tensors that hftransfer's model
+    has no counterpart of (an identity projection), written with the weights and dropped on loading.
     """
 
     library: str
     architecture: str
     key_map: list[tuple[str, str]]
     config: dict = field(repr=False)
+    constants: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def record(self) -> dict:
-        return {"library": self.library, "architecture": self.architecture, "key_map": [list(p) for p in self.key_map]}
+        record = {"library": self.library, "architecture": self.architecture,
+                  "key_map": [list(p) for p in self.key_map]}
+        return {**record, "constant_keys": sorted(self.constants)} if self.constants else record
 
 
-def map_keys(state: dict[str, torch.Tensor], key_map: list[tuple[str, str]], reverse: bool = False) -> dict[str, torch.Tensor]:
+def map_keys(state: dict[str, torch.Tensor], key_map: list[tuple[str, str]],
+             reverse: bool = False) -> dict[str, torch.Tensor]:
     """Rename every key by its longest matching prefix in ``key_map`` (``reverse``: native -> hftransfer)."""
     pairs = [(n, h) for h, n in key_map] if reverse else [(h, n) for h, n in key_map]
     pairs.sort(key=lambda p: len(p[0]), reverse=True)
@@ -111,6 +120,9 @@ def checked_layout(layout: NativeLayout, model, reference: dict[str, torch.Tenso
     mapped = map_keys(state, layout.key_map)
     if len(mapped) != len(state) or set(map_keys(mapped, layout.key_map, reverse=True)) != set(state):
         return None, f"hftransfer's weights do not map one-to-one onto {layout.architecture}"
+    if set(mapped) & set(layout.constants):
+        return None, f"constant tensors of {layout.architecture} collide with hftransfer's weights"
+    mapped.update(layout.constants)
     ref_shapes = {k: tuple(v.shape) for k, v in reference.items()}
     shapes = {k: tuple(v.shape) for k, v in mapped.items()}
     if ref_shapes != shapes:
@@ -175,9 +187,13 @@ def remote_code_layout(model) -> tuple[RemoteCodeLayout | None, str]:
 
 
 def _write_remote_code(save_dir: Path, layout: RemoteCodeLayout) -> None:
+    """``config.json``, the modeling code and, for images, timm's image processor. An audio model's
+    ``preprocessor_config.json`` is its feature extractor, which ``save_preprocessing`` writes (and keeps)."""
     write_json(save_dir / NATIVE_CONFIG_NAME, layout.config)
     copy_file(Path(modeling_hftransfer.__file__), save_dir / REMOTE_CODE_NAME)
-    if "pretrained_cfg" in layout.config:  # the image processor transformers' Hub loaders look for first
+    if layout.config["modality"] == "audio":
+        return
+    if layout.config["modality"] == "image":  # the image processor transformers' Hub loaders look for first
         write_json(save_dir / IMAGE_PROCESSOR_NAME, {
             "image_processor_type": layout.config["image_processor_type"],
             "architecture": layout.config["architecture"], "pretrained_cfg": layout.config["pretrained_cfg"]})
@@ -190,8 +206,9 @@ def save_weights(model, save_dir: Path) -> dict:
 
     Native layout: native keys + timm / transformers ``config.json``. Otherwise hftransfer's keys +
     the custom-code ``config.json`` and ``modeling_hftransfer.py`` (+ ``preprocessor_config.json``
-    for images). Returns the record merged into ``hftransfer_config.json``: ``weights_format``
-    (``timm``, ``transformers`` or ``hftransfer``) plus ``native`` (library, architecture, key map)
+    for images; audio models write theirs, the feature extractor, in ``save_preprocessing``). Returns the
+    record merged into ``hftransfer_config.json``: ``weights_format`` (``timm``, ``transformers`` or
+    ``hftransfer``) plus ``native`` (library, architecture, key map)
     or ``native_unavailable`` (the reason) and ``remote_code`` (auto class, architecture) or
     ``remote_code_unavailable``. Files of another layout left by an earlier save into the same
     folder are removed, so that no loader pairs a config with weights it does not describe.
@@ -199,7 +216,7 @@ def save_weights(model, save_dir: Path) -> dict:
     layout, reason = native_layout(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if layout is not None:
-        state = map_keys(state, layout.key_map)
+        state = {**map_keys(state, layout.key_map), **layout.constants}
     earlier = _files_written_by_us(save_dir)
     save_safetensors(save_dir / WEIGHTS_NAME, state, metadata={"format": "pt"})
     if layout is not None:
@@ -234,10 +251,12 @@ def load_weights(save_dir: Path, config: dict) -> dict[str, torch.Tensor]:
 
     path = save_dir / WEIGHTS_NAME
     if not path.is_file():
-        raise HFTransferError(f"'{save_dir}' has no {WEIGHTS_NAME}: the folder is incomplete, save or download it again")
+        raise HFTransferError(f"'{save_dir}' has no {WEIGHTS_NAME}: the folder is incomplete, save or download it "
+                              "again")
     state = load_file(path)
     if config.get("weights_format", HFTRANSFER_FORMAT) == HFTRANSFER_FORMAT:
         return state
     key_map = [tuple(p) for p in config["native"]["key_map"]]
-    return map_keys(state, key_map, reverse=True)
+    constants = set(config["native"].get("constant_keys", []))
+    return map_keys({k: v for k, v in state.items() if k not in constants}, key_map, reverse=True)
 

@@ -309,13 +309,17 @@ def _version() -> str:
 def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict[int, str], *,
                           head: str | nn.Module = "linear", weights: str = "pretrained", multi_label: bool = False,
                           label_smoothing: float = 0.0, head_hidden_sizes: tuple[int, ...] = (512,),
-                          head_dropout: float = 0.0, pooling: str = "mean") -> TransferModel:
+                          head_dropout: float = 0.0, pooling: str = "mean", sampling_rate: int | None = None,
+                          max_duration: float | None = None, n_mels: int | None = None) -> TransferModel:
     """Build a TransferModel: backbone by name/path (``weights`` = pretrained | random | file) plus a head.
 
-    ``pooling`` applies to text encoders (``mean``, ``cls`` or ``pooler``)."""
+    ``pooling`` applies to transformers encoders (``mean``, ``cls``; text also ``pooler``); ``sampling_rate``,
+    ``max_duration`` and ``n_mels`` to audio backbones (None: the backbone's default; see ``create_backbone``)."""
     if not id2label:
         raise HFTransferError("no labels: the training data must contain at least one class")
-    backbone = create_backbone(modality, model_name_or_path, weights=weights, pooling=pooling)
+    audio = {"sampling_rate": sampling_rate, "max_duration": max_duration, "n_mels": n_mels}
+    backbone = create_backbone(modality, model_name_or_path, weights=weights, pooling=pooling,
+                               **{k: v for k, v in audio.items() if v is not None})
     head_kwargs = {"dropout": head_dropout}
     if head == "mlp":
         head_kwargs["hidden_sizes"] = list(head_hidden_sizes)

@@ -34,7 +34,7 @@ from ..models.devices import usable_cores
 from ..models.factory import modality_of
 from ..models.transfer_model import create_transfer_model
 from ..training.feature_cache import FeatureDataset, feature_cache_file, load_or_extract
-from ..training.inputs import load_data
+from ..training.inputs import audio_kwargs, load_data
 from ..training.loaders import create_dataloaders
 
 COLUMNS = ("rank", "candidate", "logme", "h_score", "feature_dim", "samples", "seconds", "features")
@@ -102,7 +102,8 @@ def embed_train_split(accelerator, train_cfg, candidate: Candidate, bundle) -> t
     cfg = train_cfg
     set_seed(cfg.seed)  # a random-init candidate gets the same weights as the recipe's --weights random run
     model = create_transfer_model(candidate.modality, candidate.name, bundle.id2label, weights=candidate.weights,
-                                  multi_label=bundle.multi_label, pooling=cfg.pooling).eval()
+                                  multi_label=bundle.multi_label, pooling=cfg.pooling,
+                                  **audio_kwargs(cfg, candidate.modality)).eval()
     model.backbone.use_fast_layout()
     # the eval split is emptied and the test split dropped because ranking never reads them
     own = dataclasses.replace(bundle, eval=bundle.eval.select([]), test=None)

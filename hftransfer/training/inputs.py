@@ -47,3 +47,10 @@ def load_target_data(cfg, modality: str, id2label: dict[int, str], data_seed: in
                               seed=cfg.seed if data_seed is None else data_seed,
                               max_train_samples=cfg.max_train_samples, max_eval_samples=cfg.max_eval_samples,
                               max_predict_samples=cfg.max_predict_samples)
+
+
+def audio_kwargs(cfg, modality: str) -> dict:
+    """The audio backbone's settings a ``TrainConfig`` / ``RankConfig`` gives (none for images and text)."""
+    if modality != "audio":
+        return {}
+    return {"sampling_rate": cfg.sampling_rate, "max_duration": cfg.max_duration, "n_mels": cfg.n_mels}

@@ -27,7 +27,7 @@ from ..tuning.strategies import LORA_STRATEGIES, Strategy, TransferScheduler, ap
 from .checkpoint import RunState, resume
 from .ema import WeightAverage
 from .feature_cache import uses_feature_cache
-from .inputs import load_data, load_target_data
+from .inputs import audio_kwargs, load_data, load_target_data
 from .loaders import Loaders, create_dataloaders
 from .runtime import StopSignals
 from .tracking import RunLog
@@ -82,7 +82,7 @@ def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle, init_backbo
     model = create_transfer_model(modality, cfg.model_name_or_path, bundle.id2label, head=cfg.head, weights=cfg.weights,
                                   multi_label=bundle.multi_label, label_smoothing=cfg.label_smoothing,
                                   head_hidden_sizes=tuple(cfg.head_hidden_sizes), head_dropout=cfg.head_dropout,
-                                  pooling=cfg.pooling)
+                                  pooling=cfg.pooling, **audio_kwargs(cfg, modality))
     if init_backbone is not None:  # before LoRA wraps layers: the keys are the plain backbone's
         from safetensors.torch import load_file
 
