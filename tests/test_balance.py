@@ -176,7 +176,7 @@ def _loaders(with_cache=True, **overrides):
     cfg = SimpleNamespace(**{"dataloader_num_workers": 0, "sampler": "balanced", "group_by_length": True, "seed": 5,
                              "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
                              "domain_adaptation": "none", "adaptation_loss": "none", **overrides})
-    backbone = SimpleNamespace(data_pipeline=lambda **kwargs: _Pipeline())
+    backbone = SimpleNamespace(modality="image", data_pipeline=lambda **kwargs: _Pipeline())
     with mock.patch("hftransfer.training.loaders.pipeline_kwargs", return_value={}):
         return create_dataloaders(cfg, bundle, backbone, with_cache)
 
