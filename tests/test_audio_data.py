@@ -436,3 +436,20 @@ def test_prepare_is_cached_until_a_file_changes(tmp_path, monkeypatch):
     write_audio(tmp_path / "train" / "down" / "0.wav", tone(440, SR, 0.1), SR)  # the same path, new content
     raw = load_raw_splits("audio", DataSource(train_dir=str(tmp_path / "train")))["train"]
     assert len(pipe.prepare(raw, "audio", "train")[0]["audio"]) == round(0.1 * SR)
+
+
+def test_speed_perturbation_resamples_tempo_and_pitch_and_is_seeded(prepared):
+    from hftransfer.data.audio import change_speed
+
+    wave = tone(440, SR, seconds=0.5)
+    fast = change_speed(wave, 1.25)
+    assert len(fast) == round(len(wave) / 1.25)
+    peak = np.argmax(np.abs(np.fft.rfft(fast))) * SR / len(fast)
+    assert abs(peak - 550) < 10  # 440 Hz played 1.25x faster
+    plain = train_pipeline(gain_db=0.0, shift=0.0, time_masks=0, freq_masks=0).train_view(prepared, "audio")
+    sped, again = (train_pipeline(gain_db=0.0, shift=0.0, time_masks=0, freq_masks=0, speed=0.2)
+                   .train_view(prepared, "audio") for _ in range(2))
+    assert not np.array_equal(sped[0]["input_values"], plain[0]["input_values"])
+    np.testing.assert_array_equal(sped[0]["input_values"], again[0]["input_values"])
+    with pytest.raises(HFTransferError, match="speed is 1.5: use a fraction"):
+        AudioAugmentation(speed=1.5)

@@ -123,6 +123,9 @@ class AugmentationOptions(Options):
                             modality="audio")
     time_shift: float = option(0.1, "audio: random circular shift while training, up to this fraction of the clip",
                                valid=FRACTION, modality="audio")
+    speed_perturb: float = option(0.0, "audio: random speed change while training, by a factor within 1 ± this "
+                                  "(tempo and pitch together, like another speaker's voice; 0 = off)",
+                                  valid=Range(0, 0.5), modality="audio")
     time_masks: int = option(2, "audio: SpecAugment time masks per training clip (each up to 10% of the frames)",
                              valid=NON_NEGATIVE, modality="audio")
     freq_masks: int = option(2, "audio: SpecAugment frequency masks per training clip (each up to 15% of the mel "

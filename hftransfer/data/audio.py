@@ -50,24 +50,33 @@ SHOWN_FAILURES = 3  # file names a skipped-files warning lists
 @dataclass(frozen=True)
 class AudioAugmentation:
     """How training audio is randomly transformed, each example seeded by (``seed``, epoch, index): a random crop,
-    a gain uniform in [-``gain_db``, ``gain_db``] dB, a circular shift of up to ``shift`` of the clip, and
-    SpecAugment masks: ``time_masks`` / ``freq_masks`` masks, each up to ``*_mask_width`` of its axis."""
+    a gain uniform in [-``gain_db``, ``gain_db``] dB, a circular shift of up to ``shift`` of the clip, a speed
+    change by a factor uniform in [1 - ``speed``, 1 + ``speed``] (resampling: tempo and pitch together, as another
+    voice would say it), and SpecAugment masks: ``time_masks`` / ``freq_masks`` masks, each up to
+    ``*_mask_width`` of its axis."""
 
     seed: int = 0
     gain_db: float = 6.0
     shift: float = 0.1
+    speed: float = 0.0
     time_masks: int = 2
     time_mask_width: float = 0.1
     freq_masks: int = 2
     freq_mask_width: float = 0.15
 
     def __post_init__(self):
-        for name in ("shift", "time_mask_width", "freq_mask_width"):
+        for name in ("shift", "speed", "time_mask_width", "freq_mask_width"):
             if not 0 <= getattr(self, name) <= 1:
                 raise HFTransferError(f"audio augmentation {name} is {getattr(self, name)}: use a fraction in [0, 1]")
         for name in ("gain_db", "time_masks", "freq_masks"):
             if getattr(self, name) < 0:
                 raise HFTransferError(f"audio augmentation {name} is {getattr(self, name)}: use 0 or more")
+
+
+def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
+    """``wave`` played ``factor`` times faster (linear interpolation: shorter and higher for ``factor`` > 1)."""
+    n = max(1, round(len(wave) / factor))
+    return np.interp(np.arange(n) * factor, np.arange(len(wave)), wave).astype(np.float32)
 
 
 def fit_length(wave: np.ndarray, num_samples: int, offset: int | None = None) -> np.ndarray:
@@ -145,7 +154,9 @@ class AudioPipeline:
         aug, n = self.augmentation, self.num_samples
         wave = np.asarray(wave, dtype=np.float32)
         rng = np.random.default_rng(random.Random(f"{aug.seed}/{self.epoch}/{index}").getrandbits(64))
-        offset, gain, shift = rng.random(3)  # drawn whatever the clip's length: the draws after them stay put
+        offset, gain, shift, speed = rng.random(4)  # drawn whatever the clip's length: the draws after stay put
+        if aug.speed:
+            wave = change_speed(wave, 1 + (2 * speed - 1) * aug.speed)
         clip = fit_length(wave, n, int(offset * (len(wave) - n + 1)) if len(wave) > n else None)
         clip = clip * np.float32(10 ** ((2 * gain - 1) * aug.gain_db / 20))
         clip = np.roll(clip, round((2 * shift - 1) * int(aug.shift * n)))

@@ -151,8 +151,10 @@ def augmentation_line(record: dict) -> str | None:
     ones whenever a run used them."""
     if record and record.get("random_crop"):  # audio
         masks = f"SpecAugment ({record['time_masks']} time and {record['freq_masks']} frequency masks)"
-        return (f"random crop, gain (up to ±{record['gain_db']:g} dB) and circular shift (up to "
-                f"{record['time_shift']:.0%} of the clip); {masks}")
+        speed = f", speed x{1 - record['speed_perturb']:g}-{1 + record['speed_perturb']:g}" \
+            if record.get("speed_perturb") else ""
+        return (f"random crop, gain (up to ±{record['gain_db']:g} dB), circular shift (up to "
+                f"{record['time_shift']:.0%} of the clip){speed}; {masks}")
     extras = ("auto_augment", "reprob", "mixup", "cutmix")
     if not record or not any(record.get(key) for key in extras):
         return None

@@ -88,6 +88,7 @@ def augmentation_record(cfg, modality: str) -> dict:
         return {"augment": False}
     if modality == "audio":
         return {"random_crop": True, "gain_db": cfg.gain_db, "time_shift": cfg.time_shift,
+                "speed_perturb": cfg.speed_perturb,
                 "time_masks": cfg.time_masks, "freq_masks": cfg.freq_masks}
     record = {"crop_scale": list(cfg.crop_scale), "color_jitter": 0.0 if cfg.auto_augment else cfg.color_jitter}
     record.update({k: getattr(cfg, k) for k in ("auto_augment", "reprob") if getattr(cfg, k)})

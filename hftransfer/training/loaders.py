@@ -149,8 +149,8 @@ def augmentation_of(cfg, modality: str):
     if modality == "audio":
         from ..data.audio import AudioAugmentation
 
-        return AudioAugmentation(seed=cfg.seed, gain_db=cfg.gain_db, shift=cfg.time_shift, time_masks=cfg.time_masks,
-                                 freq_masks=cfg.freq_masks)
+        return AudioAugmentation(seed=cfg.seed, gain_db=cfg.gain_db, shift=cfg.time_shift, speed=cfg.speed_perturb,
+                                 time_masks=cfg.time_masks, freq_masks=cfg.freq_masks)
     from ..data.preprocessing import Augmentation
 
     # getattr: RankConfig has no auto-augment / erasing options (it never augments)
