@@ -13,7 +13,8 @@ high: only the test speaker measures transfer to a new voice). Each seed thus di
 as its initialisation; the table shows every seed.
 
 Rows (``--rows``), each ``recipes/audio_cls.py`` in a subprocess with explicit flags beside the recipe's defaults
-(tf_efficientnet_lite0 with its bundled ImageNet weights, 16 kHz, 1 s clips, 128 mel bands):
+(tf_efficientnet_lite0 with its bundled ImageNet weights, 1 s clips, 64 mel bands, speed perturbation; ``--sampling_rate
+8000``, the recordings' own, as the default job):
 
 * ``linear_probe``  frozen ImageNet features (computed once) and a linear head;
 * ``lp_ft``         linear probe, then everything fine-tuned (``--lp_epochs`` half the epochs);
@@ -79,7 +80,7 @@ def run_recipe(row: str, seed: int, split: Path, out: Path, threads: int, epochs
     args = ["recipes/audio_cls.py", "--train_dir", split / "train", "--test_dir", split / "test",
             "--validation_fraction", "0.15", "--num_train_epochs", str(epochs), "--seed", str(seed),
             "--output_dir", out, "--overwrite_output_dir", "--num_threads", str(threads),
-            "--checkpointing_steps", "no", *NEURAL[row]]
+            "--checkpointing_steps", "no", "--sampling_rate", "8000", *NEURAL[row]]
     if row == "lp_ft":
         args += ["--lp_epochs", str(max(1, epochs // 2))]
     if row == "adapt_mcc":

@@ -42,7 +42,8 @@ def test_the_audio_recipe_takes_its_options_and_refuses_the_other_recipes():
 def test_audio_help_shows_its_options_with_the_recipe_defaults(capsys):
     text = recipe_help("audio", capsys)
     assert "default: 1.0, from configs/audio_cls.yaml" in entry(text, "max_duration")
-    assert "default: 128" in entry(text, "n_mels")
+    assert "default: 64, from configs/audio_cls.yaml" in entry(text, "n_mels")
+    assert "default job: 8000" in entry(text, "sampling_rate")
     assert "default job: " in entry(text, "train_dir") and "audio files" in entry(text, "train_dir")
     assert entry(text, "crop_scale") is None and entry(text, "max_seq_length") is None
     assert "Options of the image recipe" in text and "Options of the text recipe" in text
