@@ -453,3 +453,11 @@ def test_speed_perturbation_resamples_tempo_and_pitch_and_is_seeded(prepared):
     np.testing.assert_array_equal(sped[0]["input_values"], again[0]["input_values"])
     with pytest.raises(HFTransferError, match="speed is 1.5: use a fraction"):
         AudioAugmentation(speed=1.5)
+
+
+def test_an_empty_split_prepares_to_an_empty_split(audio_root):
+    # hftransfer rank extracts the train split only, with an empty eval split beside it
+    raw = load_raw_splits("audio", DataSource(train_dir=str(audio_root / "train")))
+    bundle = prepare_splits(raw, "audio", "label")
+    empty = AudioPipeline(sampling_rate=SR, max_duration=0.5).prepare(bundle.train.select([]), "audio", "eval")
+    assert len(empty) == 0

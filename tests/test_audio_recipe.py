@@ -129,3 +129,27 @@ def test_audio_recipe_end_to_end_predict_and_two_processes(tmp_path):
     proc = launch_two_processes("audio_cls", *common, "--output_dir", two, "--num_threads", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_results(two)["eval_accuracy"] is not None
+
+
+@pytest.mark.integration
+def test_audio_lora_compare_scratch_card_and_rank_with_the_bundled_weights(tmp_path):
+    import json
+
+    from builders import read_results, run_python, run_recipe
+
+    data = make_audio_folder(tmp_path / "clips", classes=("down", "up"), per_class=6, seconds=0.4)
+    common = ["--train_dir", data, "--validation_fraction", "0.25", "--num_train_epochs", "1", "--max_duration", "0.5",
+              "--n_mels", "32", "--checkpointing_steps", "no", "--num_threads", "1"]
+    lora = tmp_path / "lora"
+    proc = run_recipe("audio_cls", *common, "--strategy", "lora", "--compare_scratch", "true", "--output_dir", lora)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(lora)
+    assert results["transfer"]["strategy"] == "lora" and results["transfer_gain"]["scratch_seeds"] == 1
+    card = (lora / "README.md").read_text()
+    assert 'pipeline("audio-classification"' in card and "pipeline_tag: audio-classification" in card
+    out = tmp_path / "rank"
+    proc = run_python("-m", "hftransfer", "rank", "--candidates", "tf_efficientnet_lite0", "random:tf_efficientnet_lite0",
+                      "--train_dir", data, "--max_duration", "0.5", "--n_mels", "32", "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranked = json.loads((out / "rank.json").read_text())
+    assert ranked["modality"] == "audio" and len(ranked["ranking"]) == 2

@@ -302,3 +302,46 @@ def test_push_to_hub_fails_before_training(hub_state, extra, match, hub, files, 
     assert "push it again" not in line  # nothing was trained: there is nothing to push again
     assert_untouched(earlier_run)  # no epoch, no checkpoint, no best_model/: the earlier run is as it was
     assert ("model", "user/x") not in hub.server.repos
+
+
+# ---------------------------------------------------------------------------------------------- audio
+@pytest.fixture(scope="module")
+def audio_files(tmp_path_factory) -> dict:
+    """An audio folder whose every file is bad (corrupt WAV, zero-length WAV, a text file named .wav), one with a
+    single class, and one of images."""
+    from audio_builders import make_audio_folder, write_bad_audio
+
+    root = tmp_path_factory.mktemp("audio")
+    for label in ("down", "up"):
+        write_bad_audio(root / "all_bad" / label)
+    make_audio_folder(root / "one_class", classes=("down",), per_class=3)
+    make_audio_folder(root / "good", per_class=3)
+    return {"all_bad": root / "all_bad", "one_class": root / "one_class", "good": root / "good",
+            "images": files_root(tmp_path_factory)}
+
+
+def files_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audio_images")
+    make_image_folder(root / "train")
+    return root / "train"
+
+
+AUDIO_CASES = [
+    (["--train_dir", "all_bad"], "train audio files could be read (corrupt.wav (not an audio file"),
+    (["--train_dir", "one_class"], "only one class"),
+    (["--train_dir", "images"], "no audio files"),
+    (["--train_dir", "good", "--crop_scale", "0.5", "1"], "--crop_scale is an option of the image recipe"),
+    (["--train_dir", "good", "--export_onnx"], "--export_onnx is an option of the image recipe"),
+    (["--train_dir", "good", "--domain_adaptation", "dapt", "--target_train_dir", "good"],
+     "dapt is masked-language-model pretraining of a text encoder; for audio use mcc"),
+    (["--train_dir", "good", "--sampling_rate", "100"], "--sampling_rate 100 is out of range: use a number >= 1000"),
+]
+
+
+@pytest.mark.parametrize("extra,match", AUDIO_CASES, ids=[c[1][:40] for c in AUDIO_CASES])
+def test_audio_recipe_bad_input(extra, match, audio_files, earlier_run, capsys):
+    argv = ["--model_name_or_path", "test_efficientnet", "--weights", "random", "--max_duration", "0.5",
+            "--n_mels", "32", "--output_dir", earlier_run, "--overwrite_output_dir",
+            *[str(audio_files.get(a, a)) for a in extra]]
+    fails_with_one_line(recipe("audio"), argv, capsys, match)
+    assert_untouched(earlier_run)

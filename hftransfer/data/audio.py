@@ -297,6 +297,8 @@ def _in_memory_cache(ds: datasets.Dataset, column: str, sampling_rate: int) -> d
 
 def _drop_unreadable(decoded: datasets.Dataset, split: str) -> datasets.Dataset:
     """``decoded`` without the examples that could not be read (one warning); all unreadable is an error."""
+    if ERROR_COLUMN not in decoded.column_names:  # an empty split: datasets' map adds no column to 0 rows
+        return decoded
     errors = list(decoded[ERROR_COLUMN])
     decoded = decoded.remove_columns(ERROR_COLUMN)
     bad = [i for i, error in enumerate(errors) if error is not None]
