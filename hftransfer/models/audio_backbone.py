@@ -52,7 +52,7 @@ class LogMelTimmBackbone(TimmBackbone):
 
     def forward(self, input_values: torch.Tensor, spec_masks: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled features of float waveforms [batch, samples] at ``frontend.sampling_rate``; ``spec_masks``
-        [batch, masks, 3] (training's SpecAugment bands, see ``LogMelFrontend``) zero parts of the spectrogram."""
+        [batch, masks, 3] (training's SpecAugment bands, see ``LogMelFrontend``) silence parts of the spectrogram."""
         spectrogram = self.frontend(input_values, spec_masks)
         return super().forward(spectrogram.to(next(self.model.parameters()).dtype))
 
