@@ -18,9 +18,7 @@ import inspect
 import itertools
 import logging
 import random
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,7 +186,6 @@ class AudioPipeline:
         """Batches of evaluation clips of raw inputs (anything ``read_audio`` takes), in input order, decoded as
         training decodes them; an unreadable input is a ``failed`` entry (index, reason) and the others go on.
         With ``workers`` threads the next batch decodes while the model runs the current one."""
-        from .preprocessing import _finished
 
         def load(item) -> tuple[np.ndarray | None, str | None]:
             try:
@@ -200,21 +197,9 @@ class AudioPipeline:
             except Exception as e:  # noqa: BLE001 - one odd input must not stop the others
                 return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'unreadable'}"
 
-        pool = ThreadPoolExecutor(workers) if workers else None
+        from .preprocessing import prefetched_batches
 
-        def submit(chunk: range) -> list:
-            return [(i, pool.submit(load, inputs[i]) if pool else _finished(load(inputs[i]))) for i in chunk]
-
-        chunks = (range(s, min(s + batch_size, len(inputs))) for s in range(0, len(inputs), batch_size))
-        ahead = deque(submit(chunk) for chunk in itertools.islice(chunks, 2))
-        try:
-            while ahead:
-                batch = ahead.popleft()
-                ahead.extend(submit(chunk) for chunk in itertools.islice(chunks, 1))
-                yield self._raw_batch(batch)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        yield from prefetched_batches(inputs, batch_size, load, self._raw_batch, workers=workers)
 
     def _raw_batch(self, futures: list) -> RawBatch:
         from .preprocessing import RawBatch

@@ -100,21 +100,7 @@ class ImagePipeline:
             except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file (OSError, SyntaxError...)
                 return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'unreadable'}"
 
-        pool = ThreadPoolExecutor(workers) if workers else None
-
-        def submit(chunk: range) -> list[tuple[int, Future]]:
-            return [(i, pool.submit(load, inputs[i]) if pool else _finished(load(inputs[i]))) for i in chunk]
-
-        chunks = (range(s, min(s + batch_size, len(inputs))) for s in range(0, len(inputs), batch_size))
-        ahead = deque(submit(chunk) for chunk in itertools.islice(chunks, 2))
-        try:
-            while ahead:
-                batch = ahead.popleft()
-                ahead.extend(submit(chunk) for chunk in itertools.islice(chunks, 1))
-                yield _image_batch(batch)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        yield from prefetched_batches(inputs, batch_size, load, _image_batch, workers=workers)
 
 
 class TextPipeline:
@@ -166,6 +152,27 @@ class TextPipeline:
             rows = order[start:start + batch_size]
             batch = self.collate([{c: encoded[c][j] for c in columns} for j in rows])
             yield RawBatch([kept[j] for j in rows], batch, [])
+
+
+def prefetched_batches(inputs: list, batch_size: int, load, assemble, *, workers: int = 0) -> Iterator[RawBatch]:
+    """``assemble([(index, future of load(inputs[index])), ...])`` per batch of ``batch_size`` inputs, in input order.
+    With ``workers`` threads the next batch loads while the caller uses the current one (decoders release the GIL);
+    0 loads in the caller's thread."""
+    pool = ThreadPoolExecutor(workers) if workers else None
+
+    def submit(chunk: range) -> list[tuple[int, Future]]:
+        return [(i, pool.submit(load, inputs[i]) if pool else _finished(load(inputs[i]))) for i in chunk]
+
+    chunks = (range(s, min(s + batch_size, len(inputs))) for s in range(0, len(inputs), batch_size))
+    ahead = deque(submit(chunk) for chunk in itertools.islice(chunks, 2))
+    try:
+        while ahead:
+            batch = ahead.popleft()
+            ahead.extend(submit(chunk) for chunk in itertools.islice(chunks, 1))
+            yield assemble(batch)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _finished(value) -> Future:

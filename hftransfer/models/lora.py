@@ -89,6 +89,19 @@ def adaptable_layers(module: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in module.named_modules() if n and isinstance(m, ADAPTABLE_TYPES)}
 
 
+def attention_lora_layers(encoder: nn.Module, names: tuple[str, ...]) -> list[str]:
+    """A transformers encoder's default LoRA targets: its ``nn.Linear`` layers whose last name is one of ``names`` (the
+    attention projections), else the layers peft's own table names for the encoder's ``model_type``."""
+    layers = adaptable_layers(encoder)
+    chosen = [n for n, m in layers.items() if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in names]
+    if chosen:
+        return chosen
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    targets = PEFT_DEFAULTS.get(encoder.config.model_type, [])
+    return [n for n in layers if any(matches_target(n, t) for t in targets)]
+
+
 def shortest_suffixes(chosen: list[str], all_names: list[str]) -> list[str]:
     """The shortest dotted suffixes that, matched the way peft matches, select exactly ``chosen`` among ``all_names``."""
     wanted, out = set(chosen), []

@@ -14,7 +14,7 @@ from ..files import ENCODER_CONFIG_NAME, write_text
 from .backbone import Backbone, LayerGroup, load_state_file
 from .bundled import bundled_text_model_path
 from .layouts import NativeLayout, checked_layout
-from .lora import adaptable_layers, matches_target
+from .lora import attention_lora_layers
 from .modeling_hftransfer import POOLINGS, pool
 
 # LoRA's default targets, the attention projections: query/key/value in BERT, RoBERTa, ALBERT, ELECTRA, MiniLM;
@@ -190,15 +190,7 @@ class TextBackbone(Backbone):
 
     def default_lora_layers(self) -> list[str]:
         """The attention projections (``LORA_ATTENTION_NAMES``), else those of peft's own table per model type."""
-        layers = adaptable_layers(self.encoder)
-        chosen = [n for n, m in layers.items()
-                  if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in LORA_ATTENTION_NAMES]
-        if chosen:
-            return chosen
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
-
-        names = PEFT_DEFAULTS.get(self.encoder.config.model_type, [])
-        return [n for n in layers if any(matches_target(n, t) for t in names)]
+        return attention_lora_layers(self.encoder, LORA_ATTENTION_NAMES)
 
     def native_layout(self, model) -> tuple[NativeLayout | None, str]:
         """``<Family>ForSequenceClassification``, where the encoder's pooler + a linear head is its classifier."""
