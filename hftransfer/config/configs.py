@@ -124,7 +124,7 @@ class RankConfig(DataOptions, SessionOptions):
                                    "modality); random:NAME = random init (a sanity floor), NAME=FILE = weights from a "
                                    "state-dict file")
     output_dir: str = option("outputs/rank", "where rank.csv, rank.json and rank.png go")
-    pooling: str = pooling_option()
+    pooling: Optional[str] = pooling_option()
     sampling_rate: Optional[int] = audio_options()["sampling_rate"]
     max_duration: float = audio_options()["max_duration"]
     n_mels: Optional[int] = audio_options()["n_mels"]

@@ -41,8 +41,9 @@ def tracker_installed(name: str) -> bool:
 
 
 def pooling_option():  # one definition for the recipes and for ranking
-    return option("mean", "pooling of a transformers encoder's states: mean (mask-aware), cls or pooler (text)",
-                  ("mean", "cls", "pooler"), modality=("text", "audio"))
+    return option(None, "pooling of a transformers model's states: mean (mask-aware), cls, pooler (text) or last "
+                  "(text: the last token; default for decoder LLMs, else mean)",
+                  ("mean", "cls", "pooler", "last"), modality=("text", "audio"))
 
 
 def audio_options():  # the log-mel front end's settings: one definition for the recipe and for ranking
@@ -81,7 +82,7 @@ class ModelOptions(Options):
     head: str = option("linear", "classification head: linear or mlp", ("linear", "mlp"))
     head_hidden_sizes: list[int] = option([512], "hidden sizes of the mlp head", valid=AT_LEAST_ONE)
     head_dropout: float = option(0.0, "dropout before the head's layers", valid=FRACTION)
-    pooling: str = pooling_option()
+    pooling: Optional[str] = pooling_option()
     sampling_rate: Optional[int] = audio_options()["sampling_rate"]
     max_duration: float = audio_options()["max_duration"]
     n_mels: Optional[int] = audio_options()["n_mels"]

@@ -50,7 +50,8 @@ ONNX_FILE_DESCRIPTIONS = {
 }
 WEIGHT_LAYOUTS = {"timm": "timm key names", "transformers": "transformers key names"}
 POOLING_DESCRIPTIONS = {"mean": "attention-mask-aware mean of the last hidden states", "cls": "first ([CLS]) token",
-                        "pooler": "the encoder's pooler (dense + tanh on the first token)"}
+                        "pooler": "the encoder's pooler (dense + tanh on the first token)",
+                        "last": "the last token holding text (a decoder LLM's summary of the whole sequence)"}
 # named on the card of a model saved outside a run, which has no recorded versions
 RUNNING_FRAMEWORKS = ("torch", "timm", "transformers")
 MAX_LABELS_SHOWN = 50

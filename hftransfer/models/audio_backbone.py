@@ -42,7 +42,7 @@ class LogMelTimmBackbone(TimmBackbone):
         fit_spectrogram_size(self.model, self.frontend)
 
     @classmethod
-    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean",
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str | None = None,
                sampling_rate: int | None = None, max_duration: float | None = None,
                n_mels: int | None = None) -> "LogMelTimmBackbone":
         """The front end's ``sampling_rate`` / ``max_duration`` / ``n_mels`` (None: its default); timm models

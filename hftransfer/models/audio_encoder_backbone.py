@@ -46,10 +46,11 @@ class TransformersAudioBackbone(Backbone):
     config_type = "audio_transformers"
     input_names = ("input_values", "input_features", "attention_mask")
 
-    def __init__(self, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean",
+    def __init__(self, model_name_or_path: str, weights: str = "pretrained", pooling: str | None = None,
                  max_duration: float = DEFAULT_MAX_DURATION, encoder_config: dict | None = None,
                  preprocessor_path: str | None = None):
         super().__init__()
+        pooling = pooling or "mean"
         if pooling not in AUDIO_POOLINGS:
             raise HFTransferError(f"unknown pooling '{pooling}' for an audio encoder: use mean or cls")
         self.name, self.pooling, self.max_duration = model_name_or_path, pooling, float(max_duration)
@@ -96,7 +97,7 @@ class TransformersAudioBackbone(Backbone):
                                   f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
     @classmethod
-    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean",
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str | None = None,
                sampling_rate: int | None = None, max_duration: float | None = None,
                n_mels: int | None = None) -> "TransformersAudioBackbone":
         """``max_duration`` None: ``DEFAULT_MAX_DURATION``. The feature extractor fixes the rate and the features:

@@ -38,12 +38,13 @@ class Backbone(nn.Module):
     modality: str
     library: str  # the library whose models it wraps: "timm" or "transformers"
     config_type: str  # ``config()["type"]``, which ``backbone_from_config`` dispatches on
+    linear_head_bias = True  # whether a linear head on it has a bias (decoder LLMs: no, like transformers' score)
     feature_dim: int
     name: str
     input_names: tuple[str, ...]
 
     @classmethod
-    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean") -> "Backbone":
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str | None = None) -> "Backbone":
         """The factory ``create_backbone`` calls; each adapter takes the options that apply to it."""
         raise NotImplementedError
 

@@ -20,7 +20,7 @@ from .timm_backbone import TimmBackbone
 BACKBONE_CLASSES = (TimmBackbone, TextBackbone, LogMelTimmBackbone, TransformersAudioBackbone)
 
 
-def create_backbone(modality: str, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean",
+def create_backbone(modality: str, model_name_or_path: str, *, weights: str = "pretrained", pooling: str | None = None,
                     sampling_rate: int | None = None, max_duration: float | None = None,
                     n_mels: int | None = None) -> Backbone:
     """Build the adapter for ``modality``: ``"image"`` -> timm, ``"text"`` -> transformers encoder, ``"audio"`` ->

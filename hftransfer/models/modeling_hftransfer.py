@@ -37,10 +37,10 @@ MODEL_TYPE = "hftransfer"
 class LinearHead(nn.Module):
     """Dropout (optional) then one linear layer: the head of a linear probe."""
 
-    def __init__(self, in_features: int, num_labels: int, dropout: float = 0.0):
+    def __init__(self, in_features: int, num_labels: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_features, num_labels)
+        self.fc = nn.Linear(in_features, num_labels, bias=bias)  # bias-free for decoder LLMs, as their `score` layer
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(features))
@@ -64,16 +64,20 @@ class MLPHead(nn.Module):
 
 
 HEADS = {"linear": LinearHead, "mlp": MLPHead}
-POOLINGS = ("mean", "cls", "pooler")
+POOLINGS = ("mean", "cls", "pooler", "last")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str,
          pooler_output: torch.Tensor | None = None) -> torch.Tensor:
-    """One vector per sequence: mask-aware mean of the last hidden states, the first token, or the pooler's output."""
+    """One vector per sequence: mask-aware mean of the last hidden states, the first token, the pooler's output, or
+    the last token holding text (either padding side; in a decoder LLM the only one that has seen the whole text)."""
     if pooling == "pooler":
         return pooler_output
-    if pooling == "cls":
-        return hidden[:, 0]
+    if pooling == "cls" or (pooling == "last" and attention_mask is None):
+        return hidden[:, 0 if pooling == "cls" else -1]
+    if pooling == "last":  # the rightmost position the mask keeps, the rule of transformers' decoder classifiers
+        last = (torch.arange(hidden.shape[1], device=hidden.device) * attention_mask).argmax(-1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if attention_mask is None:
         return hidden.mean(dim=1)
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -99,13 +103,9 @@ class HFTransferConfig(PretrainedConfig):
                  pooling: str = "mean", encoder_config: dict | None = None, architecture: str | None = None,
                  pretrained_cfg: dict | None = None, timm_kwargs: dict | None = None, frontend: dict | None = None,
                  audio_inputs: list[str] | None = None, **kwargs):
-        self.modality = modality
-        self.head = head or {"type": "linear"}
-        self.feature_dim = feature_dim
-        self.pooling = pooling
-        self.encoder_config = encoder_config
-        self.architecture = architecture
-        self.pretrained_cfg = pretrained_cfg
+        self.modality, self.head, self.feature_dim = modality, head or {"type": "linear"}, feature_dim
+        self.pooling, self.encoder_config = pooling, encoder_config
+        self.architecture, self.pretrained_cfg = architecture, pretrained_cfg
         self.timm_kwargs = timm_kwargs or {}
         self.frontend, self.audio_inputs = frontend, audio_inputs
         super().__init__(**kwargs)

@@ -1,4 +1,5 @@
-"""``TextBackbone``: any transformers encoder as a backbone (mean / CLS / pooler pooling, one group per layer)."""
+"""``TextBackbone``: any transformers encoder or decoder LLM as a backbone (mean / CLS / pooler / last-token pooling,
+one group per layer)."""
 from __future__ import annotations
 
 import copy
@@ -27,12 +28,31 @@ POOLED_CLASSIFIER_TYPES = {"bert": "classifier_dropout", "ernie": "classifier_dr
 ROBERTA_HEAD_TYPES = {"roberta", "xlm-roberta", "camembert", "mpnet"}
 
 
+def is_decoder_lm(config) -> bool:
+    """A decoder-only LLM (Llama, Qwen2, Mistral, Gemma, GPT-2, ...): transformers has a causal LM for its type but
+    no masked LM (BERT-style encoders have both; encoder-decoders neither)."""
+    from transformers.models.auto import modeling_auto
+
+    model_type = config.model_type
+    return (model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
 class TextBackbone(Backbone):
-    """Any transformers encoder loadable with ``AutoModel`` (BERT, DistilBERT, RoBERTa, MiniLM, ...).
+    """Any transformers text model loadable with ``AutoModel``: encoders (BERT, DistilBERT, RoBERTa, MiniLM, ...)
+    and decoder LLMs (Llama, Qwen2, Mistral, Gemma, ...).
 
     ``pooling``: ``"mean"`` (attention-mask-aware mean of the last hidden states), ``"cls"`` (first
-    token) or ``"pooler"`` (the model's own pooler, BERT's tanh dense layer). With mean/cls pooling
+    token), ``"pooler"`` (the model's own pooler, BERT's tanh dense layer) or ``"last"`` (the last token
+    holding text); None = ``last`` for a decoder LLM, ``mean`` for an encoder. With mean/cls pooling
     the encoder's pooler is dropped so that no parameter goes unused (DDP requires that).
+
+    Decoder LLMs: a tokenizer without a padding token pads with its end-of-sequence token, on the right, so that
+    positions count from the first token whatever the batch (left padding shifts rotary positions), and the model
+    config records that ``pad_token_id`` (its ``ForSequenceClassification`` finds the last token by it). Their
+    linear head has no bias, like transformers' ``score`` layer, so the export is that class. Pretrained weights
+    load in float32 whatever the checkpoint's dtype: the optimizer keeps full-precision weights, and
+    ``--mixed_precision`` sets the compute dtype.
     """
 
     modality = "text"
@@ -40,13 +60,13 @@ class TextBackbone(Backbone):
     config_type = "text"
     input_names = ("input_ids", "attention_mask", "token_type_ids")
 
-    def __init__(self, model_name_or_path: str, weights: str = "pretrained", pooling: str = "mean",
+    def __init__(self, model_name_or_path: str, weights: str = "pretrained", pooling: str | None = None,
                  encoder_config: dict | None = None, tokenizer_path: str | None = None):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        if pooling not in POOLINGS:
-            raise HFTransferError(f"unknown pooling '{pooling}': use mean, cls or pooler")
+        if pooling is not None and pooling not in POOLINGS:
+            raise HFTransferError(f"unknown pooling '{pooling}': use mean, cls, pooler or last")
         self.name, self.pooling = model_name_or_path, pooling
         source = bundled_text_model_path(model_name_or_path) or model_name_or_path
         try:
@@ -56,7 +76,7 @@ class TextBackbone(Backbone):
             elif weights == "random":
                 self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
             elif weights == "pretrained":
-                self.encoder = AutoModel.from_pretrained(source)
+                self.encoder = AutoModel.from_pretrained(source, dtype=torch.float32)
             else:
                 self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
                 self._load_strict(load_state_file(weights))
@@ -66,6 +86,10 @@ class TextBackbone(Backbone):
                 f"could not load text encoder '{model_name_or_path}' ({str(e).splitlines()[0][:200]}): "
                 "pass a transformers model folder or a Hub model id reachable from here"
             ) from None
+        self.is_decoder = is_decoder_lm(self.encoder.config)
+        self.pooling = pooling = pooling or ("last" if self.is_decoder else "mean")
+        if self.is_decoder:
+            self._prepare_decoder(model_name_or_path)
         if pooling == "pooler" and getattr(self.encoder, "pooler", None) is None:
             raise HFTransferError(f"'{model_name_or_path}' has no pooler layer: use --pooling mean or cls")
         if pooling != "pooler" and getattr(self.encoder, "pooler", None) is not None:
@@ -73,10 +97,31 @@ class TextBackbone(Backbone):
         self.feature_dim = self.encoder.config.hidden_size
         accepted = inspect.signature(self.encoder.forward).parameters
         self.input_names = tuple(n for n in TextBackbone.input_names if n in accepted)
+        if self.is_decoder:  # a BERT-style tokenizer on a decoder would feed token_type_ids to transformers' pipeline
+            self.tokenizer.model_input_names = [n for n in self.tokenizer.model_input_names if n in self.input_names]
 
     @classmethod
-    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean") -> "TextBackbone":
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained",
+               pooling: str | None = None) -> "TextBackbone":
         return cls(model_name_or_path, weights=weights, pooling=pooling)
+
+    def _prepare_decoder(self, name: str) -> None:
+        """Padding for a decoder LLM: a pad token (else its EOS), right padding, ``pad_token_id`` in the config."""
+        if self.pooling == "cls":
+            raise HFTransferError(f"'{name}' is a decoder LLM: its first token attends to nothing after it, so cls "
+                                  "pooling ignores the text; use --pooling last (the default) or mean")
+        if self.tokenizer.pad_token is None:
+            if self.tokenizer.eos_token is None:
+                raise HFTransferError(f"the tokenizer of '{name}' has neither a padding nor an end-of-sequence "
+                                      "token to pad with: add a pad_token to its tokenizer_config.json")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        self.encoder.config.pad_token_id = self.tokenizer.pad_token_id
+
+    @property
+    def linear_head_bias(self) -> bool:
+        """Whether a linear head on this backbone has a bias: not on decoder LLMs (transformers' ``score`` has none)."""
+        return not self.is_decoder
 
     def set_gradient_checkpointing(self, enable: bool = True) -> "TextBackbone":
         """transformers' checkpointing of every encoder layer, non-reentrant: the reentrant kind needs
@@ -193,35 +238,53 @@ class TextBackbone(Backbone):
         return attention_lora_layers(self.encoder, LORA_ATTENTION_NAMES)
 
     def native_layout(self, model) -> tuple[NativeLayout | None, str]:
-        """``<Family>ForSequenceClassification``, where the encoder's pooler + a linear head is its classifier."""
-        from transformers import AutoModelForSequenceClassification
-
+        """``<Family>ForSequenceClassification``, where it is exactly this backbone + a linear head: the encoder's
+        pooler + linear (BERT, ERNIE, ALBERT; RoBERTa family, MPNet), or a decoder LLM's last token + bias-free
+        ``score`` (Llama, Qwen2, Mistral, Gemma, ...: transformers finds that token as the last one that is not
+        ``pad_token_id``, which is the one the attention mask ends on for text without pad tokens in it)."""
         model_type = self.encoder.config.model_type
-        if self.pooling != "pooler":
+        if self.is_decoder and self.pooling != "last":
+            return None, (f"{self.pooling} pooling has no transformers equivalent: decoder sequence classifiers read "
+                          "the last token (train with --pooling last, the default, for a native export)")
+        if not self.is_decoder and self.pooling != "pooler":
             return None, (f"{self.pooling} pooling has no transformers equivalent: sequence classifiers pool "
                           "with the encoder's pooler (train with --pooling pooler for a native export)")
-        if model_type not in POOLED_CLASSIFIER_TYPES and model_type not in ROBERTA_HEAD_TYPES:
+        if not self.is_decoder and model_type not in POOLED_CLASSIFIER_TYPES and model_type not in ROBERTA_HEAD_TYPES:
             return None, (f"the {model_type} sequence classifier is not 'pooler -> linear' (only BERT, ERNIE, ALBERT, "
                           "MPNet and the RoBERTa family map exactly)")
-        config = copy.deepcopy(self.encoder.config)
-        config.id2label = dict(model.id2label)
-        config.label2id = model.label2id
-        config.problem_type = "multi_label_classification" if model.multi_label else "single_label_classification"
-        setattr(config, POOLED_CLASSIFIER_TYPES.get(model_type, "classifier_dropout"), float(model.head.dropout.p))
-        try:
-            with torch.device("meta"):
-                reference = AutoModelForSequenceClassification.from_config(config)
-        except Exception as e:
-            return None, f"transformers could not build a sequence classifier for {model_type} ({type(e).__name__})"
-        config.architectures = [type(reference).__name__]
+        config, reference = self._sequence_classifier(model)
+        if reference is None:
+            return None, f"transformers could not build a sequence classifier for {model_type} ({config})"
         prefix = reference.base_model_prefix
-        if model_type in ROBERTA_HEAD_TYPES:  # their classification head is a pooler (dense -> tanh) + out_proj
+        if self.is_decoder:
+            key_map = [("backbone.encoder.", f"{prefix}."), ("head.fc.", "score.")]
+        elif model_type in ROBERTA_HEAD_TYPES:  # their classification head is a pooler (dense -> tanh) + out_proj
             key_map = [("backbone.encoder.pooler.dense.", "classifier.dense."), ("backbone.encoder.", f"{prefix}."),
                        ("head.fc.", "classifier.out_proj.")]
         else:
             key_map = [("backbone.encoder.", f"{prefix}."), ("head.fc.", "classifier.")]
         layout = NativeLayout("transformers", config.architectures[0], key_map, json.loads(config.to_json_string()))
         return checked_layout(layout, model, reference.state_dict())
+
+    def _sequence_classifier(self, model):
+        """The native config (labels, problem type, head dropout) and the classifier transformers builds from it on
+        the meta device; ``(error name, None)`` where it cannot build one."""
+        from transformers import AutoModelForSequenceClassification
+
+        config = copy.deepcopy(self.encoder.config)
+        config.id2label = dict(model.id2label)
+        config.label2id = model.label2id
+        config.problem_type = "multi_label_classification" if model.multi_label else "single_label_classification"
+        if not self.is_decoder:
+            setattr(config, POOLED_CLASSIFIER_TYPES.get(config.model_type, "classifier_dropout"),
+                    float(model.head.dropout.p))
+        try:
+            with torch.device("meta"):
+                reference = AutoModelForSequenceClassification.from_config(config)
+        except Exception as e:
+            return type(e).__name__, None
+        config.architectures = [type(reference).__name__]
+        return config, reference
 
     def remote_code_config(self) -> dict:
         return {"pooling": self.pooling, "encoder_config": self.encoder.config.to_dict()}

@@ -79,7 +79,7 @@ class TimmBackbone(Backbone):
             )
 
     @classmethod
-    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str = "mean") -> "TimmBackbone":
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str | None = None) -> "TimmBackbone":
         return cls(model_name_or_path, weights=weights)  # timm models pool themselves
 
     def use_fast_layout(self) -> "TimmBackbone":

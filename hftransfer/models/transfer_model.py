@@ -101,6 +101,8 @@ class TransferModel(nn.Module):
         """Replace the head for a new label set (e.g. to reuse a fine-tuned backbone)."""
         self.set_class_weights(None)  # weights of the old label set would not match the new one
         self.id2label = {int(k): v for k, v in id2label.items()}
+        if head == "linear" and not self.backbone.linear_head_bias:
+            head_kwargs.setdefault("bias", False)
         self.head = create_head(head, self.backbone.feature_dim, self.num_labels, **head_kwargs)
         self.head_config = _head_config(head, head_kwargs, self.head)
 
@@ -309,11 +311,12 @@ def _version() -> str:
 def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict[int, str], *,
                           head: str | nn.Module = "linear", weights: str = "pretrained", multi_label: bool = False,
                           label_smoothing: float = 0.0, head_hidden_sizes: tuple[int, ...] = (512,),
-                          head_dropout: float = 0.0, pooling: str = "mean", sampling_rate: int | None = None,
+                          head_dropout: float = 0.0, pooling: str | None = None, sampling_rate: int | None = None,
                           max_duration: float | None = None, n_mels: int | None = None) -> TransferModel:
     """Build a TransferModel: backbone by name/path (``weights`` = pretrained | random | file) plus a head.
 
-    ``pooling`` applies to transformers encoders (``mean``, ``cls``; text also ``pooler``); ``sampling_rate``,
+    ``pooling`` applies to transformers encoders (``mean``, ``cls``; text also ``pooler`` and ``last``; None: ``last``
+    for decoder LLMs, else ``mean``); ``sampling_rate``,
     ``max_duration`` and ``n_mels`` to audio backbones (None: the backbone's default; see ``create_backbone``)."""
     if not id2label:
         raise HFTransferError("no labels: the training data must contain at least one class")
@@ -323,6 +326,8 @@ def create_transfer_model(modality: str, model_name_or_path: str, id2label: dict
     head_kwargs = {"dropout": head_dropout}
     if head == "mlp":
         head_kwargs["hidden_sizes"] = list(head_hidden_sizes)
+    if head == "linear" and not backbone.linear_head_bias:
+        head_kwargs["bias"] = False  # decoder LLMs: transformers' score layer has no bias
     head_module = create_head(head, backbone.feature_dim, len(id2label), **head_kwargs)
     model = TransferModel(backbone, head_module, id2label, multi_label=multi_label, label_smoothing=label_smoothing,
                           head_config=_head_config(head, head_kwargs, head_module))

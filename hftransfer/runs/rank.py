@@ -36,6 +36,7 @@ from ..models.transfer_model import create_transfer_model
 from ..training.feature_cache import FeatureDataset, feature_cache_file, load_or_extract
 from ..training.inputs import audio_kwargs, load_data
 from ..training.loaders import create_dataloaders
+from ..training.runtime import check_launch
 
 COLUMNS = ("rank", "candidate", "logme", "h_score", "feature_dim", "samples", "seconds", "features")
 
@@ -123,6 +124,7 @@ def rank_backbones(cfg) -> list[dict]:
     candidates = [parse_candidate(spec) for spec in cfg.candidates]
     modality = check_modalities(candidates, _data_modality(cfg))
     accelerator = Accelerator()
+    check_launch(accelerator)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(cfg.num_threads or usable_cores())
     with accelerator.main_process_first():

@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import ProjectConfiguration
 
+from ..errors import HFTransferError
 from ..models.devices import default_precision, usable_cores
 from .tracking import log_with, logging_dir
 
@@ -30,13 +31,35 @@ def create_accelerator(cfg) -> Accelerator:
         kwargs["mixed_precision"] = precision
     if cfg.torch_compile:
         kwargs["dynamo_backend"] = "inductor"
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         # seedable sampler + set_epoch: a resumed run sees the same shuffle order as an uninterrupted one
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
         **kwargs,
     )
+    check_launch(accelerator)
+    return accelerator
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """Refuse a launch that accelerate silently turned into independent runs: ``accelerate launch --num_processes N``
+    on a machine without GPUs (``--multi_gpu``, ``--use_fsdp``, ``--use_deepspeed``) starts N processes that each
+    come up as a single-process run (``DistributedType.NO``): N unsynchronised trainings writing one output folder.
+    The launcher's ``WORLD_SIZE`` and the engine it asked for (``ACCELERATE_USE_FSDP`` / ``_DEEPSPEED``) are
+    compared with what accelerate set up."""
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    engine = next((name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+                   if os.environ.get(var, "").lower() in ("1", "true")), None)
+    distributed = accelerator.distributed_type.name
+    if launched != accelerator.num_processes:
+        cpu_hint = ("; on a machine without GPUs launch with ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                    f"--num_processes {launched} (DDP over gloo)" if not torch.cuda.is_available() else "")
+        raise HFTransferError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes} "
+                              f"({distributed}): each process would train alone into the same output_dir{cpu_hint}")
+    if engine and engine.upper() not in distributed.upper():
+        raise HFTransferError(f"launched with {engine} but accelerate set up {distributed}: {engine} needs GPUs "
+                              "in accelerate; drop it from the launch (or the accelerate config) to run without it")
 
 
 def configure_threads(num_threads: int | None, accelerator: Accelerator) -> int:
