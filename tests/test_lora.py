@@ -99,6 +99,19 @@ def test_default_targets_vit_are_qkv_proj_fc1_fc2_not_the_patch_embedding():
     assert len(layers) == 4 * len(model.backbone.model.blocks)
 
 
+def test_default_targets_of_a_large_vit_with_unfused_attention_and_swiglu():
+    """EVA-02 large (and its relatives) project q, k, v separately and gate the MLP (SwiGLU): all of them adapt."""
+    import timm
+
+    from hftransfer.models.factory import create_backbone
+
+    backbone = create_backbone("image", "test_vit", weights="random")
+    backbone.model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, img_size=28,
+                                       qkv_fused=False, swiglu_mlp=True, scale_mlp=True, depth=2)
+    names = {n.split(".", 2)[2] for n in backbone.default_lora_layers()}
+    assert names == {"attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.proj", "mlp.fc1_g", "mlp.fc1_x", "mlp.fc2"}
+
+
 def test_default_targets_bert_are_the_attention_projections(tiny_bert):
     model = lora_model("bert", tiny_bert)
     assert model.lora.target_modules == ["query", "key", "value"]

@@ -17,7 +17,9 @@ from .layouts import NativeLayout, checked_layout
 from .lora import adaptable_layers
 
 # LoRA's default Linear targets: ViT-style blocks (a fused ``qkv`` gets one adapter pair), ConvNeXt's MLPs
-LORA_LINEAR_NAMES = ("qkv", "proj", "fc1", "fc2")
+# attention and MLP projections: fused qkv / proj / fc1 / fc2 (ViT, DeiT, DINOv2, Swin, ...), and the unfused
+# q_proj / k_proj / v_proj and SwiGLU fc1_g / fc1_x of EVA-02 and other large timm ViTs
+LORA_LINEAR_NAMES = ("qkv", "proj", "fc1", "fc2", "q_proj", "k_proj", "v_proj", "fc1_g", "fc1_x")
 
 
 class TimmBackbone(Backbone):
@@ -79,7 +81,8 @@ class TimmBackbone(Backbone):
             )
 
     @classmethod
-    def create(cls, model_name_or_path: str, *, weights: str = "pretrained", pooling: str | None = None) -> "TimmBackbone":
+    def create(cls, model_name_or_path: str, *, weights: str = "pretrained",
+               pooling: str | None = None) -> "TimmBackbone":
         return cls(model_name_or_path, weights=weights)  # timm models pool themselves
 
     def use_fast_layout(self) -> "TimmBackbone":
@@ -199,7 +202,7 @@ class TimmBackbone(Backbone):
         return self.model
 
     def default_lora_layers(self) -> list[str]:
-        """``nn.Linear`` layers named ``qkv`` / ``proj`` / ``fc1`` / ``fc2`` and every 1x1, ungrouped ``nn.Conv2d``
+        """``nn.Linear`` layers named in ``LORA_LINEAR_NAMES`` and every 1x1, ungrouped ``nn.Conv2d``
         (EfficientNet's / MobileNet's pointwise and squeeze-excite convolutions, ResNet bottlenecks), which peft's
         Conv2d LoRA adapts. A ViT's ``patch_embed.proj`` is a 16x16 convolution and is left alone."""
         return [n for n, m in adaptable_layers(self.model).items()
