@@ -79,7 +79,9 @@ class ModelOptions(Options):
                                      "transformers model id / folder (text; audio: wav2vec2, HuBERT, AST, ...)")
     weights: str = option("pretrained", "pretrained (bundled offline copy when installed, else the Hub), random, or a "
                           "state-dict file")
-    head: str = option("linear", "classification head: linear or mlp", ("linear", "mlp"))
+    head: str = option("linear", "classification head: linear, mlp, or cosine (cosine similarity of the normalized "
+                       "features and class weights times a learned scale, no bias; --head_init prototypes turns linear "
+                       "into cosine)", ("linear", "mlp", "cosine"))
     head_hidden_sizes: list[int] = option([512], "hidden sizes of the mlp head", valid=AT_LEAST_ONE)
     head_dropout: float = option(0.0, "dropout before the head's layers", valid=FRACTION)
     pooling: Optional[str] = pooling_option()
@@ -147,10 +149,16 @@ class AugmentationOptions(Options):
 class StrategyOptions(Options):
     """Which layer groups train when, and what frozen layers do."""
 
-    strategy: str = option("full", "full, linear_probe, partial, gradual, lp_ft, lora or lp_lora", STRATEGIES)
+    strategy: str = option("full", "full, linear_probe, partial, gradual, lp_ft, lora, lp_lora or contrastive "
+                           "(SetFit-style: label-pair tuning of the backbone, then the head)", STRATEGIES)
     unfreeze_top_k: int = option(2, "partial: number of top backbone groups that train", valid=NON_NEGATIVE)
     unfreeze_every: int = option(1, "gradual: epochs between unfreezing one more group", valid=AT_LEAST_ONE)
     lp_epochs: int = option(1, "lp_ft: epochs of linear probing before fine-tuning everything", valid=NON_NEGATIVE)
+    contrastive_iterations: int = option(20, "contrastive: positive (and as many negative) label pairs per training "
+                                         "example, SetFit's num_iterations", valid=AT_LEAST_ONE)
+    contrastive_epochs: int = option(1, "contrastive: epochs over the label pairs", valid=AT_LEAST_ONE)
+    contrastive_learning_rate: float = option(2e-5, "contrastive: the backbone's learning rate on the label pairs "
+                                              "(SetFit's body_learning_rate)", valid=POSITIVE)
     train_norm: bool = option(False, "keep normalization layers trainable inside frozen groups")
     bn_stats: str = option("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or "
                            "none", BN_STATS)

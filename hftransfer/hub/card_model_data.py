@@ -167,6 +167,8 @@ def head_display(head_cfg: dict, feature_dim, num_labels: int) -> str:
     if kind == "mlp":
         sizes = " -> ".join(str(size) for size in [feature_dim, *head_cfg.get("hidden_sizes", []), num_labels])
         return f"MLP ({sizes}, GELU{drop})"
+    if kind == "cosine":
+        return f"cosine ({feature_dim} -> {num_labels}: scaled cosine similarity to each class's weights{drop})"
     return f"custom `{head_cfg.get('class', kind)}`"
 
 

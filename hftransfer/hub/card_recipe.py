@@ -13,7 +13,7 @@ from .card_format import format_learning_rate, group_display_name, group_span_di
 
 NO_RECIPE = {"strategy": None, "strategy_description": None, "learning_rates": None, "schedule": None,
              "regularization": None, "optimization": None, "parameters": "n/a", "phases": None,
-             "phase_notes": None, "layer_lrs": None, "layer_decay": None, "lora": None,
+             "phase_notes": None, "layer_lrs": None, "layer_decay": None, "lora": None, "contrastive": None,
              "class_weights": None, "sampler": None, "augmentation": None, "model_ema": None,
              "evaluation_schedule": None}
 NOT_WORTH_MENTIONING = (None, 0, 0.0, "no")  # optional settings left off (e.g. mixed precision "no")
@@ -35,6 +35,7 @@ def recipe_context(recipe: RunDescription | None) -> dict:
         "phases": phases, "phase_notes": " ".join(phase_notes) or None,
         "layer_lrs": layer_learning_rates(recipe), "layer_decay": recipe.layer_decay,
         "lora": lora_line(recipe.lora),
+        "contrastive": contrastive_line(recipe.contrastive),
         "class_weights": class_weights_line(recipe.class_weights),
         "sampler": SAMPLERS.get(recipe.sampler, recipe.sampler) if recipe.sampler not in (None, "random") else None,
         "augmentation": augmentation_line(recipe.augmentation),
@@ -125,6 +126,16 @@ def lora_line(record: dict | None) -> str | None:
             "The weights here are **merged** (adapters folded into the base weights, loadable as a plain model); "
             "the adapter alone (peft `adapter_config.json` + `adapter_model.safetensors`, with the head as "
             "`head.safetensors`) is in `adapter/`")
+
+
+def contrastive_line(record: dict | None) -> str | None:
+    """``--strategy contrastive``'s phase before the run: pairs, steps, learning rate, the pair loss's change."""
+    if not record:
+        return None
+    return (f"before the head trained, the backbone learned from {record['pairs']:,} label pairs of "
+            f"{record['examples']} training examples ({record['iterations']} positive and as many negative pairs per "
+            f"example; {record['steps']} steps at learning rate {record['learning_rate']:g}; {record['loss']}): pair "
+            f"loss {record['loss_first_epoch']:.4f} in the first epoch, {record['loss_last_epoch']:.4f} in the last")
 
 
 def class_weights_line(record: dict | None) -> str | None:

@@ -29,6 +29,9 @@ from ..files import (
     BEST_DIR,
     CHECKPOINT_DIR,
     CONFIG_NAME,
+    CONTRASTIVE_DIR,
+    DAPT_DIR,
+    DRAWS_DIR,
     ENCODER_CONFIG_NAME,
     FEATURE_CACHE_DIR,
     IMAGE_PROCESSOR_NAME,
@@ -47,8 +50,11 @@ logger = logging.getLogger(__name__)
 # Training state that is not part of the published model.
 # scratch/: the from-scratch comparison runs; their numbers are in all_results.json and the card
 # tune/: --tune's study database and trial records (the card and tune_results.json carry the study)
+# draws/: few-shot draws 1..N-1 (few_shot_results.json carries their numbers); dapt/, contrastive/: the backbone
+# weights a phase before the fine-tune wrote, already inside the exported model
 PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", f"{BEST_DIR}/*", f"{SCRATCH_DIR}/*", f"{FEATURE_CACHE_DIR}/*",
-                        f"{TUNE_DIR}/*", f"*{TMP_SUFFIX}", "*.lock"]
+                        f"{TUNE_DIR}/*", f"{DRAWS_DIR}/*", f"{DAPT_DIR}/*", f"{CONTRASTIVE_DIR}/*", f"*{TMP_SUFFIX}",
+                        "*.lock"]
 # Remote files that would mislead loaders if they outlived a re-push in another layout.
 STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", NATIVE_CONFIG_NAME, ENCODER_CONFIG_NAME, CONFIG_NAME,
                         REMOTE_CODE_NAME, IMAGE_PROCESSOR_NAME]

@@ -8,16 +8,17 @@ from torch.nn import functional as F
 from ..errors import HFTransferError
 
 # the built-in heads are defined in the modeling file shipped with exports, so both compute the same logits
-from .modeling_hftransfer import HEADS, LinearHead, MLPHead  # noqa: F401
+from .modeling_hftransfer import HEADS, CosineHead, LinearHead, MLPHead  # noqa: F401
 
 
 def create_head(head: str | nn.Module, in_features: int, num_labels: int, **kwargs) -> nn.Module:
-    """A head by name (``linear`` or ``mlp``, with ``hidden_sizes`` / ``dropout``) or a user module as is."""
+    """A head by name (``linear``, ``mlp`` with ``hidden_sizes``, or ``cosine``; each with ``dropout``) or a user module
+    as is."""
     if isinstance(head, nn.Module):
         return head
     if head not in HEADS:
         raise HFTransferError(f"unknown head '{head}': use one of {', '.join(HEADS)} or pass an nn.Module")
-    if head == "linear":
+    if head != "mlp":  # only the mlp head has hidden layers
         kwargs.pop("hidden_sizes", None)
     return HEADS[head](in_features, num_labels, **kwargs)
 

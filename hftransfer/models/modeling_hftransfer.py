@@ -1,19 +1,18 @@
 """transformers custom code for classifiers fine-tuned with hftransfer; this file must not import hftransfer.
 
-hftransfer copies this file into every saved model that has no exact native timm / transformers
-layout (mean or CLS pooling, MLP heads, DistilBERT or ELECTRA encoders, distilled timm
-classifiers, every audio classifier), next to a ``config.json`` whose ``auto_map`` names the classes
-below. transformers then loads the folder or Hub repo with ``trust_remote_code=True`` and nothing
-but torch, transformers (and timm for images and log-mel audio) installed::
+hftransfer copies this file into every saved model that has no exact native timm / transformers layout (mean or
+CLS pooling, MLP or cosine heads, DistilBERT or ELECTRA encoders, distilled timm classifiers, every audio
+classifier), next to a ``config.json`` whose ``auto_map`` names the classes below. transformers then loads the
+folder or Hub repo with ``trust_remote_code=True`` and nothing but torch, transformers (and timm for images and
+log-mel audio) installed::
 
     AutoModelForSequenceClassification.from_pretrained(repo, trust_remote_code=True)
     AutoModelFor{Image,Audio}Classification.from_pretrained(repo, trust_remote_code=True)
     pipeline("text-classification", model=repo, trust_remote_code=True)  # or image- / audio-classification
 
-The module names match hftransfer's (``backbone.encoder.*`` / ``backbone.model.*``, ``head.*``),
-so ``model.safetensors`` is the very file hftransfer itself loads: one copy of the weights. The
-heads and the pooling are defined here and nowhere else; hftransfer imports them from this file,
-so the two can never compute different logits.
+The module names match hftransfer's (``backbone.encoder.*`` / ``backbone.model.*``, ``head.*``), so
+``model.safetensors`` is the very file hftransfer itself loads: one copy of the weights. The heads and the pooling are
+defined here and nowhere else; hftransfer imports them from this file, so the two can never compute different logits.
 """
 from __future__ import annotations
 
@@ -51,19 +50,31 @@ class MLPHead(nn.Module):
 
     def __init__(self, in_features: int, num_labels: int, hidden_sizes: Sequence[int] = (512,), dropout: float = 0.1):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
-            width = hidden
-        self.hidden = nn.Sequential(*layers)
-        self.fc = nn.Linear(width, num_labels)
+        widths = [in_features, *hidden_sizes]
+        self.hidden = nn.Sequential(*[layer for width, hidden in zip(widths, widths[1:])
+                                      for layer in (nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout))])
+        self.fc = nn.Linear(widths[-1], num_labels)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(features))
 
 
-HEADS = {"linear": LinearHead, "mlp": MLPHead}
+class CosineHead(nn.Module):
+    """Dropout (optional), then ``exp(log_scale) * cos(features, W[c])`` per class: a learned temperature (its log is
+    the parameter) times cosine similarity, no bias; ``--head_init prototypes`` starts row c at class c's mean."""
+
+    def __init__(self, in_features: int, num_labels: int, dropout: float = 0.0, scale: float = 10.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, num_labels, bias=False)  # row c: the direction of class c
+        self.log_scale = nn.Parameter(torch.tensor(float(scale)).log())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x, w = nn.functional.normalize(self.dropout(features), dim=-1), nn.functional.normalize(self.fc.weight, dim=-1)
+        return self.log_scale.exp() * (x @ w.T)
+
+
+HEADS = {"linear": LinearHead, "mlp": MLPHead, "cosine": CosineHead}
 POOLINGS = ("mean", "cls", "pooler", "last")
 
 
@@ -86,16 +97,14 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
 
 def build_head(head: dict, in_features: int, num_labels: int) -> nn.Module:
     """The head a ``config.json`` ``head`` entry describes (``{"type": "mlp", "hidden_sizes": [...], ...}``)."""
-    kwargs = {k: v for k, v in head.items() if k != "type"}
-    if head["type"] == "linear":
-        kwargs.pop("hidden_sizes", None)
+    kwargs = {k: v for k, v in head.items() if k != "type" and (k != "hidden_sizes" or head["type"] == "mlp")}
     return HEADS[head["type"]](in_features, num_labels, **kwargs)
 
 
 class HFTransferConfig(PretrainedConfig):
-    """What rebuilds the classifier: the backbone (an encoder config, or a timm architecture and its
-    ``pretrained_cfg``; audio: the log-mel ``frontend`` settings in front of a timm model, or the ``audio_inputs``
-    an audio encoder takes), the pooling, and the head; labels and ``problem_type`` as transformers keeps them."""
+    """What rebuilds the classifier: the backbone (an encoder config, or a timm architecture and its ``pretrained_cfg``;
+    audio: the log-mel ``frontend`` settings in front of a timm model, or the ``audio_inputs`` an audio encoder
+    takes), the pooling, and the head; labels and ``problem_type`` as transformers keeps them."""
 
     model_type = MODEL_TYPE
 
@@ -104,9 +113,8 @@ class HFTransferConfig(PretrainedConfig):
                  pretrained_cfg: dict | None = None, timm_kwargs: dict | None = None, frontend: dict | None = None,
                  audio_inputs: list[str] | None = None, **kwargs):
         self.modality, self.head, self.feature_dim = modality, head or {"type": "linear"}, feature_dim
-        self.pooling, self.encoder_config = pooling, encoder_config
-        self.architecture, self.pretrained_cfg = architecture, pretrained_cfg
-        self.timm_kwargs = timm_kwargs or {}
+        self.pooling, self.encoder_config, self.architecture = pooling, encoder_config, architecture
+        self.pretrained_cfg, self.timm_kwargs = pretrained_cfg, timm_kwargs or {}
         self.frontend, self.audio_inputs = frontend, audio_inputs
         super().__init__(**kwargs)
 
@@ -123,10 +131,8 @@ class TextEncoder(nn.Module):
         self.takes_token_type_ids = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and self.takes_token_type_ids:
-            kwargs["token_type_ids"] = token_type_ids
-        out = self.encoder(**kwargs)
+        types = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.takes_token_type_ids else {}
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types)
         return pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 
 
@@ -282,14 +288,16 @@ class HFTransferPreTrainedModel(PreTrainedModel):
         if isinstance(module, LogMelFrontend):
             module.reset_buffers()
 
+    def _build(self, config: HFTransferConfig, backbone: nn.Module) -> None:
+        self.backbone, self.head = backbone, build_head(config.head, config.feature_dim, config.num_labels)
+        self.post_init()
+
     def _classify(self, features: torch.Tensor, labels: torch.Tensor | None):
-        logits = self.head(features.to(self.head.fc.weight.dtype))
-        loss = None
-        if labels is not None:
-            if self.config.problem_type == "multi_label_classification":
-                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
-            else:
-                loss = nn.functional.cross_entropy(logits.float(), labels)
+        logits, loss = self.head(features.to(self.head.fc.weight.dtype)), None
+        if labels is not None and self.config.problem_type == "multi_label_classification":
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        elif labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
         return logits, loss
 
 
@@ -300,9 +308,7 @@ class HFTransferForSequenceClassification(HFTransferPreTrainedModel):
 
     def __init__(self, config: HFTransferConfig):
         super().__init__(config)
-        self.backbone = TextEncoder(config)
-        self.head = build_head(config.head, config.feature_dim, config.num_labels)
-        self.post_init()
+        self._build(config, TextEncoder(config))
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, return_dict=None,
                 **kwargs) -> SequenceClassifierOutput:
@@ -318,9 +324,7 @@ class HFTransferForImageClassification(HFTransferPreTrainedModel):
 
     def __init__(self, config: HFTransferConfig):
         super().__init__(config)
-        self.backbone = TimmFeatures(config)
-        self.head = build_head(config.head, config.feature_dim, config.num_labels)
-        self.post_init()
+        self._build(config, TimmFeatures(config))
 
     def forward(self, pixel_values=None, labels=None, return_dict=None, **kwargs) -> ImageClassifierOutput:
         features = self.backbone(pixel_values)
@@ -335,9 +339,7 @@ class HFTransferForAudioClassification(HFTransferPreTrainedModel):
 
     def __init__(self, config: HFTransferConfig):
         super().__init__(config)
-        self.backbone = LogMelTimmFeatures(config) if config.frontend else AudioEncoder(config)
-        self.head = build_head(config.head, config.feature_dim, config.num_labels)
-        self.post_init()
+        self._build(config, LogMelTimmFeatures(config) if config.frontend else AudioEncoder(config))
 
     def forward(self, input_values=None, attention_mask=None, input_features=None, labels=None, return_dict=None,
                 **kwargs) -> SequenceClassifierOutput:

@@ -43,6 +43,7 @@ class RunDescription(Record):
     lr_scheduler: str | None = None
     regularizer: dict | None = None  # {"name": "L2-SP", "alpha", "beta", "note"} when L2-SP is on
     lora: dict | None = None  # LoRA runs: r, alpha, dropout, target_modules, trainable_fraction, ... (lora.record)
+    contrastive: dict | None = None  # --strategy contrastive: the label-pair phase (pairs, steps, losses, runtime)
     label_smoothing: float = 0.0
     head_dropout: float = 0.0
     train_norm: bool = False
@@ -207,6 +208,7 @@ class RunResults(Record):
     stop_reason: str | None = None  # early_stopping / max_steps / stopped_by_caller; None: the run used its budget
     tune: dict | None = None  # --tune: the study (trials, best trial, importances), as tune_results.json holds it
     onnx: OnnxExport | None = None  # --export_onnx / hftransfer export: the ONNX graph and its checks
+    few_shot: dict | None = None  # --shots: the draws' metrics, mean, std and 95% interval (few_shot_results.json)
 
     @classmethod
     def from_dict(cls, data: dict | None):
@@ -223,7 +225,7 @@ class RunResults(Record):
             del out["test_per_class"]
         if self.history:  # each epoch as EpochRecord writes it (target scores only in target-domain runs)
             out["history"] = [h.to_dict() for h in self.history]
-        for optional in ("transfer_gain", "backbone_choice", "domain_adaptation", "onnx"):
+        for optional in ("transfer_gain", "backbone_choice", "domain_adaptation", "onnx", "few_shot"):
             if out[optional] is None:
                 del out[optional]
         return out

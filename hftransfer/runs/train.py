@@ -20,6 +20,7 @@ from ..training.loop import fit
 from ..training.runtime import StopSignals, any_process, configure_threads, create_accelerator
 from .auto_backbone import choose_backbone
 from .export import export_run
+from .fewshot import record_few_shot, run_draws
 from .scratch import compare_with_scratch
 from .source_only import compare_with_source_only
 from .tune import publish_study, tune_recipe
@@ -39,7 +40,8 @@ def train(cfg: TrainConfig, modality: str) -> dict:
     With ``--domain_adaptation dapt[+method]`` the encoder is first pretrained on the target text
     (``dapt.pretrain_on_target``) and the fine-tune starts from it; with a source-only twin
     (``--compare_source_only``), whichever of the two the label-free criterion prefers is exported
-    (``source_only.compare_with_source_only``).
+    (``source_only.compare_with_source_only``). With ``--shots K --shot_draws N``, few-shot draws 1..N-1 follow
+    (``fewshot.run_draws``).
     """
     cfg.validate(modality)
     stop = StopSignals().install()
@@ -64,11 +66,16 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             compare_with_scratch(cfg, modality, accelerator, output_dir, threads, results, stop)
         if cfg.runs_source_only_twin:
             compare_with_source_only(cfg, modality, accelerator, output_dir, threads, results, stop)
-        failure = finish_on_main(cfg, output_dir, repo_id, tuned, results) if accelerator.is_main_process else None
+        few_shot = run_draws(cfg, accelerator, output_dir, results,  # --shots: draws 1..N-1, untracked
+                             lambda draw_cfg, folder: fit_recipe(draw_cfg, modality, accelerator, folder, threads, stop,
+                                                                 None, track=False))
+        failure = (finish_on_main(cfg, output_dir, repo_id, tuned, results, few_shot) if accelerator.is_main_process
+                   else None)
         accelerator.wait_for_everyone()  # the failure is raised after the barrier: no rank is left waiting
         if failure is not None:
             raise failure
-        return results.to_dict() if results is not None else {}
+        out = results.to_dict() if results is not None else {}
+        return {**out, "few_shot": few_shot} if few_shot else out
     finally:
         try:
             # also when interrupted (every rank stopped after the same step) or failed: the trackers flush
@@ -80,24 +87,34 @@ def train(cfg: TrainConfig, modality: str) -> dict:
             stop.uninstall()
 
 
-def fit_recipe(cfg: TrainConfig, modality: str, accelerator, output_dir: Path, threads: int, stop, choice):
+def fit_recipe(cfg: TrainConfig, modality: str, accelerator, output_dir: Path, threads: int, stop, choice,
+               track: bool = True):
     """The run's fit; with ``--domain_adaptation dapt[+method]`` the encoder first learns the target's text
-    (masked-LM pretraining, ``dapt.pretrain_on_target``) and the fine-tune starts from it."""
-    init_backbone, dapt = None, None
+    (masked-LM pretraining, ``dapt.pretrain_on_target``) and the fine-tune starts from it; with ``--strategy
+    contrastive`` the backbone first learns from label pairs (``contrastive.contrastive_phase``) and the head then
+    trains on it, frozen."""
+    init_backbone, dapt, contrastive = None, None, None
     if cfg.continued_pretraining:
         from .dapt import pretrain_on_target  # transformers' masked-LM classes load only for these runs
 
         init_backbone, dapt = pretrain_on_target(cfg, modality, accelerator, output_dir, stop)
-    results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=True, backbone_choice=choice,
+    if cfg.strategy == "contrastive":
+        from .contrastive import contrastive_phase  # setfit and sentence-transformers load only for these runs
+
+        init_backbone, contrastive = contrastive_phase(cfg, modality, accelerator, output_dir, stop)
+    results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=track, backbone_choice=choice,
                   init_backbone=init_backbone)
-    if dapt is not None and results is not None:
-        results.domain_adaptation.dapt = dapt
+    if results is not None and (dapt is not None or contrastive is not None):
+        if dapt is not None:
+            results.domain_adaptation.dapt = dapt
+        if contrastive is not None:
+            results.transfer.contrastive = contrastive
         results.write(output_dir)
     return results
 
 
-def finish_on_main(cfg: TrainConfig, output_dir: Path, repo_id: str | None, tuned: bool,
-                   results) -> HFTransferError | None:
+def finish_on_main(cfg: TrainConfig, output_dir: Path, repo_id: str | None, tuned: bool, results,
+                   few_shot: dict | None = None) -> HFTransferError | None:
     """The main process's last steps: the ONNX export (``--export_onnx``), the study, report and card, the push.
     Returns the user error that ends the run (raised by every rank after the barrier), else None."""
     failure = None
@@ -109,6 +126,7 @@ def finish_on_main(cfg: TrainConfig, output_dir: Path, repo_id: str | None, tune
                 results.onnx = record
         except HFTransferError as e:
             failure = HFTransferError(f"the run finished, but its ONNX export failed: {e}")
+    record_few_shot(output_dir, few_shot)  # --shots: after the export's rewrite, before the card and the push
     if tuned:
         publish_study(output_dir)
     write_report(output_dir)

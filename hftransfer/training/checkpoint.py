@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HFTransferError
-from ..files import BEST_DIR, CHECKPOINT_DIR, DAPT_DIR, FEATURE_CACHE_DIR, TMP_SUFFIX, TUNE_DIR, read_json, write_json
+from ..files import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    CONTRASTIVE_DIR,
+    DAPT_DIR,
+    FEATURE_CACHE_DIR,
+    TMP_SUFFIX,
+    TUNE_DIR,
+    read_json,
+    write_json,
+)
 from . import crash_tests
 
 logger = logging.getLogger(__name__)
@@ -80,8 +90,9 @@ class RunState:
 # ---- the output folder ---------------------------------------------------------------------------
 # kept when a run is replaced: the lock, and auto's feature cache, whose files are named by a hash of the
 # weights, data and preprocessing they came from, so what an earlier run stored there is still correct; and
-# --tune's study (tune/: study.db, trials, best_recipe.yaml), which the tuned run's final fit must keep
-KEPT_FILES = (LOCK_NAME, FEATURE_CACHE_DIR, TUNE_DIR, DAPT_DIR)
+# --tune's study (tune/: study.db, trials, best_recipe.yaml), which the tuned run's final fit must keep; and the
+# phases before a fine-tune (dapt/, contrastive/), whose backbone the fine-tune starts from
+KEPT_FILES = (LOCK_NAME, FEATURE_CACHE_DIR, TUNE_DIR, DAPT_DIR, CONTRASTIVE_DIR)
 
 
 def holds_earlier_run(output_dir: Path) -> bool:

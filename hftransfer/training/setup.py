@@ -19,6 +19,7 @@ from ..config import TrainConfig
 from ..data import DataBundle
 from ..data.augmentations import create_batch_mixer
 from ..data.balance import class_weights
+from ..data.shots import draw_shots
 from ..errors import HFTransferError
 from ..models.lora import add_lora
 from ..models.transfer_model import TransferModel, create_transfer_model
@@ -29,6 +30,7 @@ from .ema import WeightAverage
 from .feature_cache import uses_feature_cache
 from .inputs import audio_kwargs, load_data, load_target_data
 from .loaders import Loaders, create_dataloaders
+from .prototypes import init_prototype_head
 from .runtime import StopSignals
 from .tracking import RunLog
 
@@ -79,10 +81,10 @@ class TrainingRun:
 def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle, init_backbone: Path | None = None) -> TransferModel:
     """The run's ``TransferModel``; ``init_backbone``: backbone weights to start from instead of the pretrained ones
     (a safetensors file of ``backbone.state_dict()``, written by ``--domain_adaptation dapt``'s phase)."""
-    model = create_transfer_model(modality, cfg.model_name_or_path, bundle.id2label, head=cfg.head, weights=cfg.weights,
-                                  multi_label=bundle.multi_label, label_smoothing=cfg.label_smoothing,
-                                  head_hidden_sizes=tuple(cfg.head_hidden_sizes), head_dropout=cfg.head_dropout,
-                                  pooling=cfg.pooling, **audio_kwargs(cfg, modality))
+    model = create_transfer_model(modality, cfg.model_name_or_path, bundle.id2label, head=cfg.head_type,
+                                  weights=cfg.weights, multi_label=bundle.multi_label,
+                                  label_smoothing=cfg.label_smoothing, head_hidden_sizes=tuple(cfg.head_hidden_sizes),
+                                  head_dropout=cfg.head_dropout, pooling=cfg.pooling, **audio_kwargs(cfg, modality))
     if init_backbone is not None:  # before LoRA wraps layers: the keys are the plain backbone's
         from safetensors.torch import load_file
 
@@ -103,6 +105,12 @@ def load_bundle(cfg: TrainConfig, modality: str, accelerator: Accelerator, data_
     """The labelled splits (and the target domain's, with ``--target_*``), read by the main process first."""
     with accelerator.main_process_first():
         bundle = load_data(cfg, modality, data_seed)
+    if cfg.shots:  # K per class of the training split, drawn once the evaluation split is settled
+        available = len(bundle.train)
+        seed = cfg.seed if data_seed is None else data_seed  # as the held-out split: from-scratch twins get the same
+        bundle.train = draw_shots(bundle.train, cfg.shots, seed, bundle.id2label, bundle.multi_label)
+        accelerator.print(f"few-shot: {cfg.shots} per class, {len(bundle.train)} training examples (seed {seed}; "
+                          f"the other {available - len(bundle.train)} training examples unused)")
     if cfg.uses_target_data():
         if bundle.multi_label:
             raise HFTransferError("domain adaptation supports single-label classification: the source labels are "
@@ -179,7 +187,8 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     model = build_model(cfg, modality, bundle, init_backbone)
     model.set_class_weights(train_class_weights(cfg, bundle, accelerator))
     group_names = [g.name for g in model.layer_groups()[:-1]]
-    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs)
+    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs,
+                        cfg.contrastive_iterations)
     # adaptation needs the target batch beside every source batch: no cached-feature epochs
     num_epochs = estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
     with_cache = uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache,
@@ -191,6 +200,9 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
         with_cache = False
     with accelerator.main_process_first():
         loaders = create_dataloaders(cfg, bundle, model.backbone, with_cache)
+    if cfg.head_init == "prototypes":  # before the optimizer and prepare: the head's starting point
+        init_prototype_head(accelerator, model, loaders, bundle.input_column, cfg.per_device_eval_batch_size,
+                            head=cfg.head, cache_dtype=cfg.feature_cache_dtype, cache_dir=cfg.feature_cache_dir)
     apply_trainable(model, strategy.trainable_groups(0), cfg.train_norm, strategy.adapter_only)
     method = create_method(cfg.adaptation_loss, model.backbone.feature_dim, model.num_labels, cfg.seed,
                            cfg.mcc_temperature, num_target=len(bundle.target.train) if bundle.target is not None else 0,

@@ -18,6 +18,8 @@ Names, the same for image and text backbones:
                     trains fully; the base weights never change.
 * ``lp_lora``       ``lp_epochs`` of linear probing, then LoRA from that probe head, the head at the
                     backbone learning rate (LP-FT's recipe with LoRA as the fine-tuning phase).
+* ``contrastive``   SetFit's recipe (Tunstall et al. 2022): a phase before the run tunes the backbone on label
+                    pairs (``tuning.contrastive``), then the backbone stays frozen while the head trains.
 
 For the LoRA strategies (``adapter_only``) "group i trains" means "the adapters inside group i
 train", so layer-wise LR decay, phases and the frozen-feature cache of ``lp_lora``'s probe apply as
@@ -48,6 +50,9 @@ DESCRIPTIONS = {
     "lp_lora": "{lp_epochs} epoch(s) of linear probing, then low-rank adapters (LoRA, rank {lora_r}, alpha "
                "{lora_alpha}) train inside the frozen backbone from that probe head, with the head at the backbone "
                "learning rate",
+    "contrastive": "the backbone first learns from label pairs ({contrastive_iterations} positive and as many "
+                   "negative pairs per example, sentence-transformers' CosineSimilarityLoss; SetFit's recipe), then "
+                   "stays frozen while the head trains",
 }
 STRATEGIES = tuple(DESCRIPTIONS)
 LORA_STRATEGIES = ("lora", "lp_lora")  # the strategies that inject LoRA adapters and train only them in the backbone
@@ -55,7 +60,7 @@ LORA_STRATEGIES = ("lora", "lp_lora")  # the strategies that inject LoRA adapter
 
 def describe_strategy(name: str, **settings) -> str:
     """``DESCRIPTIONS[name]`` with its settings filled in; a setting not given reads as its flag (README, --help)."""
-    fields = ("unfreeze_top_k", "unfreeze_every", "lp_epochs", "lora_r", "lora_alpha")
+    fields = ("unfreeze_top_k", "unfreeze_every", "lp_epochs", "lora_r", "lora_alpha", "contrastive_iterations")
     values = {f: settings.get(f, f"`--{f}`") for f in fields}
     return DESCRIPTIONS[name].format(**{f: f"{v:g}" if isinstance(v, float) else v for f, v in values.items()})
 
@@ -67,6 +72,7 @@ class Strategy:
     unfreeze_top_k: int = 2
     unfreeze_every: int = 1
     lp_epochs: int = 1
+    contrastive_iterations: int = 20
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
@@ -78,7 +84,8 @@ class Strategy:
         """One sentence on what this strategy does with its settings (LoRA strategies name the adapters' rank
         and alpha, which the model's ``LoraSpec`` holds)."""
         return describe_strategy(self.name, unfreeze_top_k=self.unfreeze_top_k, unfreeze_every=self.unfreeze_every,
-                                 lp_epochs=self.lp_epochs, lora_r=lora_r, lora_alpha=float(lora_alpha))
+                                 lp_epochs=self.lp_epochs, lora_r=lora_r, lora_alpha=float(lora_alpha),
+                                 contrastive_iterations=self.contrastive_iterations)
 
     @property
     def adapter_only(self) -> bool:
@@ -90,7 +97,7 @@ class Strategy:
         n = self.num_groups
         if self.name in ("full", "lora"):
             return n
-        if self.name == "linear_probe":
+        if self.name in ("linear_probe", "contrastive"):  # contrastive: the backbone was tuned before the run
             return 0
         if self.name == "partial":
             return min(n, self.unfreeze_top_k)

@@ -1,0 +1,140 @@
+"""Contrastive fine-tuning of a backbone on label pairs, SetFit's first phase (Tunstall et al. 2022), any modality.
+
+SetFit fine-tunes a sentence encoder so that examples of one class embed close together and examples of
+different classes far apart, then fits a head on the frozen embeddings: with 8-64 labelled examples per class
+that is steadier than fine-tuning encoder and head together. Nothing of it is written here:
+
+* the pairs come from ``setfit.sampler.ContrastiveDataset``, over example *indices* rather than texts, so images
+  and audio pair the same way: for every example ``iterations`` positive pairs (same label, score 1.0) and as
+  many negative ones (different labels, score 0.0), SetFit's ``num_iterations``;
+* the loss is sentence-transformers' ``CosineSimilarityLoss`` (squared error between the cosine of the two pooled
+  embeddings and the pair's score). It asks only ``model(features)["sentence_embedding"]``, which
+  ``EmbeddingModel`` answers with the backbone's pooled features.
+
+The loop is an explicit accelerate loop (DDP-ready): AdamW over the backbone, linear warm-up over the first
+10% of the steps then linear decay (sentence-transformers' trainer defaults), pairs shuffled per epoch by
+``seed + epoch``; an image or audio backbone sees its training augmentation on both sides of each pair.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import HFTransferError
+
+WARMUP_SHARE = 0.1
+
+
+def label_pairs(labels: list[int], iterations: int) -> list[tuple[int, int, float]]:
+    """``(i, j, score)`` index pairs: ``iterations`` positive and ``iterations`` negative pairs per example, drawn by
+    setfit's ``ContrastiveDataset`` (score 1.0 = same label). Deterministic: setfit shuffles with a fixed seed."""
+    try:
+        from setfit.sampler import ContrastiveDataset
+    except ImportError:
+        raise HFTransferError("--strategy contrastive draws its pairs with setfit: pip install 'hftransfer[fewshot]' "
+                              "(setfit, sentence-transformers)") from None
+    if len(set(labels)) < 2:
+        raise HFTransferError("--strategy contrastive needs examples of at least two classes to make negative pairs")
+    pairs = ContrastiveDataset(list(range(len(labels))), list(labels), multilabel=False, num_iterations=iterations)
+    return [(int(p["sentence_1"]), int(p["sentence_2"]), float(p["label"])) for p in pairs]
+
+
+class PairDataset(Dataset):
+    """Pair ``k`` of ``pairs`` as ``(example i, example j, score)`` from ``examples`` (a prepared training view)."""
+
+    def __init__(self, examples, pairs: list[tuple[int, int, float]]):
+        self.examples, self.pairs = examples, pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int):
+        i, j, score = self.pairs[k]
+        return self.examples[i], self.examples[j], score
+
+
+class PairCollate:
+    """A batch of pairs -> ``(left inputs, right inputs, scores)``, each side collated as the training loader does
+    (labels dropped: the pair's score is the target)."""
+
+    def __init__(self, collate, input_names: tuple[str, ...]):
+        self.collate, self.input_names = collate, input_names
+
+    def __call__(self, rows):
+        left, right, scores = zip(*rows)
+        sides = [self.collate(list(side)) for side in (left, right)]
+        sides = [{k: v for k, v in side.items() if k in self.input_names} for side in sides]
+        return sides[0], sides[1], torch.tensor(scores, dtype=torch.float32)
+
+
+class EmbeddingModel(nn.Module):
+    """The backbone as sentence-transformers' losses call a model: ``model(features)["sentence_embedding"]``."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, features: dict) -> dict:
+        return {"sentence_embedding": self.backbone(**features)}
+
+
+def contrastive_steps(num_pairs: int, *, batch_size: int, epochs: int, num_processes: int = 1) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for ``num_pairs`` pairs split across ``num_processes``."""
+    per_epoch = max(1, math.ceil(num_pairs / (batch_size * num_processes)))
+    return per_epoch, per_epoch * epochs
+
+
+def contrastive_finetune(backbone: nn.Module, examples, collate, labels: list[int], *, accelerator, iterations: int,
+                         epochs: int, learning_rate: float, batch_size: int, seed: int, set_epoch=None,
+                         stop=None) -> dict:
+    """Train ``backbone`` in place on label pairs of ``examples``; returns the phase's numbers (pairs, steps,
+    the mean loss of the first and the last epoch, runtime) and ``stopped`` (the signal that interrupted it, or 0).
+
+    ``set_epoch(epoch)``: called before each epoch (the pipeline's augmentation draws); ``stop``: a ``StopSignals``
+    whose ``requested(accelerator)`` ends the phase after the current step."""
+    from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
+    from transformers import get_linear_schedule_with_warmup
+
+    pairs = label_pairs(labels, iterations)
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(PairDataset(examples, pairs), batch_size=batch_size, shuffle=True, generator=generator,
+                        collate_fn=PairCollate(collate, tuple(backbone.input_names)))
+    _, total = contrastive_steps(len(pairs), batch_size=batch_size, epochs=epochs,
+                                 num_processes=accelerator.num_processes)
+    model = EmbeddingModel(backbone)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    loss_fn = CosineSimilarityLoss(model)
+    started, steps, epoch_losses, stopped = time.perf_counter(), 0, [], 0
+    model.train()
+    for epoch in range(epochs):
+        if set_epoch is not None:
+            set_epoch(epoch)
+        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else generator.manual_seed(seed + epoch)
+        total_loss, batches = 0.0, 0
+        for left, right, scores in loader:
+            loss = loss_fn([left, right], scores)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            total_loss, batches, steps = total_loss + loss.item(), batches + 1, steps + 1
+            stopped = stop.requested(accelerator) if stop is not None else 0
+            if stopped:
+                break
+        epoch_losses.append(total_loss / max(1, batches))
+        if stopped:
+            break
+    model.eval()
+    return {"pairs": len(pairs), "steps": steps, "epochs": epoch + 1, "loss_first_epoch": epoch_losses[0],
+            "loss_last_epoch": epoch_losses[-1], "runtime": time.perf_counter() - started, "stopped": stopped}
+
+
+__all__ = ["EmbeddingModel", "PairCollate", "PairDataset", "contrastive_finetune", "contrastive_steps", "label_pairs"]
