@@ -135,7 +135,7 @@ def contrastive_line(record: dict | None) -> str | None:
     return (f"before the head trained, the backbone learned from {record['pairs']:,} label pairs of "
             f"{record['examples']} training examples ({record['iterations']} positive and as many negative pairs per "
             f"example; {record['steps']} steps at learning rate {record['learning_rate']:g}; {record['loss']}): pair "
-            f"loss {record['loss_first_epoch']:.4f} in the first epoch, {record['loss_last_epoch']:.4f} in the last")
+            f"loss {record['loss_start']:.4f} over the first tenth of the steps, {record['loss_end']:.4f} over the last")
 
 
 def class_weights_line(record: dict | None) -> str | None:

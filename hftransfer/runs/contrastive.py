@@ -106,8 +106,8 @@ def contrastive_phase(cfg, modality: str, accelerator, output_dir: Path, stop=No
                                                   for k, v in backbone.state_dict().items()})
         write_json(folder / RECORD_NAME, {"settings": settings, "phase": record})
     accelerator.wait_for_everyone()
-    accelerator.print(f"contrastive phase: pair loss {result['loss_first_epoch']:.4f} (first epoch) -> "
-                      f"{result['loss_last_epoch']:.4f} (last) in {result['runtime']:.1f}s -> {folder / BACKBONE_NAME}")
+    accelerator.print(f"contrastive phase: pair loss {result['loss_start']:.4f} (first tenth of the steps) -> "
+                      f"{result['loss_end']:.4f} (last tenth) in {result['runtime']:.1f}s -> {folder / BACKBONE_NAME}")
     return folder / BACKBONE_NAME, record
 
 

@@ -91,8 +91,9 @@ def contrastive_steps(num_pairs: int, *, batch_size: int, epochs: int, num_proce
 def contrastive_finetune(backbone: nn.Module, examples, collate, labels: list[int], *, accelerator, iterations: int,
                          epochs: int, learning_rate: float, batch_size: int, seed: int, set_epoch=None,
                          stop=None) -> dict:
-    """Train ``backbone`` in place on label pairs of ``examples``; returns the phase's numbers (pairs, steps,
-    the mean loss of the first and the last epoch, runtime) and ``stopped`` (the signal that interrupted it, or 0).
+    """Train ``backbone`` in place on label pairs of ``examples``; returns the phase's numbers (pairs, steps, the
+    mean pair loss over the first and over the last tenth of the steps, runtime) and ``stopped`` (the signal that
+    interrupted it, or 0).
 
     ``set_epoch(epoch)``: called before each epoch (the pipeline's augmentation draws); ``stop``: a ``StopSignals``
     whose ``requested(accelerator)`` ends the phase after the current step."""
@@ -112,29 +113,29 @@ def contrastive_finetune(backbone: nn.Module, examples, collate, labels: list[in
     scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     loss_fn = CosineSimilarityLoss(model)
-    started, steps, epoch_losses, stopped = time.perf_counter(), 0, [], 0
+    started, losses, stopped = time.perf_counter(), [], 0
     model.train()
     for epoch in range(epochs):
         if set_epoch is not None:
             set_epoch(epoch)
         loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else generator.manual_seed(seed + epoch)
-        total_loss, batches = 0.0, 0
         for left, right, scores in loader:
             loss = loss_fn([left, right], scores)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            total_loss, batches, steps = total_loss + loss.item(), batches + 1, steps + 1
+            losses.append(loss.item())
             stopped = stop.requested(accelerator) if stop is not None else 0
             if stopped:
                 break
-        epoch_losses.append(total_loss / max(1, batches))
         if stopped:
             break
     model.eval()
-    return {"pairs": len(pairs), "steps": steps, "epochs": epoch + 1, "loss_first_epoch": epoch_losses[0],
-            "loss_last_epoch": epoch_losses[-1], "runtime": time.perf_counter() - started, "stopped": stopped}
+    tenth = max(1, len(losses) // 10)
+    return {"pairs": len(pairs), "steps": len(losses), "epochs": epoch + 1,
+            "loss_start": sum(losses[:tenth]) / tenth, "loss_end": sum(losses[-tenth:]) / tenth,
+            "runtime": time.perf_counter() - started, "stopped": stopped}
 
 
 __all__ = ["EmbeddingModel", "PairCollate", "PairDataset", "contrastive_finetune", "contrastive_steps", "label_pairs"]
