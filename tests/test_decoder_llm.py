@@ -159,3 +159,17 @@ def test_decoder_lora_run_exports_a_classifier_that_transformers_loads_without_h
     for row, probs in zip(plain["pipeline"], expected.softmax(-1)):
         scores = {r["label"]: r["score"] for r in row}
         assert all(scores[label] == pytest.approx(probs[i].item(), abs=1e-4) for i, label in model.id2label.items())
+
+
+def test_the_text_recipe_leaves_pooling_to_the_model(llama):
+    """recipes/configs/text_cls.yaml names no pooling: a decoder gets last-token pooling, an encoder mean."""
+    from builders import ROOT
+
+    from hftransfer.config import load_config
+    from hftransfer.config.parsing import read_config_file
+
+    defaults = read_config_file(str(ROOT / "recipes" / "configs" / "text_cls.yaml"))
+    cfg = load_config(["--model_name_or_path", str(llama), "--train_file", "t.csv"], defaults, modality="text",
+                      validate=False)
+    assert cfg.pooling is None
+    assert text_model(llama, pooling=cfg.pooling).backbone.pooling == "last"

@@ -42,8 +42,8 @@ def tracker_installed(name: str) -> bool:
 
 def pooling_option():  # one definition for the recipes and for ranking
     return option(None, "pooling of a transformers model's states: mean (mask-aware), cls, pooler (text) or last "
-                  "(text: the last token; default for decoder LLMs, else mean)",
-                  ("mean", "cls", "pooler", "last"), modality=("text", "audio"))
+                  "(text: the last token holding text)", ("mean", "cls", "pooler", "last"), modality=("text", "audio"),
+                  default_text="per model: last for decoder LLMs, mean otherwise")
 
 
 def audio_options():  # the log-mel front end's settings: one definition for the recipe and for ranking
