@@ -125,3 +125,21 @@ def test_contrastive_refuses_multi_label_data(tmp_path, tiny_bert):
     with pytest.raises(HFTransferError, match="multi-label"):
         run_contrastive(tmp_path, "text", model_name_or_path=str(tiny_bert), train_file=str(train),
                         validation_file=str(train), output_dir=str(tmp_path / "run"))
+
+
+@pytest.mark.integration
+def test_two_process_contrastive_run_keeps_the_tuned_backbones_equal(tmp_path, image_data):
+    from builders import launch_two_processes
+
+    out = tmp_path / "run"
+    proc = launch_two_processes(
+        "image_cls", "--model_name_or_path", "test_efficientnet", "--weights", "random", "--train_dir",
+        image_data["train"], "--validation_dir", image_data["val"], "--output_dir", out, "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4", "--strategy", "contrastive",
+        "--contrastive_iterations", "2", "--contrastive_learning_rate", "1e-3", "--ddp_timeout", "120",
+        "--save_total_limit", "0")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = read_results(out)
+    assert results["world_size"] == 2
+    phase = results["transfer"]["contrastive"]
+    assert phase["pairs"] == 48 and phase["steps"] == 6  # 48 pairs over 2 processes x batch 4

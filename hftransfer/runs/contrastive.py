@@ -25,7 +25,7 @@ from ..files import CONTRASTIVE_DIR, read_json, save_safetensors, write_json
 from ..models.factory import create_backbone
 from ..training.inputs import audio_kwargs
 from ..training.loaders import pipeline_kwargs
-from ..training.runtime import RunInterrupted, from_main_process
+from ..training.runtime import RunInterrupted, check_ranks_in_sync, from_main_process
 from ..training.setup import load_bundle
 from ..tuning.contrastive import contrastive_finetune, contrastive_steps
 
@@ -99,6 +99,7 @@ def contrastive_phase(cfg, modality: str, accelerator, output_dir: Path, stop=No
     signum = result.pop("stopped")
     if signum:
         raise ContrastiveInterrupted(signum, 0, result["steps"], None)
+    check_ranks_in_sync(accelerator, backbone)  # DDP kept every rank's tuned backbone equal (each loads main's file)
     record = {"iterations": cfg.contrastive_iterations, "learning_rate": cfg.contrastive_learning_rate,
               "examples": len(labels), "loss": "CosineSimilarityLoss (sentence-transformers)", **result}
     if accelerator.is_main_process:  # the weights first: the recorded phase marks them complete

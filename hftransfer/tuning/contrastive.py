@@ -8,8 +8,9 @@ that is steadier than fine-tuning encoder and head together. Nothing of it is wr
   and audio pair the same way: for every example ``iterations`` positive pairs (same label, score 1.0) and as
   many negative ones (different labels, score 0.0), SetFit's ``num_iterations``;
 * the loss is sentence-transformers' ``CosineSimilarityLoss`` (squared error between the cosine of the two pooled
-  embeddings and the pair's score). It asks only ``model(features)["sentence_embedding"]``, which
-  ``EmbeddingModel`` answers with the backbone's pooled features.
+  embeddings and the pair's score), through its ``compute_loss_from_embeddings``. Both sides of a batch of pairs
+  go through the backbone as one batch (``EmbeddingModel``): one forward per backward, as DDP requires (the loss's
+  own ``forward`` would run the model once per side).
 
 The loop is an explicit accelerate loop (DDP-ready): AdamW over the backbone, linear warm-up over the first
 10% of the steps then linear decay (sentence-transformers' trainer defaults), pairs shuffled per epoch by
@@ -58,17 +59,16 @@ class PairDataset(Dataset):
 
 
 class PairCollate:
-    """A batch of pairs -> ``(left inputs, right inputs, scores)``, each side collated as the training loader does
-    (labels dropped: the pair's score is the target)."""
+    """A batch of B pairs -> ``(inputs, scores)``: the B left examples then the B right ones, collated as one batch
+    the way the training loader collates (labels dropped: the pair's score is the target)."""
 
     def __init__(self, collate, input_names: tuple[str, ...]):
         self.collate, self.input_names = collate, input_names
 
     def __call__(self, rows):
         left, right, scores = zip(*rows)
-        sides = [self.collate(list(side)) for side in (left, right)]
-        sides = [{k: v for k, v in side.items() if k in self.input_names} for side in sides]
-        return sides[0], sides[1], torch.tensor(scores, dtype=torch.float32)
+        batch = self.collate(list(left) + list(right))
+        return {k: v for k, v in batch.items() if k in self.input_names}, torch.tensor(scores, dtype=torch.float32)
 
 
 class EmbeddingModel(nn.Module):
@@ -104,8 +104,8 @@ def contrastive_finetune(backbone: nn.Module, examples, collate, labels: list[in
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(PairDataset(examples, pairs), batch_size=batch_size, shuffle=True, generator=generator,
                         collate_fn=PairCollate(collate, tuple(backbone.input_names)))
-    _, total = contrastive_steps(len(pairs), batch_size=batch_size, epochs=epochs,
-                                 num_processes=accelerator.num_processes)
+    # the schedule's length as one process counts it: accelerate's prepared scheduler steps once per process
+    _, total = contrastive_steps(len(pairs), batch_size=batch_size, epochs=epochs)
     model = EmbeddingModel(backbone)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -118,9 +118,11 @@ def contrastive_finetune(backbone: nn.Module, examples, collate, labels: list[in
     for epoch in range(epochs):
         if set_epoch is not None:
             set_epoch(epoch)
-        loader.set_epoch(epoch) if hasattr(loader, "set_epoch") else generator.manual_seed(seed + epoch)
-        for left, right, scores in loader:
-            loss = loss_fn([left, right], scores)
+        if hasattr(loader, "set_epoch"):  # accelerate's seedable sampler: the pairs' order is a function of the epoch
+            loader.set_epoch(epoch)
+        for inputs, scores in loader:
+            embeddings = model(inputs)["sentence_embedding"]
+            loss = loss_fn.compute_loss_from_embeddings([embeddings[:len(scores)], embeddings[len(scores):]], scores)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
