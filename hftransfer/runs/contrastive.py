@@ -21,15 +21,15 @@ import signal
 from pathlib import Path
 
 from ..errors import HFTransferError
-from ..files import CONTRASTIVE_DIR, read_json, save_safetensors, write_json
+from ..files import CONTRASTIVE_DIR, save_safetensors, write_json
 from ..models.factory import create_backbone
 from ..training.inputs import audio_kwargs
 from ..training.loaders import pipeline_kwargs
 from ..training.runtime import RunInterrupted, check_ranks_in_sync, from_main_process
 from ..training.setup import load_bundle
 from ..tuning.contrastive import contrastive_finetune, contrastive_steps
+from .dapt import BACKBONE_NAME, finished_phase
 
-BACKBONE_NAME = "backbone.safetensors"
 RECORD_NAME = "contrastive.json"
 SETTING_FIELDS = ("model_name_or_path", "weights", "pooling", "contrastive_iterations", "contrastive_epochs",
                   "contrastive_learning_rate", "seed", "per_device_train_batch_size", "max_seq_length", "decode_size",
@@ -71,7 +71,8 @@ def contrastive_phase(cfg, modality: str, accelerator, output_dir: Path, stop=No
         train = pipeline.prepare(bundle.train, bundle.input_column, "train")
     labels = [int(label) for label in train["labels"]]
     settings = phase_settings(cfg, accelerator, labels)
-    earlier = from_main_process(accelerator, _finished(folder, settings) if accelerator.is_main_process else None)
+    earlier = from_main_process(accelerator, finished_phase(folder, settings, RECORD_NAME)
+                                if accelerator.is_main_process else None)
     if earlier is not None:
         accelerator.print(f"contrastive phase: reusing the finished phase in {folder} (same settings)")
         return folder / BACKBONE_NAME, {**earlier, "reused": True}
@@ -110,10 +111,3 @@ def contrastive_phase(cfg, modality: str, accelerator, output_dir: Path, stop=No
     accelerator.print(f"contrastive phase: pair loss {result['loss_start']:.4f} (first tenth of the steps) -> "
                       f"{result['loss_end']:.4f} (last tenth) in {result['runtime']:.1f}s -> {folder / BACKBONE_NAME}")
     return folder / BACKBONE_NAME, record
-
-
-def _finished(folder: Path, settings: dict) -> dict | None:
-    earlier = read_json(folder / RECORD_NAME) or {}
-    if earlier.get("settings") == settings and earlier.get("phase") and (folder / BACKBONE_NAME).is_file():
-        return earlier["phase"]
-    return None

@@ -70,9 +70,10 @@ def dapt_settings(cfg, accelerator, texts: list[str], held_out: list[str]) -> di
     return json.loads(json.dumps(settings))  # as read back from dapt.json (tuples -> lists)
 
 
-def finished_phase(folder: Path, settings: dict) -> dict | None:
-    """The recorded phase of ``folder`` when it finished with these settings and its weights are there."""
-    earlier = read_json(folder / RECORD_NAME) or {}
+def finished_phase(folder: Path, settings: dict, record_name: str = RECORD_NAME) -> dict | None:
+    """The recorded phase of ``folder`` when it finished with these settings and its weights are there (the DAPT
+    phase's, or another phase's ``record_name`` beside its ``backbone.safetensors``)."""
+    earlier = read_json(folder / record_name) or {}
     if earlier.get("settings") == settings and earlier.get("phase") and (folder / BACKBONE_NAME).is_file():
         return earlier["phase"]
     return None
