@@ -23,7 +23,7 @@ LAYERS = [
     {"tuning", "adaptation", "evaluation"},
     {"config"},
     {"training"},
-    {"runs"},
+    {"runs", "federated"},
     {"cli", "__init__", "__main__"},
 ]
 # packages that never receive the run's whole TrainConfig: they take explicit arguments (training/ converts)

@@ -5,6 +5,7 @@ then calls the library; a problem the user can fix ends as one ``error:`` line a
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -33,7 +34,9 @@ COMMANDS = {
     "rank": "score candidate backbones on a dataset by LogME and H-score before fine-tuning",
     "predict": "label image files / folders or text files with a trained model (output folder or Hub repo id)",
     "export": "export a trained model as an ONNX graph (--quantize int8: also int8), checked against torch",
+    "federate": "federated fine-tuning on Flower (FedAvg / FedProx; simulation, or server and client processes)",
 }
+RECIPE_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"  # a source checkout's recipe YAMLs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,3 +64,21 @@ def main(argv: list[str] | None = None) -> None:
             from .export import run as export
 
             export(rest)
+        elif command == "federate":
+            federate_command(rest)
+
+
+def federate_command(argv: list[str]) -> dict:
+    """``hftransfer federate``: the recipe of ``--modality`` (its YAML's defaults and bundled data) per client,
+    plus the federation's options."""
+    from ..config.federated_options import FederatedConfig
+    from ..federated.run import federate
+    from ..federated.run_help import FEDERATE_DESCRIPTION, modality_of
+
+    modality = modality_of(argv)
+    recipe = RECIPE_CONFIGS / f"{modality}_cls.yaml"
+    defaults = read_config_file(str(recipe)) if recipe.is_file() else {}
+    cfg = load_config(argv, defaults, description=FEDERATE_DESCRIPTION, config_cls=FederatedConfig,
+                      prog="hftransfer federate", modality=modality, validate=False,
+                      defaults_source=f"recipes/configs/{recipe.name}" if defaults else None)
+    return federate(dataclasses.replace(cfg, modality=modality))

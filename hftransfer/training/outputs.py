@@ -35,11 +35,9 @@ def save_best_epoch(model, output_dir: Path, metrics: dict, records: list[dict])
     return output_dir / BEST_DIR
 
 
-def write_run_outputs(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription,
-               test: tuple[dict, list[dict]] | None = None, backbone_choice: BackboneChoice | None = None) -> RunResults:
-    """Copy the best epoch's model to ``output_dir`` and write ``all_results.json`` (with ``test_*`` metrics
-    and ``test_predictions.jsonl`` when ``test`` holds the exported model's test metrics and predictions, and
-    how ``--model_name_or_path auto`` chose the backbone when ``backbone_choice`` is given)."""
+def export_best_model(output_dir: Path) -> Path:
+    """Copy ``best_model/`` (the model, its eval results and predictions, a LoRA run's adapter) into ``output_dir``:
+    the folder ``from_pretrained``, timm / transformers and ``hftransfer predict`` read. Returns ``best_model/``."""
     best = output_dir / BEST_DIR
     if not best.is_dir():
         raise HFTransferError("no epoch finished, so there is no model to export: train for at least one epoch")
@@ -52,6 +50,15 @@ def write_run_outputs(output_dir: Path, state, bundle, timing: dict, world_size:
         shutil.copytree(best / ADAPTER_DIR, adapter)
     elif (adapter / CONFIG_NAME).is_file():  # left by an earlier LoRA run in this folder: not these weights
         shutil.rmtree(adapter)
+    return best
+
+
+def write_run_outputs(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription,
+               test: tuple[dict, list[dict]] | None = None, backbone_choice: BackboneChoice | None = None) -> RunResults:
+    """Copy the best epoch's model to ``output_dir`` and write ``all_results.json`` (with ``test_*`` metrics
+    and ``test_predictions.jsonl`` when ``test`` holds the exported model's test metrics and predictions, and
+    how ``--model_name_or_path auto`` chose the backbone when ``backbone_choice`` is given)."""
+    best = export_best_model(output_dir)
     eval_results = read_json(best / EVAL_RESULTS_NAME)
     per_class = eval_results.pop("eval_per_class", [])
     results = RunResults(

@@ -101,6 +101,12 @@ def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle, init_backbo
     return model
 
 
+def create_strategy(cfg: TrainConfig, num_groups: int) -> Strategy:
+    """The run's ``Strategy`` over a backbone of ``num_groups`` layer groups."""
+    return Strategy(cfg.strategy, num_groups, cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs,
+                    cfg.contrastive_iterations)
+
+
 def load_bundle(cfg: TrainConfig, modality: str, accelerator: Accelerator, data_seed: int | None) -> DataBundle:
     """The labelled splits (and the target domain's, with ``--target_*``), read by the main process first."""
     with accelerator.main_process_first():
@@ -180,15 +186,15 @@ def estimated_epochs(cfg: TrainConfig, train_size: int, processes: int) -> int:
 
 def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path,
           data_seed: int | None = None, stop: StopSignals | None = None,
-          init_backbone: Path | None = None) -> TrainingRun:
-    """Data, model, strategy, loaders, optimizer and schedule, all prepared; resumed if asked to."""
+          init_backbone: Path | None = None, bundle: DataBundle | None = None) -> TrainingRun:
+    """Data, model, strategy, loaders, optimizer and schedule, all prepared; resumed if asked to. ``bundle``: splits
+    already loaded (a federated client's share of a dataset), else ``load_bundle`` reads them."""
     set_seed(cfg.seed)
-    bundle = load_bundle(cfg, modality, accelerator, data_seed)
+    bundle = bundle if bundle is not None else load_bundle(cfg, modality, accelerator, data_seed)
     model = build_model(cfg, modality, bundle, init_backbone)
     model.set_class_weights(train_class_weights(cfg, bundle, accelerator))
     group_names = [g.name for g in model.layer_groups()[:-1]]
-    strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs,
-                        cfg.contrastive_iterations)
+    strategy = create_strategy(cfg, len(group_names))
     # adaptation needs the target batch beside every source batch: no cached-feature epochs
     num_epochs = estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
     with_cache = uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache,

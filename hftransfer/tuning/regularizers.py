@@ -120,3 +120,29 @@ def decoupled_weight_decay_groups(param_groups: list[dict], l2sp_active: bool) -
 
 
 __all__ = ["L2SP", "decoupled_weight_decay_groups"]
+
+
+class ProximalTerm(nn.Module):
+    """FedProx's proximal term (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020):
+    ``mu / 2 * sum ||w - w_global||^2`` over the parameters a federated round trains, pulling a client's local
+    steps toward the global model it received, so clients with skewed data drift less.
+
+    ``__init__`` snapshots ``w_global`` (detached copies of the trainable parameters of ``model`` at the start of
+    the round); call it as ``proximal(model)`` and add it to the loss, as ``training.loop.train_step`` does with
+    L2-SP. Squares are taken in float32 (bf16 weights stay exact enough); the gradient is ``mu * (w - w_global)``.
+    """
+
+    def __init__(self, model: nn.Module, mu: float):
+        super().__init__()
+        if not mu >= 0:
+            raise HFTransferError(f"--proximal_mu must be >= 0 (got {mu}): FedProx's paper uses 0.001 to 1")
+        self.mu = float(mu)
+        self.anchors = {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+    def forward(self, model: nn.Module) -> torch.Tensor:
+        params = [(name, p) for name, p in model.named_parameters() if name in self.anchors]
+        device = params[0][1].device if params else torch.device("cpu")
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for name, param in params:
+            total = total + (param.float() - self.anchors[name].float()).pow(2).sum()
+        return 0.5 * self.mu * total

@@ -1,0 +1,1 @@
+"""Federated fine-tuning on Flower: ``hftransfer federate`` (simulation or deployment engine, FedAvg / FedProx)."""
