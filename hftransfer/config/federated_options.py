@@ -102,7 +102,7 @@ class FederatedOptions(Options):
             raise HFTransferError(f"--min_clients {self.min_clients} is more than the {self.client_count} clients: "
                                   f"pass at most {self.client_count}")
         if self.role == "client" and self.client_id is None:
-            raise HFTransferError("--role client needs --client_id N (0-based) to know which client's data it trains on")
+            raise HFTransferError("--role client needs --client_id N (0-based): which client's data it trains on")
         if self.client_id is not None and self.client_id >= self.client_count:
             raise HFTransferError(f"--client_id {self.client_id}: the run has clients 0-{self.client_count - 1}")
         host, _, port = self.superlink.rpartition(":")

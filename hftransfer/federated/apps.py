@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .config_file import CONFIG_PATH_KEY, read_federated_config
 
+
 def client_identity(context: Context, config_path: str | None) -> tuple[str, int]:
     path = config_path or context.node_config.get(CONFIG_PATH_KEY) or context.run_config[CONFIG_PATH_KEY]
     return str(path), int(context.node_config["partition-id"])

@@ -15,12 +15,12 @@ import torch
 
 from ..config.federated_options import FederatedConfig
 from ..errors import HFTransferError
-from ..tuning.regularizers import ProximalTerm
 from ..training.evaluate import evaluate
 from ..training.feature_cache import fill_feature_cache
 from ..training.loop import train_step
 from ..training.runtime import configure_threads, create_accelerator, step_seed
 from ..training.setup import TrainingRun, load_bundle, setup
+from ..tuning.regularizers import ProximalTerm
 from .clients import client_config, label_counts, partition_bundle
 from .parameters import frozen_fingerprint, get_arrays, set_arrays, travelling_names
 
@@ -102,7 +102,8 @@ def train_reply(client: ClientRun, arrays: dict, config: dict) -> tuple[dict, di
     check_same_model(client, str(config.get("frozen-fingerprint", "")))
     set_arrays(client.run.module, arrays)
     start = time.time()
-    loss = local_training(client, int(config["round"]), int(config["local-epochs"]), float(config.get("proximal-mu", 0)))
+    loss = local_training(client, int(config["round"]), int(config["local-epochs"]),
+                          float(config.get("proximal-mu", 0)))
     metrics = {"num-examples": len(client.run.bundle.train), "client-id": client.client_id, "train_loss": loss,
                "train_seconds": time.time() - start}
     return get_arrays(client.run.module, client.names), metrics

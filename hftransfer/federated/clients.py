@@ -66,7 +66,8 @@ def client_config(cfg: FederatedConfig, client_id: int) -> FederatedConfig:
     """Client ``client_id``'s run: the federation's options, its data, and its own output folder (never resumed or
     tracked: the server holds the run's state)."""
     values = {"output_dir": str(client_dir(cfg.output_dir, client_id)), "overwrite_output_dir": True,
-              "resume_from_checkpoint": None, "report_to": ["none"], "checkpointing_steps": "no", "client_id": client_id}
+              "resume_from_checkpoint": None, "report_to": ["none"], "checkpointing_steps": "no",
+              "client_id": client_id}
     if cfg.client_data:
         values.update({name: None for name in SOURCE_FIELDS})
         values.update(source_flags(cfg.client_data[client_id], cfg.modality))

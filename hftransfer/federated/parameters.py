@@ -18,7 +18,7 @@ from ..errors import HFTransferError
 
 
 def travelling_names(model: nn.Module) -> list[str]:
-    """The ``state_dict`` keys that travel, in a fixed order: trainable parameters, then their modules' float buffers."""
+    """The ``state_dict`` keys that travel, in order: trainable parameters, then their modules' float buffers."""
     names = [name for name, param in model.named_parameters() if param.requires_grad]
     trained_modules = {name.rpartition(".")[0] for name in names}
     for module_name, module in model.named_modules():

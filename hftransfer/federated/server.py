@@ -23,7 +23,8 @@ from ..training.outputs import export_best_model, save_best_epoch
 from ..training.setup import build_model, create_strategy
 from ..tuning.strategies import apply_trainable
 from .parameters import frozen_fingerprint, get_arrays, model_bytes, set_arrays, tensor_bytes, travelling_names
-from .strategy import RoundLog, create_strategy as create_aggregation
+from .strategy import RoundLog
+from .strategy import create_strategy as create_aggregation
 
 STATE_DIR = "federated"
 STATE_NAME = "state.json"
@@ -94,7 +95,8 @@ class ServerRecord:
         import torch
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.folder / GLOBAL_NAME, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in arrays.items()}
+        save_safetensors(self.folder / GLOBAL_NAME, tensors)
         self.state["rounds_done"] = entry["round"]
         self.state.setdefault("rounds", []).append(entry)
         write_json(self.folder / STATE_NAME, self.state)

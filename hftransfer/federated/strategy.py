@@ -17,7 +17,7 @@ def weighted_metrics(rows: list[dict]) -> dict:
     for split, count_key in SPLIT_COUNTS.items():
         holders = [row for row in rows if count_key in row and any(k.startswith(f"{split}_") for k in row)]
         total = sum(row[count_key] for row in holders)
-        names = {k for row in holders for k in row if k.startswith(f"{split}_") and k != count_key}
+        names = {k for row in holders for k in row if k.startswith(f"{split}_") and not k.endswith("_examples")}
         for name in sorted(names):
             if total > 0 and all(name in row for row in holders):
                 merged[name] = sum(row[name] * row[count_key] for row in holders) / total
