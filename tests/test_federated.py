@@ -185,3 +185,94 @@ def test_proximal_term_value_and_gradient():
 def test_federated_options_refuse_in_one_line(kwargs, match):
     with pytest.raises(HFTransferError, match=match):
         FederatedConfig(model_name_or_path="test_efficientnet", **kwargs).validate("image")
+
+
+# ------------------------------------------------------------------------------------------ whole runs
+TINY_FEDERATION = ["--model_name_or_path", "test_efficientnet", "--weights", "random", "--per_device_train_batch_size",
+                   "4", "--per_device_eval_batch_size", "4", "--head_learning_rate", "0.01", "--num_rounds", "2"]
+
+
+def check_export(out, rounds: int) -> dict:
+    """The record is complete and the export loads with hftransfer and with plain timm, giving the same logits."""
+    import timm
+
+    from hftransfer.models.transfer_model import TransferModel
+
+    results = json.loads((out / "federated_results.json").read_text())
+    assert results["rounds_done"] == rounds and len(results["rounds"]) == rounds
+    for entry in results["rounds"]:
+        assert entry["bytes_down_train"] > 0 and entry["bytes_up_train"] > 0 and "eval_accuracy" in entry["metrics"]
+    assert 0 < results["travelling_fraction"] < 1
+    model = TransferModel.from_pretrained(out).eval()
+    native = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # timm alone reads the folder
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(native(pixels), model(pixel_values=pixels).logits, atol=1e-5, rtol=1e-4)
+    return results
+
+
+@pytest.mark.integration
+def test_simulation_two_clients_two_rounds(tmp_path):
+    from builders import make_image_folder, run_python
+
+    data = make_image_folder(tmp_path / "data", per_class=12)
+    out = tmp_path / "out"
+    proc = run_python("-m", "hftransfer", "federate", *TINY_FEDERATION, "--train_dir", str(data), "--partition", "iid",
+                      "--num_clients", "2", "--strategy", "partial", "--aggregation", "fedprox",
+                      "--output_dir", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_export(out, rounds=2)
+    assert set(results["rounds"][0]["clients"]) == {"0", "1"}  # both clients trained and evaluated each round
+    assert "federated round 2/2" in proc.stdout
+
+
+def wait_for_round(out, rounds: int, server, timeout: float = 300) -> None:
+    import time
+
+    state = out / "federated" / "state.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if state.is_file() and json.loads(state.read_text()).get("rounds_done", 0) >= rounds:
+            return
+        assert server.poll() is None, "the server exited before round %d" % rounds
+        time.sleep(1)
+    raise AssertionError(f"round {rounds} did not finish within {timeout}s")
+
+
+@pytest.mark.integration
+def test_deployment_survives_a_killed_client_and_a_restarted_server(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from builders import make_image_folder
+
+    with socket.socket() as probe:  # a free port for the SuperLink; its clients take the next two
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folders = [str(make_image_folder(tmp_path / f"client{i}", per_class=8, seed=i)) for i in range(2)]
+    out = tmp_path / "out"
+    common = [sys.executable, "-m", "hftransfer", "federate", *TINY_FEDERATION, "--num_rounds", "3", "--engine",
+              "deployment", "--client_data", *folders, "--output_dir", str(out), "--superlink", f"127.0.0.1:{port}",
+              "--min_clients", "1", "--round_timeout", "90", "--strategy", "linear_probe"]
+    logs = open(tmp_path / "processes.log", "w")
+    server = subprocess.Popen([*common, "--role", "server"], stdout=logs, stderr=subprocess.STDOUT)
+    clients = [subprocess.Popen([*common, "--role", "client", "--client_id", str(i)], stdout=logs,
+                                stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        wait_for_round(out, 1, server)
+        clients[1].kill()  # SIGKILL: its SuperNode is told to stop (it dies with its parent) and leaves the federation
+        server.kill()  # a crashed server: the SuperLink and the run die with it
+        server.wait()
+        server = subprocess.Popen([*common, "--role", "server", "--resume_from_checkpoint", "latest"], stdout=logs,
+                                  stderr=subprocess.STDOUT)
+        assert server.wait(timeout=400) == 0, (tmp_path / "processes.log").read_text()[-4000:]
+    finally:
+        for process in [server, *clients]:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+    results = check_export(out, rounds=3)
+    assert results["rounds"][0]["clients_trained"] == 2
+    assert results["rounds"][-1]["clients_trained"] == 1  # after the kill, the rounds go on with the client left
+    assert "resuming after round" in (tmp_path / "processes.log").read_text()
