@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("flwr")
 
+from builders import image_model  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 
 from hftransfer.config.federated_options import FederatedConfig  # noqa: E402
@@ -27,8 +28,6 @@ from hftransfer.federated.strategy import RoundLog, create_strategy, weighted_me
 from hftransfer.models.lora import add_lora  # noqa: E402
 from hftransfer.tuning.regularizers import ProximalTerm  # noqa: E402
 from hftransfer.tuning.strategies import Strategy, apply_trainable  # noqa: E402
-
-from builders import image_model  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ partition
