@@ -69,6 +69,18 @@ def check_same_model(client: ClientRun, fingerprint: str) -> None:
                               "build the same --model_name_or_path with the same --weights and --seed")
 
 
+def cache_features(client: ClientRun) -> bool:
+    """Whether the run trains and evaluates on the frozen backbone's cached features (linear probe); fills them
+    once per process, since that backbone never changes (a deployment client's first message may be an evaluation)."""
+    run = client.run
+    cached = run.on_cached_features(0)
+    if cached and not client.features_ready:
+        fill_feature_cache(run.accelerator, run.model, run.loaders, cache_dir=run.cfg.feature_cache_dir,
+                           dtype_name=run.cfg.feature_cache_dtype)
+        client.features_ready = True
+    return cached
+
+
 def local_training(client: ClientRun, round_number: int, local_epochs: int, proximal_mu: float) -> float:
     """``local_epochs`` epochs on the client's training split from the global tensors just loaded; returns the mean
     loss. Each round starts a fresh AdamW state at the base learning rates (FedAvg's local SGD)."""
@@ -78,11 +90,7 @@ def local_training(client: ClientRun, round_number: int, local_epochs: int, prox
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"]
     proximal = ProximalTerm(run.module, proximal_mu) if proximal_mu > 0 else None
-    cached = run.on_cached_features(0)
-    if cached and not client.features_ready:  # the frozen backbone never changes: its features are computed once
-        fill_feature_cache(run.accelerator, run.model, run.loaders, cache_dir=cfg.feature_cache_dir,
-                           dtype_name=cfg.feature_cache_dtype)
-        client.features_ready = True
+    cached = cache_features(client)
     loader = run.loaders.cached_train if cached else run.loaders.train
     run.model.train()
     total, batches = 0.0, 0
@@ -113,6 +121,7 @@ def evaluate_reply(client: ClientRun, arrays: dict) -> dict:
     """An evaluate message's answer: the global model on the client's validation split (and test split, if any)."""
     run = client.run
     set_arrays(run.module, arrays)
+    cache_features(client)
     metrics = {"num-examples": len(run.bundle.eval), "client-id": client.client_id}
     loaders = [("eval", run.eval_loader(0), len(run.bundle.eval))]
     if run.loaders.test is not None:
