@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..config import RankConfig, load_config, read_config_file
+from ..config.parsing import DEFAULT_JOB_KEY
 from ..errors import USAGE_EXIT_CODE, exit_on_user_error, show_progress_messages
 
 
@@ -68,6 +69,16 @@ def main(argv: list[str] | None = None) -> None:
             federate_command(rest)
 
 
+def client_data_given(argv: list[str]) -> bool:
+    """Whether ``--client_data`` is set, by a flag or in the ``--config`` YAML."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    known, _ = parser.parse_known_args(argv)
+    return "--client_data" in argv or bool(read_config_file(known.config).get("client_data"))
+
+
 def federate_command(argv: list[str]) -> dict:
     """``hftransfer federate``: the recipe of ``--modality`` (its YAML's defaults and bundled data) per client,
     plus the federation's options."""
@@ -78,6 +89,8 @@ def federate_command(argv: list[str]) -> dict:
     modality = modality_of(argv)
     recipe = RECIPE_CONFIGS / f"{modality}_cls.yaml"
     defaults = read_config_file(str(recipe)) if recipe.is_file() else {}
+    if client_data_given(argv):  # the clients' own data: the recipe's bundled job (data, output folder) gives way
+        defaults.pop(DEFAULT_JOB_KEY, None)
     cfg = load_config(argv, defaults, description=FEDERATE_DESCRIPTION, config_cls=FederatedConfig,
                       prog="hftransfer federate", modality=modality, validate=False,
                       defaults_source=f"recipes/configs/{recipe.name}" if defaults else None)

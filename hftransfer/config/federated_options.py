@@ -113,13 +113,13 @@ class FederatedOptions(Options):
             PartitionScheme.parse(self.partition)  # a malformed scheme fails before anything loads
 
 
+# TrainConfig first: --help lists the federation's options (the last base's fields) before the recipe's
 @dataclass
-class FederatedConfig(FederatedOptions, TrainConfig):
+class FederatedConfig(TrainConfig, FederatedOptions):
     """Everything ``hftransfer federate`` takes: the recipe's options (per client) and the federation's."""
 
     def validate(self, modality: str | None = None) -> "FederatedConfig":
-        TrainConfig.validate(self, modality)  # every value's choices and range too, the federation's included
-        self.check_federation()
+        super().validate(modality)  # every group's checks, the federation's (FederatedOptions.validate) included
         if self.strategy not in FEDERATED_STRATEGIES:
             raise HFTransferError(f"--strategy {self.strategy} changes what trains between epochs, so what travels "
                                   f"would change mid-run: use one of {', '.join(FEDERATED_STRATEGIES)}")
