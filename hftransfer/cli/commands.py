@@ -82,7 +82,7 @@ def client_data_given(argv: list[str]) -> bool:
 def federate_command(argv: list[str]) -> dict:
     """``hftransfer federate``: the recipe of ``--modality`` (its YAML's defaults and bundled data) per client,
     plus the federation's options."""
-    from ..config.federated_options import FederatedConfig
+    from ..config.federated_options import FEDERATED_DEFAULT_STRATEGY, FEDERATED_STRATEGIES, FederatedConfig
     from ..federated.run import federate
     from ..federated.run_help import FEDERATE_DESCRIPTION, modality_of
 
@@ -91,6 +91,8 @@ def federate_command(argv: list[str]) -> dict:
     defaults = read_config_file(str(recipe)) if recipe.is_file() else {}
     if client_data_given(argv):  # the clients' own data: the recipe's bundled job (data, output folder) gives way
         defaults.pop(DEFAULT_JOB_KEY, None)
+    if defaults.get("strategy") not in (None, *FEDERATED_STRATEGIES):  # the image recipe's lp_ft switches phases
+        defaults["strategy"] = FEDERATED_DEFAULT_STRATEGY
     cfg = load_config(argv, defaults, description=FEDERATE_DESCRIPTION, config_cls=FederatedConfig,
                       prog="hftransfer federate", modality=modality, validate=False,
                       defaults_source=f"recipes/configs/{recipe.name}" if defaults else None)

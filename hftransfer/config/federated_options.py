@@ -20,6 +20,7 @@ AGGREGATIONS = ("fedavg", "fedprox")
 MODALITIES = ("image", "text", "audio")
 # strategies whose trainable set never changes: a phase switch would change what travels mid-run
 FEDERATED_STRATEGIES = ("linear_probe", "partial", "lora", "full")
+FEDERATED_DEFAULT_STRATEGY = "partial"  # replaces a recipe default that switches phases (the image recipe's lp_ft)
 UNIT_FRACTION = Range(0, 1, lo_inclusive=False)  # (0, 1]
 PORTS = Range(1024, 65535)
 

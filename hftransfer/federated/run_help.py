@@ -19,7 +19,8 @@ output_dir/federated/; the best round's global model is exported to output_dir l
   hftransfer federate --engine deployment --role client --client_id 0 --client_data a/ b/ --output_dir out
 
 --modality picks the recipe (recipes/configs/<modality>_cls.yaml): its defaults, and its bundled data when no data
-flag is given. A restarted server continues from its last round with --resume_from_checkpoint latest."""
+flag is given (a recipe default --strategy that switches phases, the image recipe's lp_ft, becomes partial).
+A restarted server continues from its last round with --resume_from_checkpoint latest."""
 
 
 def modality_of(argv: list[str]) -> str:
