@@ -45,7 +45,8 @@ def results_context(results: RunResults | None) -> dict:
         rows.append(("exported weights", WEIGHTS_NAMES["ema"] + " (exponential moving average)"
                      if results.exported_weights == "ema" else WEIGHTS_NAMES["raw"] + " (their EMA scored no better)"))
     if results.train_runtime is not None:
-        rows.append(("training time", f"{results.train_runtime:.0f} s on {results.world_size} process(es)"))
+        sharded = f", weights sharded by {results.sharding}" if results.sharding else ""
+        rows.append(("training time", f"{results.train_runtime:.0f} s on {results.world_size} process(es){sharded}"))
     per_class, per_class_note = per_class_rows(results.eval_per_class)
     header, history = history_table(results)
     test = results.test_metrics

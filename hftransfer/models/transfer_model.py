@@ -24,6 +24,7 @@ from .norms import BN_STATS_DESCRIPTIONS, keep_bn_statistics
 class TransferOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # the backbone's pooled features the logits came from
 
 
 class TransferModel(nn.Module):
@@ -79,7 +80,9 @@ class TransferModel(nn.Module):
         if features is None:
             features = self.forward_features(**inputs)
         logits = self.forward_head(features.to(next(self.head.parameters(), features).dtype))
-        return self.output(logits, labels)
+        output = self.output(logits, labels)
+        output.features = features
+        return output
 
     def output(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> TransferOutput:
         """Logits with their classification loss (None without ``labels``)."""

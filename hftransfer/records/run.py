@@ -198,6 +198,7 @@ class RunResults(Record):
     train_samples_per_second: float | None = None
     train_loss: float | None = None
     world_size: int = 1
+    sharding: str | None = None  # FSDP / DeepSpeed ZeRO-N when each process held a shard of the model; None: whole
     history: list[EpochRecord] = field(default_factory=list)
     transfer: RunDescription | None = None
     transfer_gain: TransferGain | None = None

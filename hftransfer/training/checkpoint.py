@@ -218,7 +218,8 @@ def save_checkpoint(accelerator, output_dir: Path, state: RunState, keep: int) -
     crash_tests.inside_save(state.global_step)
     accelerator.wait_for_everyone()  # every rank's RNG file is in before the folder counts as complete
     if accelerator.is_main_process:
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        # with the folders FSDP's sharded model and optimizer states are written into (one file per process)
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json(tmp / MANIFEST_NAME, {"global_step": state.global_step, "epoch": state.epoch,
                                           "batches_done": state.batches_done, "files": files})
         if final.exists():  # the epoch-end checkpoint of a step that also had a step checkpoint
