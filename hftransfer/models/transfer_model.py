@@ -125,7 +125,8 @@ class TransferModel(nn.Module):
         return BN_STATS_DESCRIPTIONS[self.bn_stats]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        # DeepSpeed ZeRO-3 leaves each process an empty placeholder per parameter; ds_numel is its real size
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ---- persistence -------------------------------------------------------------------------
     def config(self) -> dict:

@@ -193,6 +193,10 @@ def prepare_for_sharding(cfg: TrainConfig, accelerator: Accelerator, model: Tran
     changes = any(strategy.trainable_groups(e) != strategy.trainable_groups(0) for e in range(num_epochs))
     check_engine_support(accelerator, trainable_set_changes=changes, l2sp=cfg.l2sp_active, ema=cfg.model_ema)
     model._no_split_modules = no_split_modules(model)  # what accelerate's TRANSFORMER_BASED_WRAP reads
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        # accelerate fills "auto" from loaders prepared with the model; hftransfer prepares its loaders apart
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
     engine = engine_name(accelerator)
     units = (f" (blocks sharded one unit each: {', '.join(model._no_split_modules) or 'none, the model is one unit'})"
              if engine == "FSDP" else "")
