@@ -240,7 +240,8 @@ def run_recipe(recipe: str, *args, env=None, timeout=600) -> subprocess.Complete
     return run_python(ROOT / "recipes" / f"{recipe}.py", *args, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-def launch_two_processes(recipe: str, *args, env=None, timeout=600, launcher=("--multi_gpu",)) -> subprocess.CompletedProcess:
+def launch_two_processes(recipe: str, *args, env=None, timeout=600,
+                         launcher=("--multi_gpu",)) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py <args>`` on CPU (gloo), one torch
     thread each so the two ranks share these cores instead of fighting over them. ``launcher``: the engine's
     launch flags instead of ``--multi_gpu`` (DDP), e.g. ``--config_file recipes/accelerate_configs/fsdp2.yaml``."""
