@@ -50,21 +50,28 @@ def deepspeed_flags(zero: dict, folder: Path) -> list[str]:
     return ["--use_deepspeed", "--deepspeed_config_file", str(path)]
 
 
-def run_row(engine: str, size: str, cap: float, folder: Path, timeout: float) -> dict:
+def run_row(engine: str, size: str, cap: float, folder: Path, timeout: float, processes: int = 1,
+            batch: int = BATCH, seq: int = SEQ) -> dict:
     flags = ENGINES[engine]
     flags = deepspeed_flags(flags, folder) if isinstance(flags, dict) else flags
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-           "--dynamo_backend", "no", "--main_process_port", "29555", "--mixed_precision", "bf16", *flags, __file__,
-           "--worker", "--size", size, "--memory_cap_gib", str(cap)]
+    if engine == "ddp" and processes > 1:
+        flags = ["--multi_gpu"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines",
+           "1", "--dynamo_backend", "no", "--main_process_port", "29555", "--mixed_precision", "bf16", *flags,
+           __file__, "--worker", "--size", size, "--memory_cap_gib", str(cap), "--batch", str(batch), "--seq", str(seq)]
     start = time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
     except subprocess.TimeoutExpired:
         return {"engine": engine, "size": size, "status": f"timeout after {timeout:.0f}s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if lines:
-        return {"engine": engine, "size": size, **json.loads(lines[-1][7:]), "wall_s": round(time.time() - start, 1)}
+    ranks = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if ranks:
+        ranks.sort(key=lambda r: r["rank"])
+        # what each process holds of the training state differs only under sharding: one entry per process
+        state = [r.pop("state_gib") for r in ranks]
+        return {"engine": engine, "size": size, "processes": processes, **ranks[0], "state_gib_per_process": state,
+                "wall_s": round(time.time() - start, 1)}
     tail = [line for line in proc.stderr.splitlines() if line.strip()][-3:]
     return {"engine": engine, "size": size, "status": "failed: " + " | ".join(tail)[-400:]}
 
@@ -83,7 +90,7 @@ def make_model_folder(size: str, folder: Path) -> Path:
     return folder
 
 
-def worker(size: str, cap_gib: float) -> dict:
+def worker(size: str, cap_gib: float, batch_size: int, seq: int) -> dict:
     import torch
     from accelerate import Accelerator
 
@@ -105,9 +112,9 @@ def worker(size: str, cap_gib: float) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(5, 32000, (BATCH, SEQ), generator=generator),
-             "attention_mask": torch.ones(BATCH, SEQ, dtype=torch.long),
-             "labels": torch.randint(0, 2, (BATCH,), generator=generator)}
+    batch = {"input_ids": torch.randint(5, 32000, (batch_size, seq), generator=generator),
+             "attention_mask": torch.ones(batch_size, seq, dtype=torch.long),
+             "labels": torch.randint(0, 2, (batch_size,), generator=generator)}
     batch = {k: v.to(accelerator.device) for k, v in batch.items()}
     result = {"params_M": round(params / 1e6), "engine_name": engine_name(accelerator) or "DDP (whole model)",
               "device": torch.cuda.get_device_name() if cuda else "cpu", "cap_gib": cap_gib if cuda else None}
@@ -130,9 +137,26 @@ def worker(size: str, cap_gib: float) -> dict:
         result.update(status="ok", step_s=round(sum(times[1:]) / len(times[1:]), 3), first_step_s=round(times[0], 2))
     if cuda:
         result["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    result["rank"], result["state_gib"] = accelerator.process_index, round(training_state_bytes(model, optimizer) / 2**30, 3)
     if host is not None and result["status"] == "ok" and params < 3e8:
         result["export_check"] = export_round_trip(accelerator, model, host, batch)
     return result
+
+
+def training_state_bytes(model, optimizer) -> int:
+    """Bytes this process holds of parameters, gradients and optimizer state (its shards under FSDP; DeepSpeed's
+    partitions live in its own optimizer, counted through the engine's flat fp32 groups where it exposes them)."""
+    import torch
+
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    tensors = [local(p) for p in model.parameters()] + [local(p.grad) for p in model.parameters() if p.grad is not None]
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for state in getattr(inner, "state", {}).values():
+        tensors += [local(v) for v in state.values() if torch.is_tensor(v)]
+    tensors += [local(t) for t in getattr(inner, "single_partition_of_fp32_groups", []) if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def export_round_trip(accelerator, model, host, batch) -> str:
@@ -208,11 +232,14 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--memory_cap_gib", type=float, default=12.0)
     parser.add_argument("--timeout", type=float, default=150)
+    parser.add_argument("--processes", type=int, default=1, help="processes per row (CPU: ACCELERATE_USE_CPU=1)")
+    parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--seq", type=int, default=SEQ)
     parser.add_argument("--out", default=None, help="a JSON-lines file the rows are appended to, as they finish")
     parser.add_argument("--recipes", action="store_true", help="run the recipe checks (and nothing else)")
     args = parser.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.size, args.memory_cap_gib)), flush=True)
+        print("RESULT " + json.dumps(worker(args.size, args.memory_cap_gib, args.batch, args.seq)), flush=True)
         return
     if args.recipes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -225,7 +252,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             for engine in args.engines.split(","):
-                row = run_row(engine, size, args.memory_cap_gib, Path(tmp), args.timeout)
+                row = run_row(engine, size, args.memory_cap_gib, Path(tmp), args.timeout, args.processes, args.batch,
+                              args.seq)
                 print(json.dumps(row), flush=True)
                 if args.out:
                     with open(args.out, "a") as f:

@@ -44,6 +44,7 @@ class RunDescription(Record):
     regularizer: dict | None = None  # {"name": "L2-SP", "alpha", "beta", "note"} when L2-SP is on
     lora: dict | None = None  # LoRA runs: r, alpha, dropout, target_modules, trainable_fraction, ... (lora.record)
     contrastive: dict | None = None  # --strategy contrastive: the label-pair phase (pairs, steps, losses, runtime)
+    episodic: dict | None = None  # --strategy episodic: the episodes' phase (episodes, their shape, losses, runtime)
     label_smoothing: float = 0.0
     head_dropout: float = 0.0
     train_norm: bool = False

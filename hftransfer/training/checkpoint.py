@@ -24,6 +24,7 @@ from ..files import (
     CHECKPOINT_DIR,
     CONTRASTIVE_DIR,
     DAPT_DIR,
+    EPISODIC_DIR,
     FEATURE_CACHE_DIR,
     TMP_SUFFIX,
     TUNE_DIR,
@@ -92,7 +93,7 @@ class RunState:
 # weights, data and preprocessing they came from, so what an earlier run stored there is still correct; and
 # --tune's study (tune/: study.db, trials, best_recipe.yaml), which the tuned run's final fit must keep; and the
 # phases before a fine-tune (dapt/, contrastive/), whose backbone the fine-tune starts from
-KEPT_FILES = (LOCK_NAME, FEATURE_CACHE_DIR, TUNE_DIR, DAPT_DIR, CONTRASTIVE_DIR)
+KEPT_FILES = (LOCK_NAME, FEATURE_CACHE_DIR, TUNE_DIR, DAPT_DIR, CONTRASTIVE_DIR, EPISODIC_DIR)
 
 
 def holds_earlier_run(output_dir: Path) -> bool:

@@ -215,7 +215,7 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     model.set_class_weights(train_class_weights(cfg, bundle, accelerator))
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = Strategy(cfg.strategy, len(group_names), cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs,
-                        cfg.contrastive_iterations)
+                        cfg.contrastive_iterations, cfg.episodes)
     # adaptation needs the target batch beside every source batch: no cached-feature epochs
     num_epochs = estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
     with_cache = uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache,
