@@ -144,8 +144,9 @@ def worker(size: str, cap_gib: float, batch_size: int, seq: int) -> dict:
 
 
 def training_state_bytes(model, optimizer) -> int:
-    """Bytes this process holds of parameters, gradients and optimizer state (its shards under FSDP; DeepSpeed's
-    partitions live in its own optimizer, counted through the engine's flat fp32 groups where it exposes them)."""
+    """Bytes this process holds of parameters, gradients left after the step (none: ``zero_grad(set_to_none)``) and
+    optimizer state (its shards under FSDP; DeepSpeed's partitions live in its own optimizer, counted through the
+    engine's flat fp32 groups where it exposes them)."""
     import torch
 
     def local(t):
