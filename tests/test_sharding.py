@@ -96,7 +96,8 @@ def test_fsdp_gradual_with_l2sp_matches_ddp_and_resumes_exactly_after_a_kill(tmp
 @pytest.mark.integration
 def test_fsdp_lora_matches_ddp_and_exports_what_plain_transformers_loads(tmp_path, text_data):
     bert = make_encoder_folder(tmp_path / "bert")
-    recipe = ["--strategy", "lora", "--pooling", "pooler", "--num_train_epochs", "2"]
+    # the test split is scored after training with the best weights scattered back into the shards
+    recipe = ["--strategy", "lora", "--pooling", "pooler", "--num_train_epochs", "2", "--test_file", text_data["val"]]
     sharded, ddp = tmp_path / "fsdp", tmp_path / "ddp"
     run = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe), launcher=FSDP_CONFIG)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -104,6 +105,8 @@ def test_fsdp_lora_matches_ddp_and_exports_what_plain_transformers_loads(tmp_pat
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert_same_training(sharded, ddp)
     assert (sharded / "adapter" / "adapter_model.safetensors").is_file()
+    tested = [json.loads((out / "all_results.json").read_text())["test_loss"] for out in (sharded, ddp)]
+    assert tested[0] == pytest.approx(tested[1], rel=1e-5)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hftransfer import TransferModel
