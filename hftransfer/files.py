@@ -48,6 +48,7 @@ FEATURE_CACHE_DIR = "feature_cache"  # auto's default --feature_cache_dir: conte
 SOURCE_ONLY_DIR = "source_only"  # --compare_source_only: the same run without adaptation
 DAPT_DIR = "dapt"  # --domain_adaptation dapt: the continued-pretraining phase's encoder and checkpoints; kept on overwrite
 CONTRASTIVE_DIR = "contrastive"  # --strategy contrastive: the backbone tuned on label pairs, reused by a re-run
+EPISODIC_DIR = "episodic"  # --strategy episodic: the backbone tuned on prototypical episodes, reused by a re-run
 DRAWS_DIR = "draws"  # --shots K --shot_draws N: draws 1..N-1, scored and summarized, not exported
 ADAPTED_DIR = "adapted"  # --compare_source_only chose the source-only model: the adapted one moves here
 TUNE_DIR = "tune"  # --tune: the Optuna study, its trials and best_recipe.yaml; kept when the final fit replaces a run

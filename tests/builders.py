@@ -240,10 +240,12 @@ def run_recipe(recipe: str, *args, env=None, timeout=600) -> subprocess.Complete
     return run_python(ROOT / "recipes" / f"{recipe}.py", *args, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
-def launch_two_processes(recipe: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
+def launch_two_processes(recipe: str, *args, env=None, timeout=600,
+                         launcher=("--multi_gpu",)) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py <args>`` on CPU (gloo), one torch
-    thread each so the two ranks share these cores instead of fighting over them."""
-    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
+    thread each so the two ranks share these cores instead of fighting over them. ``launcher``: the engine's
+    launch flags instead of ``--multi_gpu`` (DDP), e.g. ``--config_file recipes/accelerate_configs/fsdp2.yaml``."""
+    launch = ["-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--main_process_port", "0",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     return run_python(*launch, ROOT / "recipes" / f"{recipe}.py", *args,
                       env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})},

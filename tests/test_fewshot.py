@@ -311,3 +311,14 @@ def test_two_process_run_over_two_draws_with_prototypes_keeps_the_ranks_in_sync(
     assert results["world_size"] == 2 and results["train_samples"] == 6
     assert [row["train_samples"] for row in results["few_shot"]["per_draw"]] == [6, 6]
     assert proc.stdout.count("mean feature of 6 training examples") == 2
+
+
+def test_the_card_reports_the_shots_and_the_interval_over_draws():
+    from hftransfer.hub.card_results import few_shot_text
+
+    single = {"shots": 8, "draw": 0, "seed": 42, "train_samples": 16, "head": "cosine", "head_init": "prototypes"}
+    assert few_shot_text(single) == "8 training examples per class (draw 0, seed 42)"
+    metrics = {"eval_accuracy": {"mean": 0.6071, "std": 0.07, "ci95_half_width": 0.0841}}
+    line = few_shot_text({**single, "draws": 5, "metrics": metrics})
+    assert line == ("8 training examples per class (draw 0, seed 42); over 5 draws: eval_accuracy 0.6071 ± 0.0841 "
+                    "(mean ± 95% t-interval; this model is draw 0)")

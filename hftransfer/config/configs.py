@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import HFTransferError
-from ..tuning.strategies import LORA_STRATEGIES
+from ..tuning.strategies import BACKBONE_PHASE_STRATEGIES, LORA_STRATEGIES
 from .data_options import AdaptationOptions, DataOptions
 from .export_options import ExportOptions
 from .fewshot_options import FewShotOptions
@@ -74,9 +74,9 @@ class TrainConfig(HubOptions, ExportOptions, TrackingOptions, TuneOptions, RunOp
             raise HFTransferError("--compare_scratch and target-domain data: the from-scratch comparison is of "
                                   "single-domain runs; drop --compare_scratch (--compare_source_only is the "
                                   "adaptation's comparison)")
-        if self.strategy == "contrastive" and self.uses_target_data():
-            raise HFTransferError("--strategy contrastive and target-domain data: the label-pair phase knows no "
-                                  "target domain, and the source-only twin would skip it; use another --strategy")
+        if self.strategy in BACKBONE_PHASE_STRATEGIES and self.uses_target_data():
+            raise HFTransferError(f"--strategy {self.strategy} and target-domain data: its phase before the run knows "
+                                  "no target domain, and the source-only twin would skip it; use another --strategy")
         if self.continued_pretraining and modality in ("image", "audio"):
             raise HFTransferError(f"--domain_adaptation {self.domain_adaptation}: dapt is masked-language-model "
                                   f"pretraining of a text encoder; for {modality} use mcc, self_training, dann or cdan")

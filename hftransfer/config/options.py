@@ -149,8 +149,9 @@ class AugmentationOptions(Options):
 class StrategyOptions(Options):
     """Which layer groups train when, and what frozen layers do."""
 
-    strategy: str = option("full", "full, linear_probe, partial, gradual, lp_ft, lora, lp_lora or contrastive "
-                           "(SetFit-style: label-pair tuning of the backbone, then the head)", STRATEGIES)
+    strategy: str = option("full", "full, linear_probe, partial, gradual, lp_ft, lora, lp_lora, contrastive "
+                           "(SetFit-style: label-pair tuning of the backbone, then the head) or episodic (prototypical "
+                           "episodes tune the backbone, then the head)", STRATEGIES)
     unfreeze_top_k: int = option(2, "partial: number of top backbone groups that train", valid=NON_NEGATIVE)
     unfreeze_every: int = option(1, "gradual: epochs between unfreezing one more group", valid=AT_LEAST_ONE)
     lp_epochs: int = option(1, "lp_ft: epochs of linear probing before fine-tuning everything", valid=NON_NEGATIVE)
@@ -159,6 +160,14 @@ class StrategyOptions(Options):
     contrastive_epochs: int = option(1, "contrastive: epochs over the label pairs", valid=AT_LEAST_ONE)
     contrastive_learning_rate: float = option(2e-5, "contrastive: the backbone's learning rate on the label pairs "
                                               "(SetFit's body_learning_rate)", valid=POSITIVE)
+    episodes: int = option(100, "episodic: episodes (one optimizer step each) tuning the backbone", valid=AT_LEAST_ONE)
+    episode_ways: int = option(0, "episodic: classes per episode (0 = every class, at most 20)", valid=NON_NEGATIVE)
+    episode_support: int = option(0, "episodic: support examples per class, whose mean is the class prototype (0 = "
+                                  "half of the smallest class, at most 5)", valid=NON_NEGATIVE)
+    episode_queries: int = option(0, "episodic: query examples per class, classified against the prototypes (0 = the "
+                                  "rest of the smallest class, at most 10)", valid=NON_NEGATIVE)
+    episodic_learning_rate: float = option(1e-4, "episodic: the backbone's learning rate on the episodes",
+                                           valid=POSITIVE)
     train_norm: bool = option(False, "keep normalization layers trainable inside frozen groups")
     bn_stats: str = option("frozen", "BatchNorm layers kept in eval mode: frozen (those in frozen groups), all, or "
                            "none", BN_STATS)

@@ -14,6 +14,7 @@ from .card_format import format_learning_rate, group_display_name, group_span_di
 NO_RECIPE = {"strategy": None, "strategy_description": None, "learning_rates": None, "schedule": None,
              "regularization": None, "optimization": None, "parameters": "n/a", "phases": None,
              "phase_notes": None, "layer_lrs": None, "layer_decay": None, "lora": None, "contrastive": None,
+             "episodic": None,
              "class_weights": None, "sampler": None, "augmentation": None, "model_ema": None,
              "evaluation_schedule": None}
 NOT_WORTH_MENTIONING = (None, 0, 0.0, "no")  # optional settings left off (e.g. mixed precision "no")
@@ -36,6 +37,7 @@ def recipe_context(recipe: RunDescription | None) -> dict:
         "layer_lrs": layer_learning_rates(recipe), "layer_decay": recipe.layer_decay,
         "lora": lora_line(recipe.lora),
         "contrastive": contrastive_line(recipe.contrastive),
+        "episodic": episodic_line(recipe.episodic),
         "class_weights": class_weights_line(recipe.class_weights),
         "sampler": SAMPLERS.get(recipe.sampler, recipe.sampler) if recipe.sampler not in (None, "random") else None,
         "augmentation": augmentation_line(recipe.augmentation),
@@ -136,6 +138,17 @@ def contrastive_line(record: dict | None) -> str | None:
             f"{record['examples']} training examples ({record['iterations']} positive and as many negative pairs per "
             f"example; {record['steps']} steps at learning rate {record['learning_rate']:g}; {record['loss']}): pair "
             f"loss {record['loss_start']:.4f} over the first tenth of the steps, {record['loss_end']:.4f} over the last")
+
+
+def episodic_line(record: dict | None) -> str | None:
+    """``--strategy episodic``'s phase before the run: the episodes, their shape, the query loss's change."""
+    if not record:
+        return None
+    return (f"before the head trained, the backbone learned from {record['steps']} prototypical episodes of "
+            f"{record['examples']} training examples ({record['ways']} classes x ({record['support']} support + "
+            f"{record['queries']} queries) each, learning rate {record['learning_rate']:g}; {record['loss']}): query "
+            f"loss {record['loss_start']:.4f} over the first tenth of the episodes, {record['loss_end']:.4f} over "
+            "the last")
 
 
 def class_weights_line(record: dict | None) -> str | None:

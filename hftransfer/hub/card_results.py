@@ -32,6 +32,16 @@ ADAPTATION_METHODS.update({f"dapt+{m}": f"{ADAPTATION_METHODS['dapt']}, then {AD
                            for m in ("dann", "cdan", "mcc", "self_training")})
 
 
+def few_shot_text(record: dict) -> str:
+    """``--shots``: K per class, and over several draws the mean and 95% interval of each score (this model is
+    draw 0's)."""
+    trained = f"{record['shots']} training examples per class (draw {record.get('draw', 0)}, seed {record.get('seed')})"
+    if not record.get("metrics"):
+        return trained
+    spread = ", ".join(f"{name} {m['mean']:.4f} ± {m['ci95_half_width']:.4f}" for name, m in record["metrics"].items())
+    return f"{trained}; over {record['draws']} draws: {spread} (mean ± 95% t-interval; this model is draw 0)"
+
+
 def has_eval_results(results: RunResults | None) -> bool:
     return results is not None and "eval_accuracy" in results.metrics
 
@@ -44,8 +54,11 @@ def results_context(results: RunResults | None) -> dict:
     if uses_ema(results):
         rows.append(("exported weights", WEIGHTS_NAMES["ema"] + " (exponential moving average)"
                      if results.exported_weights == "ema" else WEIGHTS_NAMES["raw"] + " (their EMA scored no better)"))
+    if results.few_shot:
+        rows.append(("few-shot", few_shot_text(results.few_shot)))
     if results.train_runtime is not None:
-        rows.append(("training time", f"{results.train_runtime:.0f} s on {results.world_size} process(es)"))
+        sharded = f", weights sharded by {results.sharding}" if results.sharding else ""
+        rows.append(("training time", f"{results.train_runtime:.0f} s on {results.world_size} process(es){sharded}"))
     per_class, per_class_note = per_class_rows(results.eval_per_class)
     header, history = history_table(results)
     test = results.test_metrics

@@ -32,6 +32,7 @@ from ..files import (
     CONTRASTIVE_DIR,
     DAPT_DIR,
     DRAWS_DIR,
+    EPISODIC_DIR,
     ENCODER_CONFIG_NAME,
     FEATURE_CACHE_DIR,
     IMAGE_PROCESSOR_NAME,
@@ -53,7 +54,7 @@ logger = logging.getLogger(__name__)
 # draws/: few-shot draws 1..N-1 (few_shot_results.json carries their numbers); dapt/, contrastive/: the backbone
 # weights a phase before the fine-tune wrote, already inside the exported model
 PUSH_IGNORE_PATTERNS = [f"{CHECKPOINT_DIR}/*", f"{BEST_DIR}/*", f"{SCRATCH_DIR}/*", f"{FEATURE_CACHE_DIR}/*",
-                        f"{TUNE_DIR}/*", f"{DRAWS_DIR}/*", f"{DAPT_DIR}/*", f"{CONTRASTIVE_DIR}/*", f"*{TMP_SUFFIX}",
+                        f"{TUNE_DIR}/*", f"{DRAWS_DIR}/*", f"{DAPT_DIR}/*", f"{CONTRASTIVE_DIR}/*", f"{EPISODIC_DIR}/*", f"*{TMP_SUFFIX}",
                         "*.lock"]
 # Remote files that would mislead loaders if they outlived a re-push in another layout.
 STALE_MODEL_PATTERNS = ["*.safetensors", "*.bin", NATIVE_CONFIG_NAME, ENCODER_CONFIG_NAME, CONFIG_NAME,

@@ -24,6 +24,7 @@ from .norms import BN_STATS_DESCRIPTIONS, keep_bn_statistics
 class TransferOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # the backbone's pooled features the logits came from
 
 
 class TransferModel(nn.Module):
@@ -79,7 +80,9 @@ class TransferModel(nn.Module):
         if features is None:
             features = self.forward_features(**inputs)
         logits = self.forward_head(features.to(next(self.head.parameters(), features).dtype))
-        return self.output(logits, labels)
+        output = self.output(logits, labels)
+        output.features = features
+        return output
 
     def output(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> TransferOutput:
         """Logits with their classification loss (None without ``labels``)."""
@@ -122,7 +125,8 @@ class TransferModel(nn.Module):
         return BN_STATS_DESCRIPTIONS[self.bn_stats]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+        # DeepSpeed ZeRO-3 leaves each process an empty placeholder per parameter; ds_numel is its real size
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ---- persistence -------------------------------------------------------------------------
     def config(self) -> dict:

@@ -44,6 +44,7 @@ class RunDescription(Record):
     regularizer: dict | None = None  # {"name": "L2-SP", "alpha", "beta", "note"} when L2-SP is on
     lora: dict | None = None  # LoRA runs: r, alpha, dropout, target_modules, trainable_fraction, ... (lora.record)
     contrastive: dict | None = None  # --strategy contrastive: the label-pair phase (pairs, steps, losses, runtime)
+    episodic: dict | None = None  # --strategy episodic: the episodes' phase (episodes, their shape, losses, runtime)
     label_smoothing: float = 0.0
     head_dropout: float = 0.0
     train_norm: bool = False
@@ -198,6 +199,7 @@ class RunResults(Record):
     train_samples_per_second: float | None = None
     train_loss: float | None = None
     world_size: int = 1
+    sharding: str | None = None  # FSDP / DeepSpeed ZeRO-N when each process held a shard of the model; None: whole
     history: list[EpochRecord] = field(default_factory=list)
     transfer: RunDescription | None = None
     transfer_gain: TransferGain | None = None

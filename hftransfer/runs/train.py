@@ -91,9 +91,9 @@ def fit_recipe(cfg: TrainConfig, modality: str, accelerator, output_dir: Path, t
                track: bool = True):
     """The run's fit; with ``--domain_adaptation dapt[+method]`` the encoder first learns the target's text
     (masked-LM pretraining, ``dapt.pretrain_on_target``) and the fine-tune starts from it; with ``--strategy
-    contrastive`` the backbone first learns from label pairs (``contrastive.contrastive_phase``) and the head then
-    trains on it, frozen."""
-    init_backbone, dapt, contrastive = None, None, None
+    contrastive`` (``episodic``) the backbone first learns from label pairs (prototypical episodes) in a phase of its
+    own (``backbone_phase``) and the head then trains on it, frozen."""
+    init_backbone, dapt, phase = None, None, None
     if cfg.continued_pretraining:
         from .dapt import pretrain_on_target  # transformers' masked-LM classes load only for these runs
 
@@ -101,14 +101,18 @@ def fit_recipe(cfg: TrainConfig, modality: str, accelerator, output_dir: Path, t
     if cfg.strategy == "contrastive":
         from .contrastive import contrastive_phase  # setfit and sentence-transformers load only for these runs
 
-        init_backbone, contrastive = contrastive_phase(cfg, modality, accelerator, output_dir, stop)
+        init_backbone, phase = contrastive_phase(cfg, modality, accelerator, output_dir, stop)
+    elif cfg.strategy == "episodic":
+        from .episodic import episodic_phase
+
+        init_backbone, phase = episodic_phase(cfg, modality, accelerator, output_dir, stop)
     results = fit(cfg, modality, accelerator, output_dir, threads, stop=stop, track=track, backbone_choice=choice,
                   init_backbone=init_backbone)
-    if results is not None and (dapt is not None or contrastive is not None):
+    if results is not None and (dapt is not None or phase is not None):
         if dapt is not None:
             results.domain_adaptation.dapt = dapt
-        if contrastive is not None:
-            results.transfer.contrastive = contrastive
+        if phase is not None:  # results.transfer.contrastive / .episodic
+            setattr(results.transfer, cfg.strategy, phase)
         results.write(output_dir)
     return results
 

@@ -24,6 +24,7 @@ from ..files import (
     CHECKPOINT_DIR,
     CONTRASTIVE_DIR,
     DAPT_DIR,
+    EPISODIC_DIR,
     FEATURE_CACHE_DIR,
     TMP_SUFFIX,
     TUNE_DIR,
@@ -92,7 +93,7 @@ class RunState:
 # weights, data and preprocessing they came from, so what an earlier run stored there is still correct; and
 # --tune's study (tune/: study.db, trials, best_recipe.yaml), which the tuned run's final fit must keep; and the
 # phases before a fine-tune (dapt/, contrastive/), whose backbone the fine-tune starts from
-KEPT_FILES = (LOCK_NAME, FEATURE_CACHE_DIR, TUNE_DIR, DAPT_DIR, CONTRASTIVE_DIR)
+KEPT_FILES = (LOCK_NAME, FEATURE_CACHE_DIR, TUNE_DIR, DAPT_DIR, CONTRASTIVE_DIR, EPISODIC_DIR)
 
 
 def holds_earlier_run(output_dir: Path) -> bool:
@@ -218,7 +219,8 @@ def save_checkpoint(accelerator, output_dir: Path, state: RunState, keep: int) -
     crash_tests.inside_save(state.global_step)
     accelerator.wait_for_everyone()  # every rank's RNG file is in before the folder counts as complete
     if accelerator.is_main_process:
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        # with the folders FSDP's sharded model and optimizer states are written into (one file per process)
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json(tmp / MANIFEST_NAME, {"global_step": state.global_step, "epoch": state.epoch,
                                           "batches_done": state.batches_done, "files": files})
         if final.exists():  # the epoch-end checkpoint of a step that also had a step checkpoint

@@ -86,12 +86,17 @@ def selection_metric(cfg: TrainConfig) -> tuple[str, bool]:
 
 
 def load_best_epoch(run: TrainingRun) -> None:
-    """Put the exported (best-epoch) weights back into the model in training."""
+    """Put the exported (best-epoch) weights back into the model in training (under FSDP / DeepSpeed: into the
+    main process's whole copy, then from there into every process's shards)."""
     best = run.output_dir / BEST_DIR
-    if run.module.lora is not None:  # best_model/ holds merged weights; the adapter fits the model in training
-        load_adapter_files(run.module, best / ADAPTER_DIR)
-    else:
-        run.module.load_state_dict(load_weights(best, read_json(best / CONFIG_NAME)))
+    module = run.host_copy.module if run.host_copy is not None else run.module
+    if module is not None:
+        if module.lora is not None:  # best_model/ holds merged weights; the adapter fits the model in training
+            load_adapter_files(module, best / ADAPTER_DIR)
+        else:
+            module.load_state_dict(load_weights(best, read_json(best / CONFIG_NAME)))
+    if run.host_copy is not None:
+        run.host_copy.scatter(run.accelerator, run.model)
 
 
 def score_test_split(run: TrainingRun) -> tuple[dict, list[dict]] | None:

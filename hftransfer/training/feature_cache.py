@@ -58,6 +58,8 @@ def cache_key(backbone: torch.nn.Module, dataset_fingerprint: str, preprocessing
     h = hashlib.sha256()
     h.update(json.dumps(backbone.config(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(backbone.state_dict().items()):
+        if hasattr(tensor, "full_tensor"):  # an FSDP2 shard: the key is of the whole weights (a collective)
+            tensor = tensor.full_tensor()
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     h.update(f"{dataset_fingerprint}|{preprocessing}|{dtype}".encode())
@@ -69,7 +71,8 @@ def extract_features(accelerator, model, loader, dtype: torch.dtype, desc: str) 
     """Features and labels of every example of ``loader`` in dataset order, on every process.
 
     Each process embeds its shard; ``gather_for_metrics`` drops the padding of the last batch, and
-    sorting by the example index restores dataset order.
+    sorting by the example index restores dataset order. The features come out of the prepared model's own
+    forward: under FSDP only that call gathers the sharded weights.
     """
     module = accelerator.unwrap_model(model)
     was_training = module.training
@@ -78,7 +81,7 @@ def extract_features(accelerator, model, loader, dtype: torch.dtype, desc: str) 
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not accelerator.is_local_main_process, dynamic_ncols=True):
         idx, y = batch.pop(INDEX_COLUMN), batch.pop("labels")
         with accelerator.autocast():
-            f = module.forward_features(**batch)
+            f = model(**batch).features
         f, y, idx = accelerator.gather_for_metrics((f.float(), y, idx))
         feats.append(f.to(dtype).cpu())
         labels.append(y.cpu())

@@ -29,9 +29,10 @@ from .describe import describe_run
 from .evaluate import score_target_test_split, score_test_split
 from .feature_cache import fill_feature_cache
 from .outputs import write_run_outputs
-from .selection import EARLY_STOPPING, MAX_STEPS, STOPPED_BY_CALLER, evaluate_and_keep
 from .runtime import RunInterrupted, StopSignals, check_ranks_in_sync, mean_over_processes, rewrap_ddp, step_seed
+from .selection import EARLY_STOPPING, MAX_STEPS, STOPPED_BY_CALLER, evaluate_and_keep
 from .setup import TrainingRun, setup
+from .sharding import engine_name
 from .target_domain import adaptation_record, measure_domain_gap, prepare_target_epoch
 from .tracking import RunLog, continue_tensorboard_after, hparams, init_kwargs
 
@@ -44,9 +45,11 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torc
     """
     batch.pop(INDEX_COLUMN, None)
     with accelerator.accumulate(model):
+        # the penalty before the forward: FSDP2 parameters are still the sharded ones its reference matches
+        penalty = l2sp(accelerator.unwrap_model(model)) if l2sp is not None else None
         loss = model(**batch).loss
-        if l2sp is not None:
-            loss = loss + l2sp(accelerator.unwrap_model(model))
+        if penalty is not None:
+            loss = loss + penalty
         accelerator.backward(loss)
         if accelerator.sync_gradients and max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
@@ -258,7 +261,7 @@ def fit_run(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_di
         timing = {"train_runtime": train_time, "total_runtime": runtime, "train_samples_per_second":
                   len(run.bundle.train) * (run.state.epoch - first_epoch) / max(train_time, 1e-9)}
         results = write_run_outputs(output_dir, run.state, run.bundle, timing, accelerator.num_processes, description,
-                                    test, backbone_choice)
+                                    test, backbone_choice, sharding=engine_name(accelerator))
         if run.bundle.target is not None:
             results.domain_adaptation = adaptation_record(run, results, run.state.domain_gap, target_test)
             results.write(output_dir)

@@ -54,7 +54,8 @@ def export_best_model(output_dir: Path) -> Path:
 
 
 def write_run_outputs(output_dir: Path, state, bundle, timing: dict, world_size: int, description: RunDescription,
-               test: tuple[dict, list[dict]] | None = None, backbone_choice: BackboneChoice | None = None) -> RunResults:
+               test: tuple[dict, list[dict]] | None = None, backbone_choice: BackboneChoice | None = None,
+               sharding: str | None = None) -> RunResults:
     """Copy the best epoch's model to ``output_dir`` and write ``all_results.json`` (with ``test_*`` metrics
     and ``test_predictions.jsonl`` when ``test`` holds the exported model's test metrics and predictions, and
     how ``--model_name_or_path auto`` chose the backbone when ``backbone_choice`` is given)."""
@@ -69,6 +70,7 @@ def write_run_outputs(output_dir: Path, state, bundle, timing: dict, world_size:
         train_samples=len(bundle.train),
         train_loss=state.history[-1]["train_loss"] if state.history else None,
         world_size=world_size,
+        sharding=sharding,
         history=[EpochRecord.from_dict(h) for h in state.history],
         transfer=description,
         backbone_choice=backbone_choice,

@@ -15,6 +15,7 @@ from accelerate.utils import ProjectConfiguration
 
 from ..errors import HFTransferError
 from ..models.devices import default_precision, usable_cores
+from .sharding import complete_cpu_fsdp, engine_name
 from .tracking import log_with, logging_dir
 
 
@@ -38,6 +39,7 @@ def create_accelerator(cfg) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
         **kwargs,
     )
+    complete_cpu_fsdp(accelerator)
     check_launch(accelerator)
     return accelerator
 
@@ -58,8 +60,11 @@ def check_launch(accelerator: Accelerator) -> None:
         raise HFTransferError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes} "
                               f"({distributed}): each process would train alone into the same output_dir{cpu_hint}")
     if engine and engine.upper() not in distributed.upper():
+        cpu_hint = ("; FSDP2 also runs on CPU processes: ACCELERATE_USE_CPU=1 accelerate launch --use_fsdp "
+                    "--fsdp_version 2" if engine == "FSDP" else "")
         raise HFTransferError(f"launched with {engine} but accelerate set up {distributed}: {engine} needs GPUs "
-                              "in accelerate; drop it from the launch (or the accelerate config) to run without it")
+                              "in accelerate; drop it from the launch (or the accelerate config) to run without it"
+                              + cpu_hint)
 
 
 def configure_threads(num_threads: int | None, accelerator: Accelerator) -> int:
@@ -90,7 +95,7 @@ def rewrap_ddp(accelerator: Accelerator, model):
 
 def check_ranks_in_sync(accelerator: Accelerator, module: torch.nn.Module) -> None:
     """Fail loudly if processes hold different weights (e.g. a group trained without gradient sync)."""
-    if accelerator.num_processes == 1:
+    if accelerator.num_processes == 1 or engine_name(accelerator):  # sharded: each process holds its own part
         return
     sums = torch.stack([p.detach().double().sum() for p in module.parameters()]).to(accelerator.device)
     gathered = accelerator.gather(sums[None])

@@ -45,8 +45,10 @@ def evaluate_and_keep(run: TrainingRun, epoch: int, train_loss: float) -> None:
     counts = state.best_metric is None or abs(score - state.best_metric) > cfg.early_stopping_threshold
     if improved:
         state.best_metric, state.best_epoch, state.best_step, state.best_weights = score, epoch + 1, state.global_step, weights
+        kept = run.ema.module if weights == "ema" else run.module
+        if run.host_copy is not None:  # sharded: every process takes part in gathering the whole weights
+            kept = run.host_copy.gather(accelerator, run.model)
         if accelerator.is_main_process:
-            kept = run.ema.module if weights == "ema" else run.module
             save_best_epoch(kept, run.output_dir, ema_metrics if weights == "ema" else metrics,
                             ema_records if weights == "ema" else records)
     state.evals_without_improvement = 0 if improved and counts else state.evals_without_improvement + 1

@@ -32,6 +32,7 @@ from .inputs import audio_kwargs, load_data, load_target_data
 from .loaders import Loaders, create_dataloaders
 from .prototypes import init_prototype_head
 from .runtime import StopSignals
+from .sharding import HostCopy, check_engine_support, engine_name, no_split_modules
 from .tracking import RunLog
 
 
@@ -64,6 +65,7 @@ class TrainingRun:
     ema: WeightAverage | None = None  # --model_ema
     mixer: Callable[..., dict] | None = None  # --mixup / --cutmix: mixes a training batch, given the step's seed
     on_evaluate: Callable[[int, dict], bool] | None = None  # fit's caller: True stops the run (--tune's pruning)
+    host_copy: HostCopy | None = None  # FSDP / DeepSpeed: the main process's whole copy, what the export writes
 
     def on_cached_features(self, epoch: int) -> bool:
         """Whether ``epoch`` trains the head on the frozen backbone's stored features."""
@@ -104,7 +106,7 @@ def build_model(cfg: TrainConfig, modality: str, bundle: DataBundle, init_backbo
 def create_strategy(cfg: TrainConfig, num_groups: int) -> Strategy:
     """The run's ``Strategy`` over a backbone of ``num_groups`` layer groups."""
     return Strategy(cfg.strategy, num_groups, cfg.unfreeze_top_k, cfg.unfreeze_every, cfg.lp_epochs,
-                    cfg.contrastive_iterations)
+                    cfg.contrastive_iterations, cfg.episodes)
 
 
 def load_bundle(cfg: TrainConfig, modality: str, accelerator: Accelerator, data_seed: int | None) -> DataBundle:
@@ -184,6 +186,31 @@ def estimated_epochs(cfg: TrainConfig, train_size: int, processes: int) -> int:
     return epochs_and_steps(cfg, max(1, math.ceil(batches / cfg.gradient_accumulation_steps)))[0]
 
 
+def prepare_for_sharding(cfg: TrainConfig, accelerator: Accelerator, model: TransferModel, strategy: Strategy,
+                         num_epochs: int) -> HostCopy | None:
+    """Under FSDP / DeepSpeed: refuse what the engine cannot train, name the blocks FSDP shards one unit each,
+    and keep the main process's whole copy for the export (before ``prepare`` shards the model)."""
+    if engine_name(accelerator) is None:
+        return None
+    if cfg.uses_target_data():
+        raise HFTransferError(f"domain adaptation trains a loss module beside the model that "
+                              f"{engine_name(accelerator)} does not shard with it yet: drop the --target_* options, "
+                              "or train with DDP")
+    changes = any(strategy.trainable_groups(e) != strategy.trainable_groups(0) for e in range(num_epochs))
+    check_engine_support(accelerator, trainable_set_changes=changes, l2sp=cfg.l2sp_active, ema=cfg.model_ema)
+    model._no_split_modules = no_split_modules(model)  # what accelerate's TRANSFORMER_BASED_WRAP reads
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        # accelerate fills "auto" from loaders prepared with the model; hftransfer prepares its loaders apart
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
+    engine = engine_name(accelerator)
+    units = (f" (blocks sharded one unit each: {', '.join(model._no_split_modules) or 'none, the model is one unit'})"
+             if engine == "FSDP" else "")
+    accelerator.print(f"{engine}: training state sharded over {accelerator.num_processes} processes{units}; the main "
+                      "process keeps a whole copy of the model for the export")
+    return HostCopy(accelerator, model)
+
+
 def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir: Path,
           data_seed: int | None = None, stop: StopSignals | None = None,
           init_backbone: Path | None = None, bundle: DataBundle | None = None) -> TrainingRun:
@@ -216,6 +243,7 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
                            adversary_warmup_steps=cfg.adversary_warmup_steps)
     optimizer = create_optimizer(cfg, model, method)
     trained = DomainAdaptationModel(model, method, cfg.adaptation_weight) if method is not None else model
+    host_copy = prepare_for_sharding(cfg, accelerator, model, strategy, num_epochs)
     prepared, optimizer = accelerator.prepare(trained, optimizer)
     module = accelerator.unwrap_model(prepared)
     if method is not None:
@@ -238,7 +266,7 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
                       scheduler=scheduler, state=state, l2sp=l2sp, with_cache=with_cache,
                       stop=stop or StopSignals(), num_epochs=num_epochs, total_steps=total_steps,
                       stops_at_max_steps=total_steps < num_epochs * steps_per_epoch, adaptation=method, ema=ema,
-                      mixer=create_mixer(cfg, module))
+                      mixer=create_mixer(cfg, module), host_copy=host_copy)
     if cfg.resume_from_checkpoint:
         run.resumed_from = resume(accelerator, cfg.resume_from_checkpoint, output_dir, state)
     return run

@@ -12,22 +12,19 @@ that is steadier than fine-tuning encoder and head together. Nothing of it is wr
   go through the backbone as one batch (``EmbeddingModel``): one forward per backward, as DDP requires (the loss's
   own ``forward`` would run the model once per side).
 
-The loop is an explicit accelerate loop (DDP-ready): AdamW over the backbone, linear warm-up over the first
-10% of the steps then linear decay (sentence-transformers' trainer defaults), pairs shuffled per epoch by
-``seed + epoch``; an image or audio backbone sees its training augmentation on both sides of each pair.
+The loop is ``tuning.backbone_tuning``'s (AdamW, linear warm-up then decay, DDP-ready), pairs shuffled per epoch
+by ``seed + epoch``; an image or audio backbone sees its training augmentation on both sides of each pair.
 """
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import HFTransferError
-
-WARMUP_SHARE = 0.1
+from .backbone_tuning import tune_backbone
 
 
 def label_pairs(labels: list[int], iterations: int) -> list[tuple[int, int, float]]:
@@ -91,53 +88,27 @@ def contrastive_steps(num_pairs: int, *, batch_size: int, epochs: int, num_proce
 def contrastive_finetune(backbone: nn.Module, examples, collate, labels: list[int], *, accelerator, iterations: int,
                          epochs: int, learning_rate: float, batch_size: int, seed: int, set_epoch=None,
                          stop=None) -> dict:
-    """Train ``backbone`` in place on label pairs of ``examples``; returns the phase's numbers (pairs, steps, the
-    mean pair loss over the first and over the last tenth of the steps, runtime) and ``stopped`` (the signal that
-    interrupted it, or 0).
-
-    ``set_epoch(epoch)``: called before each epoch (the pipeline's augmentation draws); ``stop``: a ``StopSignals``
-    whose ``requested(accelerator)`` ends the phase after the current step."""
+    """Train ``backbone`` in place on label pairs of ``examples`` (``tuning.backbone_tuning``'s loop); returns the
+    phase's numbers (pairs, steps, the mean pair loss over the first and over the last tenth of the steps,
+    runtime) and ``stopped`` (the signal that interrupted it, or 0)."""
     from sentence_transformers.sentence_transformer.losses import CosineSimilarityLoss
-    from transformers import get_linear_schedule_with_warmup
 
     pairs = label_pairs(labels, iterations)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(PairDataset(examples, pairs), batch_size=batch_size, shuffle=True, generator=generator,
                         collate_fn=PairCollate(collate, tuple(backbone.input_names)))
-    # the schedule's length as one process counts it: accelerate's prepared scheduler steps once per process
-    _, total = contrastive_steps(len(pairs), batch_size=batch_size, epochs=epochs)
     model = EmbeddingModel(backbone)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_SHARE * total), total)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    loss_fn = CosineSimilarityLoss(model)
-    started, losses, stopped = time.perf_counter(), [], 0
-    model.train()
-    for epoch in range(epochs):
-        if set_epoch is not None:
-            set_epoch(epoch)
-        if hasattr(loader, "set_epoch"):  # accelerate's seedable sampler: the pairs' order is a function of the epoch
-            loader.set_epoch(epoch)
-        for inputs, scores in loader:
-            embeddings = model(inputs)["sentence_embedding"]
-            loss = loss_fn.compute_loss_from_embeddings([embeddings[:len(scores)], embeddings[len(scores):]], scores)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            stopped = stop.requested(accelerator) if stop is not None else 0
-            if stopped:
-                break
-        if stopped:
-            break
-    model.eval()
-    tenth = max(1, len(losses) // 10)
-    return {"pairs": len(pairs), "steps": len(losses), "epochs": epoch + 1,
-            "loss_start": sum(losses[:tenth]) / tenth, "loss_end": sum(losses[-tenth:]) / tenth,
-            "runtime": time.perf_counter() - started, "stopped": stopped}
+    loss_fn = CosineSimilarityLoss(model)  # only its loss on given embeddings is used: one forward per step
+
+    def step_loss(prepared, batch) -> torch.Tensor:
+        inputs, scores = batch
+        embeddings = prepared(inputs)["sentence_embedding"]
+        return loss_fn.compute_loss_from_embeddings([embeddings[:len(scores)], embeddings[len(scores):]], scores)
+
+    _, total = contrastive_steps(len(pairs), batch_size=batch_size, epochs=epochs)
+    result = tune_backbone(model, loader, step_loss, accelerator=accelerator, learning_rate=learning_rate,
+                           epochs=epochs, total_steps=total, set_epoch=set_epoch, stop=stop)
+    return {"pairs": len(pairs), **result}
 
 
 __all__ = ["EmbeddingModel", "PairCollate", "PairDataset", "contrastive_finetune", "contrastive_steps", "label_pairs"]

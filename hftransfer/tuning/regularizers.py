@@ -49,6 +49,10 @@ class L2SP(nn.Module):
     toward the checkpoint). The trainer passes ``accelerator.unwrap_model(model)`` to ``forward``.
     The penalty then touches the same ``Parameter`` objects DDP hooks into, and its gradient is the
     same on every rank, so DDP's all-reduce averages it back to itself.
+
+    Under FSDP2 the parameters are ``DTensor`` shards and the snapshot is sharded the same way (no
+    process holds a whole ``w^0``). Call it then while the parameters are sharded, i.e. before the
+    forward (the trainer does, for every engine): each process takes the penalty of its own shards.
     """
 
     def __init__(self, model: nn.Module, alpha: float, beta: float):
@@ -71,7 +75,7 @@ class L2SP(nn.Module):
         return getattr(self, self.names[name])
 
     def forward(self, model: nn.Module) -> torch.Tensor:
-        total = None
+        total, sharded = None, False
         if self.alpha:
             drift = None
             for name, param in model.backbone.named_parameters():
@@ -80,7 +84,8 @@ class L2SP(nn.Module):
                 full = f"backbone.{name}"
                 if full not in self.names:
                     raise HFTransferError(f"L2SP has no reference weight for '{full}': build L2SP from this model")
-                diff = param.float() - self.reference(full).float()
+                param, sharded = _local(param), sharded or param is not _local(param)
+                diff = param.float() - _local(self.reference(full)).float()
                 term = diff.square().sum()
                 drift = term if drift is None else drift + term
             if drift is not None:
@@ -89,17 +94,32 @@ class L2SP(nn.Module):
             norm = None
             for param in model.head.parameters():
                 if param.requires_grad:
+                    param, sharded = _local(param), sharded or param is not _local(param)
                     term = param.float().square().sum()
                     norm = term if norm is None else norm + term
             if norm is not None:
                 total = self.beta / 2 * norm if total is None else total + self.beta / 2 * norm
         if total is None:
-            device = next(model.parameters()).device
+            device = _local(next(model.parameters())).device
             return torch.zeros((), dtype=torch.float32, device=device)
-        return total
+        return _whole(total) if sharded else total
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, references={len(self.names)}"
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP2 parameter (a ``DTensor``; its reference copy is sharded the same way),
+    or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _whole(partial: torch.Tensor) -> torch.Tensor:
+    """The penalty over every process's shards as the value, with this shard's own gradient: each shard's
+    gradient is ``alpha * (w - w^0)`` of its own elements, and FSDP adds it to the reduced task gradient."""
+    total = partial.detach().clone()
+    torch.distributed.all_reduce(total)
+    return partial + (total - partial.detach())
 
 
 def decoupled_weight_decay_groups(param_groups: list[dict], l2sp_active: bool) -> list[dict]:

@@ -20,6 +20,8 @@ Names, the same for image and text backbones:
                     backbone learning rate (LP-FT's recipe with LoRA as the fine-tuning phase).
 * ``contrastive``   SetFit's recipe (Tunstall et al. 2022): a phase before the run tunes the backbone on label
                     pairs (``tuning.contrastive``), then the backbone stays frozen while the head trains.
+* ``episodic``      the same with prototypical episodes (Snell et al. 2017; ``tuning.episodic``) tuning the
+                    backbone: few-shot images' counterpart of SetFit.
 
 For the LoRA strategies (``adapter_only``) "group i trains" means "the adapters inside group i
 train", so layer-wise LR decay, phases and the frozen-feature cache of ``lp_lora``'s probe apply as
@@ -53,14 +55,18 @@ DESCRIPTIONS = {
     "contrastive": "the backbone first learns from label pairs ({contrastive_iterations} positive and as many "
                    "negative pairs per example, sentence-transformers' CosineSimilarityLoss; SetFit's recipe), then "
                    "stays frozen while the head trains",
+    "episodic": "the backbone first learns from {episodes} prototypical episodes (queries classified by their cosine "
+                "to the class means of a support set; Prototypical Networks), then stays frozen while the head trains",
 }
+BACKBONE_PHASE_STRATEGIES = ("contrastive", "episodic")  # a phase before the run tunes the backbone; the run doesn't
 STRATEGIES = tuple(DESCRIPTIONS)
 LORA_STRATEGIES = ("lora", "lp_lora")  # the strategies that inject LoRA adapters and train only them in the backbone
 
 
 def describe_strategy(name: str, **settings) -> str:
     """``DESCRIPTIONS[name]`` with its settings filled in; a setting not given reads as its flag (README, --help)."""
-    fields = ("unfreeze_top_k", "unfreeze_every", "lp_epochs", "lora_r", "lora_alpha", "contrastive_iterations")
+    fields = ("unfreeze_top_k", "unfreeze_every", "lp_epochs", "lora_r", "lora_alpha", "contrastive_iterations",
+              "episodes")
     values = {f: settings.get(f, f"`--{f}`") for f in fields}
     return DESCRIPTIONS[name].format(**{f: f"{v:g}" if isinstance(v, float) else v for f, v in values.items()})
 
@@ -73,6 +79,7 @@ class Strategy:
     unfreeze_every: int = 1
     lp_epochs: int = 1
     contrastive_iterations: int = 20
+    episodes: int = 100
 
     def __post_init__(self):
         if self.name not in STRATEGIES:
@@ -85,7 +92,7 @@ class Strategy:
         and alpha, which the model's ``LoraSpec`` holds)."""
         return describe_strategy(self.name, unfreeze_top_k=self.unfreeze_top_k, unfreeze_every=self.unfreeze_every,
                                  lp_epochs=self.lp_epochs, lora_r=lora_r, lora_alpha=float(lora_alpha),
-                                 contrastive_iterations=self.contrastive_iterations)
+                                 contrastive_iterations=self.contrastive_iterations, episodes=self.episodes)
 
     @property
     def adapter_only(self) -> bool:
@@ -97,7 +104,7 @@ class Strategy:
         n = self.num_groups
         if self.name in ("full", "lora"):
             return n
-        if self.name in ("linear_probe", "contrastive"):  # contrastive: the backbone was tuned before the run
+        if self.name in ("linear_probe", *BACKBONE_PHASE_STRATEGIES):  # phases: tuned before the run
             return 0
         if self.name == "partial":
             return min(n, self.unfreeze_top_k)
