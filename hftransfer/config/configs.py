@@ -34,6 +34,7 @@ from .options import (
     pooling_option,
 )
 from .practice_options import EmaOptions, EvaluationOptions, ImbalanceOptions, MixupOptions
+from .streaming import check_streaming
 from .tune_options import TuneOptions
 
 
@@ -87,6 +88,7 @@ class TrainConfig(HubOptions, ExportOptions, TrackingOptions, TuneOptions, RunOp
         if resume and resume != "latest" and not Path(resume).is_dir():
             raise HFTransferError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint folder "
                                   f"(e.g. {out}/checkpoints/step_N) or latest")
+        check_streaming(self, modality)
         return self
 
     @property

@@ -67,7 +67,9 @@ class SessionOptions(Options):
     seed: int = option(42, "random seed")
     num_threads: Optional[int] = option(None, "torch threads per process on CPU", valid=AT_LEAST_ONE,
                                         default_text="cores / local processes")
-    dataloader_num_workers: Optional[int] = option(None, "loader worker processes", valid=NON_NEGATIVE,
+    dataloader_num_workers: Optional[int] = option(None, "loader worker processes (not with --streaming: the "
+                                                   "training stream is read in the training process, whose position a "
+                                                   "checkpoint records)", valid=NON_NEGATIVE,
                                                    default_text="by core count")
 
 
@@ -133,7 +135,8 @@ class AugmentationOptions(Options):
                              valid=NON_NEGATIVE, modality="audio")
     freq_masks: int = option(2, "audio: SpecAugment frequency masks per training clip (each up to 15% of the mel "
                              "bands)", valid=NON_NEGATIVE, modality="audio")
-    group_by_length: bool = option(True, "text: batch sentences of similar length together (less padding)",
+    group_by_length: bool = option(True, "text: batch sentences of similar length together (less padding; "
+                                   "not with --streaming, which batches in stream order)",
                                    modality="text")
 
     def validate(self) -> "AugmentationOptions":
