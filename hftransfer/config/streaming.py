@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from ..errors import HFTransferError
 
-# the strategies whose trainable set stays the same all run: a streamed run is one pass of --max_steps steps
-STREAMING_STRATEGIES = ("full", "linear_probe", "partial", "lora")
-
 
 def check_streaming(cfg, modality: str | None = None) -> None:
     """Refuse what a streamed run (``cfg``: a ``TrainConfig`` with ``streaming``) cannot do; nothing without it."""
@@ -16,10 +13,8 @@ def check_streaming(cfg, modality: str | None = None) -> None:
         raise HFTransferError("--streaming needs --max_steps N: a stream has no length to count epochs in")
     if modality == "audio":
         raise HFTransferError("--streaming supports image and text data: drop --streaming for audio")
-    if cfg.strategy not in STREAMING_STRATEGIES:
-        raise HFTransferError(f"--strategy {cfg.strategy} changes what trains between epochs, and a --streaming run "
-                              f"is one pass of --max_steps steps: use {', '.join(STREAMING_STRATEGIES)}")
     refused = (
+        (cfg.strategy == "contrastive", "--strategy contrastive", "its pair phase reads the whole training split"),
         (cfg.shots is not None, "--shots", "it draws K examples per class from the whole training split"),
         (cfg.head_init == "prototypes", "--head_init prototypes", "it averages features over the whole split"),
         (cfg.compare_scratch, "--compare_scratch", "the from-scratch twin would read the stream again"),
