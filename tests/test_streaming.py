@@ -156,8 +156,10 @@ def test_text_jsonl_streams_with_label_names(capsys, tmp_path, tiny_bert):
               "--validation_file", tmp_path / "validation.jsonl", "--max_steps", "4", "--strategy", "full",
               "--per_device_train_batch_size", "4", "--learning_rate", "1e-3"]
     proc = recipe_in_process(capsys, "text_cls", *common, "--output_dir", tmp_path / "refused")
-    assert "error: --streaming cannot scan the data for its labels, and column 'label' is not a ClassLabel" in proc.stderr
-    proc = recipe_in_process(capsys, "text_cls", *common, "--label_names", "neg", "pos", "--output_dir", tmp_path / "run")
+    assert "error: --streaming cannot scan the data for its labels, and column 'label' is not a ClassLabel" in (
+        proc.stderr)
+    proc = recipe_in_process(capsys, "text_cls", *common, "--label_names", "neg", "pos",
+                             "--output_dir", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(tmp_path / "run")
     assert results["eval_samples"] == 8 and results["train_samples"] == 16  # 4 steps x 4: what the run drew

@@ -291,7 +291,10 @@ def adopt_best_model(ckpt: Path, output_dir: Path, state: RunState, accelerator)
     original run's best model is gone, the score is reset so the next epoch becomes the best.
     """
     source, target = ckpt.resolve().parent.parent / BEST_DIR, output_dir / BEST_DIR
-    if target.is_dir():
+    adopted = target.is_dir()
+    # every rank looks before the main process copies: a rank that looked after the copy would skip the barrier below
+    accelerator.wait_for_everyone()
+    if adopted:
         return
     if source.is_dir():
         if accelerator.is_main_process:
