@@ -224,3 +224,10 @@ def test_two_process_streaming_run_resumes_exactly(tmp_path, shards):
     assert largest_difference(final_weights(tmp_path / "second"), final_weights(tmp_path / "first")) == 0
     alone = run_recipe("image_cls", *stream_args(shards, tmp_path / "third", "--resume_from_checkpoint", checkpoint))
     assert "error: this checkpoint was written by 2 streaming process(es) and this run has 1" in alone.stderr
+
+
+def test_rank_refuses_streaming():
+    from hftransfer.config import RankConfig
+
+    with pytest.raises(HFTransferError, match="--streaming does not apply to hftransfer rank"):
+        RankConfig(candidates=["a", "b"], train_file="shards/*.parquet", streaming=True).validate()

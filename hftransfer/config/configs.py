@@ -140,6 +140,9 @@ class RankConfig(DataOptions, SessionOptions):
         super().validate()
         if not self.candidates:
             raise HFTransferError("no candidates: pass --candidates NAME [NAME ...] (timm names or text encoder ids)")
+        if self.streaming:  # the scores are computed over the whole training split's features
+            raise HFTransferError("--streaming does not apply to hftransfer rank, which scores the whole training "
+                                  "split: rank on a file or a subset (--max_train_samples), then train with --streaming")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise HFTransferError(f"--output_dir '{self.output_dir}' is a file: pass a folder (created if missing)")
         return self
