@@ -141,7 +141,7 @@ def main() -> None:
 
 def report(rows: list[dict], args, shard_mb: float, generated: float) -> None:
     lines = [f"## Streaming vs the cached path, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
-             f"- command: `python bench/streaming.py {' '.join(sys.argv[1:])}`".replace(" `", " `", 1),
+             f"- command: `{' '.join(['python bench/streaming.py', *sys.argv[1:]])}`",
              f"- machine: nproc {os.cpu_count()}, {platform.machine()}; {args.threads} torch thread(s), CPU only, no "
              f"loader workers; load average at the end {os.getloadavg()[0]:.2f}",
              f"- data: {args.images} 64x64 PNG images in {args.shards} Parquet shards ({shard_mb:.0f} MB, written in "
