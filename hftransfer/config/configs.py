@@ -34,6 +34,7 @@ from .options import (
     pooling_option,
 )
 from .practice_options import EmaOptions, EvaluationOptions, ImbalanceOptions, MixupOptions
+from .streaming import check_streaming
 from .tune_options import TuneOptions
 
 
@@ -87,6 +88,7 @@ class TrainConfig(HubOptions, ExportOptions, TrackingOptions, TuneOptions, RunOp
         if resume and resume != "latest" and not Path(resume).is_dir():
             raise HFTransferError(f"--resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint folder "
                                   f"(e.g. {out}/checkpoints/step_N) or latest")
+        check_streaming(self, modality)
         return self
 
     @property
@@ -138,6 +140,9 @@ class RankConfig(DataOptions, SessionOptions):
         super().validate()
         if not self.candidates:
             raise HFTransferError("no candidates: pass --candidates NAME [NAME ...] (timm names or text encoder ids)")
+        if self.streaming:  # the scores are computed over the whole training split's features
+            raise HFTransferError("--streaming does not apply to hftransfer rank, which scores the whole training "
+                                  "split: rank on a file or a subset (--max_train_samples), then train with --streaming")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise HFTransferError(f"--output_dir '{self.output_dir}' is a file: pass a folder (created if missing)")
         return self

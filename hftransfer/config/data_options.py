@@ -43,14 +43,19 @@ class DataOptions(Options):
     audio_column_name: str = option("audio", "column holding the audio (a datasets Audio feature, file paths or "
                                     "bytes)", modality="audio")
     label_column_name: str = option("label", "column holding the labels (a list per row = multi-label)")
-    label_names: Optional[list[str]] = option(None, "names for the labels in sorted order, e.g. negative positive")
+    label_names: Optional[list[str]] = option(None, "names for the labels in sorted order, e.g. negative positive; "
+                                              "with --streaming the label set itself (integer labels index it, text "
+                                              "labels must be in it)")
     validation_fraction: float = option(0.15, "fraction of train held out (stratified) when no validation split is "
                                         "given", valid=OPEN_FRACTION)
-    max_train_samples: Optional[int] = option(None, "truncate training data (random subset, seeded)",
+    max_train_samples: Optional[int] = option(None, "truncate training data (random subset, seeded; with "
+                                              "--streaming the first N in file order)",
                                               valid=AT_LEAST_ONE)
-    max_eval_samples: Optional[int] = option(None, "truncate validation data (random subset, seeded)",
+    max_eval_samples: Optional[int] = option(None, "truncate validation data (random subset, seeded; with "
+                                             "--streaming the first N, default 1000)",
                                              valid=AT_LEAST_ONE)
-    max_predict_samples: Optional[int] = option(None, "truncate test data (random subset, seeded)", valid=AT_LEAST_ONE)
+    max_predict_samples: Optional[int] = option(None, "truncate test data (random subset, seeded; with --streaming "
+                                                "the first N)", valid=AT_LEAST_ONE)
     max_seq_length: int = option(128, "text: truncate longer sequences (batches are padded dynamically)",
                                  valid=Range(2), modality="text")
     # every recipe: manifests are text files too
@@ -61,6 +66,13 @@ class DataOptions(Options):
                                         default_text="the model's eval resize size, e.g. 256 for 224 inputs")
     per_device_eval_batch_size: int = option(64, "evaluation (and feature extraction) batch size per process",
                                              valid=AT_LEAST_ONE)
+    streaming: bool = option(False, "read the data as a stream (datasets' IterableDataset), decoded on the fly, never "
+                             "whole on disk: Hub datasets, or --train_file / --validation_file as a file or a glob of "
+                             "Parquet / JSONL / CSV / webdataset .tar shards; needs --max_steps and a validation split "
+                             "(its first --max_eval_samples, default 1000, are evaluated); each process reads its own "
+                             "shards; labels from the data's ClassLabel or --label_names")
+    shuffle_buffer_size: int = option(1000, "with --streaming: examples shuffled together (windows of this many, "
+                                      "after shuffling the shard order each pass)", valid=AT_LEAST_ONE)
     feature_cache_dir: Optional[str] = option(None, "also keep cached features on disk here, reused across runs")
     feature_cache_dtype: str = option("float32", "float32 or float16 (half the memory)", ("float32", "float16"))
 
@@ -78,7 +90,9 @@ class DataOptions(Options):
                               ("test_dir", "train_dir"), ("test_file", "train_file")):
             if getattr(self, flag) and not getattr(self, partner) and not self.dataset_name:
                 raise HFTransferError(f"--{flag} is given without --{partner}: pass the training data too")
-        check_paths(self, ("train_dir", "validation_dir", "test_dir"), ("train_file", "validation_file", "test_file"),
+        # with --streaming a *_file may be a glob: data.streaming expands it and names one that matches nothing
+        file_flags = () if self.streaming else ("train_file", "validation_file", "test_file")
+        check_paths(self, ("train_dir", "validation_dir", "test_dir"), file_flags,
                     "pass a folder with one subfolder per class",
                     "pass an existing CSV/TSV/JSON/JSONL file (or, for images and audio, a .parquet manifest)")
         if self.feature_cache_dir and Path(self.feature_cache_dir).is_file():

@@ -67,7 +67,9 @@ class SessionOptions(Options):
     seed: int = option(42, "random seed")
     num_threads: Optional[int] = option(None, "torch threads per process on CPU", valid=AT_LEAST_ONE,
                                         default_text="cores / local processes")
-    dataloader_num_workers: Optional[int] = option(None, "loader worker processes", valid=NON_NEGATIVE,
+    dataloader_num_workers: Optional[int] = option(None, "loader worker processes (not with --streaming: the "
+                                                   "training stream is read in the training process, whose position a "
+                                                   "checkpoint records)", valid=NON_NEGATIVE,
                                                    default_text="by core count")
 
 
@@ -133,7 +135,8 @@ class AugmentationOptions(Options):
                              valid=NON_NEGATIVE, modality="audio")
     freq_masks: int = option(2, "audio: SpecAugment frequency masks per training clip (each up to 15% of the mel "
                              "bands)", valid=NON_NEGATIVE, modality="audio")
-    group_by_length: bool = option(True, "text: batch sentences of similar length together (less padding)",
+    group_by_length: bool = option(True, "text: batch sentences of similar length together (less padding; "
+                                   "not with --streaming, which batches in stream order)",
                                    modality="text")
 
     def validate(self) -> "AugmentationOptions":
@@ -209,9 +212,11 @@ class OptimizationOptions(Options):
     warmup_ratio: float = option(0.1, "fraction of each phase spent warming up", valid=FRACTION)
     warmup_steps: int = option(0, "optimizer steps of warmup at the start of each phase; overrides --warmup_ratio "
                                "when > 0", valid=NON_NEGATIVE)
-    num_train_epochs: int = option(3, "training epochs", valid=AT_LEAST_ONE)
+    num_train_epochs: int = option(3, "training epochs (with --streaming: the parts --max_steps is cut into, each "
+                                   "ending in an evaluation and a checkpoint, as a stream has no length)",
+                                   valid=AT_LEAST_ONE)
     max_steps: int = option(-1, "optimizer steps to train in all; overrides --num_train_epochs when > 0 (the last "
-                            "epoch stops part way)", valid=Range(-1))
+                            "epoch stops part way); needed by --streaming", valid=Range(-1))
     per_device_train_batch_size: int = option(32, "batch size per process", valid=AT_LEAST_ONE)
     gradient_accumulation_steps: int = option(1, "batches per optimizer step", valid=AT_LEAST_ONE)
     max_grad_norm: float = option(1.0, "gradient clipping (0 = off)", valid=NON_NEGATIVE)

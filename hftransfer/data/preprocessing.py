@@ -79,6 +79,22 @@ class ImagePipeline:
     def set_epoch(self, epoch: int) -> None:
         self.augmentation.epoch = epoch
 
+    def stream_example(self, value, index: int) -> dict | None:
+        """One streamed training image (stored bytes / path record, or a path) decoded, shrunk and augmented on the fly,
+        as ``prepare`` + ``train_view`` would; None when there is no image."""
+        if not value or (isinstance(value, dict) and value.get("bytes") is None and not value.get("path")):
+            return None
+        source = value if isinstance(value, str) else value.get("path") or f"example {index}"
+        try:
+            if isinstance(value, str):
+                image = open_image(value, self.shorter_side or None)
+            else:
+                data = value.get("bytes")
+                image = open_image(io.BytesIO(data) if data is not None else value["path"], self.shorter_side or None)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+            raise HFTransferError(f"cannot read image '{source}' ({type(e).__name__}): remove or replace it") from None
+        return {"pixel_values": self.augmentation(image, index)}
+
     def eval_view(self, ds: datasets.Dataset, column: str) -> datasets.Dataset:
         return with_image_transform(ds, column, self.eval_transform)
 
@@ -127,6 +143,12 @@ class TextPipeline:
 
     def set_epoch(self, epoch: int) -> None:
         pass  # nothing random in text preprocessing
+
+    def stream_example(self, value, index: int) -> dict | None:
+        """One streamed training text, tokenized on the fly as ``prepare`` does; None for an empty text."""
+        if not isinstance(value, str) or not value.strip():
+            return None
+        return dict(self.tokenizer(value, truncation=True, max_length=self.max_seq_length))
 
     def inference_batches(self, inputs: list, batch_size: int, *, workers: int = 0) -> Iterator[RawBatch]:
         """Batches of texts tokenized as ``prepare`` does, longest first (each pads to similar lengths, and an

@@ -65,27 +65,45 @@ class RunState:
     # target-domain runs: the pretrained backbone's domain gap, measured before the first step, so a
     # resumed run (whose backbone has moved) reports the same one
     domain_gap: dict = field(default_factory=dict)
+    # --streaming: every process's position in its training stream at the last checkpoint (saved from the main
+    # process, like the losses); ``stream`` is this process's loader, never saved itself
+    stream_by_process: list = field(default_factory=list)
+    stream: object = field(default=None, repr=False, compare=False)
 
     def collect_losses(self, accelerator) -> None:
-        """Before a save: every process's running loss into ``loss_by_process`` (a collective call)."""
+        """Before a save: every process's running loss into ``loss_by_process``, and its stream position into
+        ``stream_by_process`` (collective calls)."""
         import torch
+        from accelerate.utils import gather_object
 
         mine = torch.tensor([[self.epoch_loss_sum, float(self.epoch_loss_batches)]], dtype=torch.float64,
                             device=accelerator.device)
         gathered = accelerator.gather(mine) if accelerator.num_processes > 1 else mine
         self.loss_by_process = gathered.cpu().tolist()
+        if self.stream is not None:
+            positions = [self.stream.state_dict()]
+            self.stream_by_process = gather_object(positions) if accelerator.num_processes > 1 else positions
 
-    def restore_losses(self, process_index: int) -> None:
-        """After a load: this process's running loss (unchanged if the checkpoint had another world size)."""
+    def restore_losses(self, process_index: int, num_processes: int = 1) -> None:
+        """After a load: this process's running loss (unchanged if the checkpoint had another world size) and stream
+        position (which must come from as many processes: each read its own shards)."""
         if process_index < len(self.loss_by_process):
             total, batches = self.loss_by_process[process_index]
             self.epoch_loss_sum, self.epoch_loss_batches = total, int(batches)
+        if self.stream is None:
+            return
+        if len(self.stream_by_process) != num_processes:
+            written = len(self.stream_by_process) or "no"
+            raise HFTransferError(f"this checkpoint was written by {written} streaming process(es) and this run has "
+                                  f"{num_processes}: resume a --streaming run with as many processes (each reads its "
+                                  "own shards)")
+        self.stream.load_state_dict(self.stream_by_process[process_index])
 
     def state_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {name: value for name, value in self.__dict__.items() if name != "stream"}
 
     def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({name: value for name, value in state.items() if name != "stream"})
 
 
 # ---- the output folder ---------------------------------------------------------------------------
@@ -263,7 +281,7 @@ def resume(accelerator, resume_from: str, output_dir: Path, state: RunState) -> 
     except Exception as e:  # noqa: BLE001 - a damaged file surfaces as many exception types
         raise HFTransferError(f"checkpoint '{ckpt}' cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:150]}): "
                               "resume from an earlier one, or start afresh with --overwrite_output_dir") from None
-    state.restore_losses(accelerator.process_index)
+    state.restore_losses(accelerator.process_index, accelerator.num_processes)
     adopt_best_model(ckpt, output_dir, state, accelerator)
     return ckpt
 
@@ -275,7 +293,10 @@ def adopt_best_model(ckpt: Path, output_dir: Path, state: RunState, accelerator)
     original run's best model is gone, the score is reset so the next epoch becomes the best.
     """
     source, target = ckpt.resolve().parent.parent / BEST_DIR, output_dir / BEST_DIR
-    if target.is_dir():
+    adopted = target.is_dir()
+    # every rank looks before the main process copies: a rank that looked after the copy would skip the barrier below
+    accelerator.wait_for_everyone()
+    if adopted:
         return
     if source.is_dir():
         if accelerator.is_main_process:

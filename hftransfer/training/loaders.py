@@ -42,6 +42,8 @@ class Loaders:
     fingerprints: dict[str, str] = field(default_factory=dict)
     pipeline: object = None  # the backbone's preprocessing pipeline (its augmentation is seeded per epoch)
     prepared: dict = field(default_factory=dict)  # split -> its decoded / tokenized dataset (before any view)
+    streamed: bool = False  # --streaming: ``train`` reads this process's shards and places its batches itself
+
 
     def set_epoch(self, epoch: int) -> None:
         """Before iterating the training loader of ``epoch``: the augmentation draws for that epoch."""
@@ -54,8 +56,10 @@ class Loaders:
         """``accelerator.prepare`` every loader, in a fixed order so checkpoints line up on resume."""
         # test last: checkpoints of runs without a test split keep their loader order
         names = [n for n in ("train", "eval", "train_extract", "cached_train", "cached_eval", "test",
-                             "target_selection", "target_eval", "target_test") if getattr(self, n) is not None]
-        for name, loader in zip(names, accelerator.prepare(*[getattr(self, n) for n in names])):
+                             "target_selection", "target_eval", "target_test") if getattr(self, n) is not None
+                 and not (n == "train" and self.streamed)]
+        prepared = accelerator.prepare(*[getattr(self, n) for n in names])
+        for name, loader in zip(names, prepared if len(names) > 1 else [prepared]):  # one object comes back bare
             setattr(self, name, loader)
 
 

@@ -86,7 +86,8 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> float:
     skip = state.batches_done
     if not skip:
         state.epoch_loss_sum, state.epoch_loss_batches = 0.0, 0
-    loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+    # a streamed loader was restored to its position with the checkpoint: nothing to skip by replay
+    loader = accelerator.skip_first_batches(train_dl, skip) if skip and not run.loaders.streamed else train_dl
     bar = tqdm(loader, total=len(train_dl), initial=skip, desc=f"epoch {epoch + 1}", unit="batch",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     for batch in bar:

@@ -33,6 +33,7 @@ from .loaders import Loaders, create_dataloaders
 from .prototypes import init_prototype_head
 from .runtime import StopSignals
 from .sharding import HostCopy, check_engine_support, engine_name, no_split_modules
+from .streaming import load_streaming_bundle, streaming_loaders
 from .tracking import RunLog
 
 
@@ -111,6 +112,15 @@ def create_strategy(cfg: TrainConfig, num_groups: int) -> Strategy:
 
 def load_bundle(cfg: TrainConfig, modality: str, accelerator: Accelerator, data_seed: int | None) -> DataBundle:
     """The labelled splits (and the target domain's, with ``--target_*``), read by the main process first."""
+    if cfg.streaming:  # a stream is never read whole: its refusals (--shots, target data, ...) are the config's
+        with accelerator.main_process_first():
+            bundle = load_streaming_bundle(cfg, modality, accelerator.num_processes)
+        accelerator.print(f"data: streaming {', '.join(bundle.train.spec.files['train'][:3])}"
+                          f"{' ...' if len(bundle.train.spec.files['train']) > 3 else ''} "
+                          f"({len(bundle.train.spec.files['train'])} shard(s), {len(bundle.train)} examples over the "
+                          f"run) / {len(bundle.eval)} eval examples, {len(bundle.id2label)} labels "
+                          f"({', '.join(list(bundle.id2label.values())[:10])})")
+        return bundle
     with accelerator.main_process_first():
         bundle = load_data(cfg, modality, data_seed)
     if cfg.shots:  # K per class of the training split, drawn once the evaluation split is settled
@@ -140,7 +150,8 @@ def train_class_weights(cfg: TrainConfig, bundle: DataBundle, accelerator: Accel
     """``--class_weights``: the loss weights (``pos_weight`` when multi-label) from the training labels."""
     if cfg.class_weight_mode == "none":
         return None
-    weights = class_weights(bundle.train["labels"], len(bundle.id2label), multi_label=bundle.multi_label,
+    labels = bundle.train["labels"] if cfg.class_weight_mode == "balanced" else None  # given weights need no labels
+    weights = class_weights(labels, len(bundle.id2label), multi_label=bundle.multi_label,
                             mode=cfg.class_weight_mode, values=cfg.class_weight_values,
                             label_names=list(bundle.id2label.values()))
     shown = ", ".join(f"{name} {w:.3g}" for name, w in zip(bundle.id2label.values(), weights.tolist()))
@@ -223,16 +234,18 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = create_strategy(cfg, len(group_names))
     # adaptation needs the target batch beside every source batch: no cached-feature epochs
-    num_epochs = estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
+    num_epochs = cfg.num_train_epochs if cfg.streaming else estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
     with_cache = uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache,
-                                    train_norm=cfg.train_norm, bn_stats=cfg.bn_stats) and cfg.adaptation_loss == "none"
+                                    train_norm=cfg.train_norm, bn_stats=cfg.bn_stats) and (
+        cfg.adaptation_loss == "none" and not cfg.streaming)  # a stream: one pass of --max_steps, nothing cached
     if cfg.heavy_augmentation and all(strategy.trainable_groups(e) == 0 for e in range(num_epochs)):
         # --auto_augment / --reprob / --mixup / --cutmix apply where the backbone trains; frozen epochs probe on
         # cached (unaugmented) features, as with crop and flip, unless no epoch trains it: then the asked-for
         # augmentation would never happen, so the backbone runs on augmented images every epoch instead
         with_cache = False
     with accelerator.main_process_first():
-        loaders = create_dataloaders(cfg, bundle, model.backbone, with_cache)
+        loaders = (streaming_loaders(cfg, bundle, model.backbone, accelerator) if cfg.streaming
+                   else create_dataloaders(cfg, bundle, model.backbone, with_cache))
     if cfg.head_init == "prototypes":  # before the optimizer and prepare: the head's starting point
         init_prototype_head(accelerator, model, loaders, bundle.input_column, cfg.per_device_eval_batch_size,
                             head=cfg.head, cache_dtype=cfg.feature_cache_dtype, cache_dir=cfg.feature_cache_dir)
@@ -257,7 +270,7 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     scheduler = TransferScheduler(optimizer, strategy, steps_per_epoch, num_epochs, cfg.learning_rate,
                                   cfg.warmup_ratio, schedule=cfg.lr_scheduler_type, total_steps=total_steps,
                                   warmup_steps=cfg.warmup_steps)
-    state = RunState()
+    state = RunState(stream=loaders.train if loaders.streamed else None)
     ema = WeightAverage(module, cfg.model_ema_decay) if cfg.model_ema else None
     # also with --checkpointing_steps no: SIGTERM saves one; the EMA last, so runs without it keep their layout
     accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema is not None else []))
