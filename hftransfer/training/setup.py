@@ -197,6 +197,20 @@ def estimated_epochs(cfg: TrainConfig, train_size: int, processes: int) -> int:
     return epochs_and_steps(cfg, max(1, math.ceil(batches / cfg.gradient_accumulation_steps)))[0]
 
 
+def feature_cache_applies(cfg: TrainConfig, strategy: Strategy, num_epochs: int) -> bool:
+    """Whether frozen-backbone epochs train on cached features (``--feature_cache auto``)."""
+    if cfg.adaptation_loss != "none" or cfg.streaming:
+        # adaptation needs the target batch beside every source batch; a stream is one pass, nothing is kept
+        return False
+    if not uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache, train_norm=cfg.train_norm,
+                              bn_stats=cfg.bn_stats):
+        return False
+    # --auto_augment / --reprob / --mixup / --cutmix apply where the backbone trains; frozen epochs probe on
+    # cached (unaugmented) features, as with crop and flip, unless no epoch trains it: then the asked-for
+    # augmentation would never happen, so the backbone runs on augmented images every epoch instead
+    return not (cfg.heavy_augmentation and all(strategy.trainable_groups(e) == 0 for e in range(num_epochs)))
+
+
 def prepare_for_sharding(cfg: TrainConfig, accelerator: Accelerator, model: TransferModel, strategy: Strategy,
                          num_epochs: int) -> HostCopy | None:
     """Under FSDP / DeepSpeed: refuse what the engine cannot train, name the blocks FSDP shards one unit each,
@@ -233,16 +247,9 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
     model.set_class_weights(train_class_weights(cfg, bundle, accelerator))
     group_names = [g.name for g in model.layer_groups()[:-1]]
     strategy = create_strategy(cfg, len(group_names))
-    # adaptation needs the target batch beside every source batch: no cached-feature epochs
-    num_epochs = cfg.num_train_epochs if cfg.streaming else estimated_epochs(cfg, len(bundle.train), accelerator.num_processes)
-    with_cache = uses_feature_cache(strategy, num_epochs=num_epochs, policy=cfg.feature_cache,
-                                    train_norm=cfg.train_norm, bn_stats=cfg.bn_stats) and (
-        cfg.adaptation_loss == "none" and not cfg.streaming)  # a stream: one pass of --max_steps, nothing cached
-    if cfg.heavy_augmentation and all(strategy.trainable_groups(e) == 0 for e in range(num_epochs)):
-        # --auto_augment / --reprob / --mixup / --cutmix apply where the backbone trains; frozen epochs probe on
-        # cached (unaugmented) features, as with crop and flip, unless no epoch trains it: then the asked-for
-        # augmentation would never happen, so the backbone runs on augmented images every epoch instead
-        with_cache = False
+    num_epochs = (cfg.num_train_epochs if cfg.streaming
+                  else estimated_epochs(cfg, len(bundle.train), accelerator.num_processes))
+    with_cache = feature_cache_applies(cfg, strategy, num_epochs)
     with accelerator.main_process_first():
         loaders = (streaming_loaders(cfg, bundle, model.backbone, accelerator) if cfg.streaming
                    else create_dataloaders(cfg, bundle, model.backbone, with_cache))
