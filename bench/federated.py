@@ -44,7 +44,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHON
 def common_flags(args, strategy: str, seed: int) -> list[str]:
     """The recipe settings every run shares (federated clients, alone, centralised)."""
     lr = {"lora": "1e-3", "partial": "5e-5", "linear_probe": "5e-5"}[strategy]  # LoRA's usual 10x higher rate
-    return ["--model_name_or_path", MODEL, "--strategy", strategy, "--seed", str(seed), "--max_seq_length",
+    return ["--model_name_or_path", MODEL, "--text_column_name", "sentence", "--strategy", strategy, "--seed",
+            str(seed), "--max_seq_length",
             str(args.max_seq_length), "--per_device_train_batch_size", "16", "--learning_rate", lr,
             "--head_learning_rate", "1e-3", "--unfreeze_top_k", "2", "--checkpointing_steps", "no",
             "--overwrite_output_dir", *(["--max_train_samples", str(args.max_train_samples)]
@@ -58,10 +59,10 @@ def run(command: list[str], log: Path) -> None:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(command)}\nsee {log}")
 
 
-def federated(args, strategy: str, aggregation: str, seed: int, work: Path) -> dict:
+def federated(args, strategy: str, aggregation: str, seed: int, work: Path, root: Path) -> dict:
     out = work / f"fed_{aggregation}_{strategy}_{seed}"
     run([sys.executable, "-m", "hftransfer", "federate", "--modality", "text", "--client_data",
-         *[str(BLITZER / d) for d in DOMAINS], "--aggregation", aggregation, "--num_rounds", str(args.rounds),
+         *[str(root / d) for d in DOMAINS], "--aggregation", aggregation, "--num_rounds", str(args.rounds),
          "--local_epochs", str(args.local_epochs), "--output_dir", str(out), *common_flags(args, strategy, seed)],
         out.with_suffix(".log"))
     record = json.loads((out / "federated_results.json").read_text())
@@ -81,42 +82,63 @@ def test_accuracy(model_dir: Path, test: Path) -> float:
     """The exported model's accuracy on a Blitzer test TSV (a real CSV reader: reviews hold tabs and newlines)."""
     from hftransfer.models.transfer_model import TransferModel
 
-    with open(test, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = read_tsv(test)
     model = TransferModel.from_pretrained(model_dir).eval()
     # settings=model_dir: the run's own max_seq_length, as its test_accuracy was computed
     predictions = model.predict([r["sentence"] for r in rows], top_k=1, settings=model_dir)
     return statistics.mean(float(str(p["label"]) == str(r["label"])) for p, r in zip(predictions, rows))
 
 
-def pooled(split: str, work: Path) -> Path:
-    """The four domains' ``split`` TSVs as one file (header once)."""
-    target = work / f"pooled_{split}.tsv"
-    with open(target, "w", newline="", encoding="utf-8") as out:
+def read_tsv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def write_tsv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out, delimiter="\t")
         writer.writerow(["sentence", "label"])
-        for domain in DOMAINS:
-            with open(BLITZER / domain / f"{split}.tsv", newline="", encoding="utf-8") as f:
-                writer.writerows([r["sentence"], r["label"]] for r in csv.DictReader(f, delimiter="\t"))
-    return target
+        writer.writerows([r["sentence"], r["label"]] for r in rows)
+    return path
+
+
+def client_folders(work: Path, cap: int | None) -> Path:
+    """Each domain's train / dev / test as the clients and every other row read them: dev and test capped at
+    ``cap`` rows each (one seeded sample, the same for every method), train as is."""
+    import random
+
+    root = work / "domains"
+    for domain in DOMAINS:
+        (root / domain).mkdir(parents=True, exist_ok=True)
+        for split in ("train", "dev", "test"):
+            rows = read_tsv(BLITZER / domain / f"{split}.tsv")
+            if cap and split != "train" and len(rows) > cap:
+                rows = random.Random(f"{domain}/{split}").sample(rows, cap)
+            write_tsv(root / domain / f"{split}.tsv", rows)
+    return root
+
+
+def pooled(split: str, work: Path, root: Path) -> Path:
+    """The four domains' ``split`` TSVs as one file (header once)."""
+    return write_tsv(work / f"pooled_{split}.tsv", [r for d in DOMAINS for r in read_tsv(root / d / f"{split}.tsv")])
 
 
 def one_seed(args, seed: int, work: Path) -> list[dict]:
-    rows = []
+    rows, root = [], client_folders(work, args.max_eval_samples)
     for strategy in args.strategies:
         alone = {}
         for domain in DOMAINS:
-            folder = BLITZER / domain
+            folder = root / domain
             out = recipe(args, strategy, seed, work / f"alone_{domain}_{strategy}_{seed}", folder / "train.tsv",
                          folder / "dev.tsv", folder / "test.tsv")
             alone[domain] = json.loads((out / "all_results.json").read_text())["test_accuracy"]
         rows.append({"method": "each client alone", "strategy": strategy, "seed": seed, "accuracy": alone})
-        out = recipe(args, strategy, seed, work / f"central_{strategy}_{seed}", pooled("train", work),
-                     pooled("dev", work), pooled("test", work))
-        central = {domain: test_accuracy(out, BLITZER / domain / "test.tsv") for domain in DOMAINS}
+        out = recipe(args, strategy, seed, work / f"central_{strategy}_{seed}", pooled("train", work, root),
+                     pooled("dev", work, root), pooled("test", work, root))
+        central = {domain: test_accuracy(out, root / domain / "test.tsv") for domain in DOMAINS}
         rows.append({"method": "centralised", "strategy": strategy, "seed": seed, "accuracy": central})
         for aggregation in args.aggregations:
-            fed = federated(args, strategy, aggregation, seed, work)
+            fed = federated(args, strategy, aggregation, seed, work, root)
             rows.append({"method": aggregation, "strategy": strategy, "seed": seed, **fed})
         for row in rows[-2 - len(args.aggregations):]:
             print(json.dumps(row), flush=True)
@@ -150,6 +172,8 @@ def main() -> None:
     parser.add_argument("--local_epochs", type=int, default=1)
     parser.add_argument("--max_train_samples", type=int, default=None, help="cap per client (and per domain)")
     parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--max_eval_samples", type=int, default=None,
+                        help="cap each domain's dev and test split (one seeded sample shared by every method)")
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                         help="append the table to bench/RESULTS.md")
     args = parser.parse_args()
@@ -165,7 +189,9 @@ def main() -> None:
         header = (f"\n## Federated: Blitzer domains as clients ({dt.date.today()})\n\n`{command}` on "
                   f"{platform.machine()} ({os.cpu_count()} cores), {MODEL}, seeds {args.seeds}, {args.rounds} rounds x "
                   f"{args.local_epochs} local epoch(s), max length {args.max_seq_length}, train cap "
-                  f"{args.max_train_samples or 'none'}; test = each domain's test.tsv (2,000 reviews).\n\n")
+                  f"{args.max_train_samples or 'none'}; test = each domain's test.tsv (2,000 reviews"
+                  + (f"; a seeded sample of {args.max_eval_samples}, the same for every row, and dev capped alike"
+                     if args.max_eval_samples else "") + ").\n\n")
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
             f.write(header + text + "\n")
 
