@@ -11,6 +11,14 @@ and which engines fit a model that DDP cannot: ``--memory_cap_gib`` caps the pro
 (``torch.cuda.set_per_process_memory_fraction``) so that the 0.9B model's training state (~15 GB in fp32
 weights, gradients and Adam moments) does not fit whole, as on a 12 GB device. Every row is its own
 ``accelerate launch`` (accelerate's state is per process); a failed or out-of-memory row is recorded as such.
+
+On the lent machine (its image has torch, accelerate, transformers, timm, peft; not hftransfer's other needs nor
+DeepSpeed), carry wheels in a git-ignored ``.whl/``: ``DS_BUILD_OPS=0 pip wheel --no-deps --no-build-isolation
+deepspeed`` (pure Python; its ops compile on use) plus, for Python 3.12 manylinux, ``datasets dill multiprocess
+evaluate optuna alembic SQLAlchemy Mako colorlog greenlet soundfile hjson pydantic pydantic_core annotated-types
+typing-inspection`` (``pip download --no-deps --only-binary=:all: --python-version 3.12 ...``), then run
+``pip install --no-index --no-deps --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site:$PWD python3
+bench/gpu_scale.py --recipes; ... python3 bench/gpu_scale.py``.
 """
 from __future__ import annotations
 
