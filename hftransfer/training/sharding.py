@@ -122,7 +122,8 @@ class HostCopy:
         state = accelerator.get_state_dict(model)  # gathered on the main process, on CPU
         if self.module is not None:
             missing, unexpected = self.module.load_state_dict(state, strict=False)
-            if unexpected or [k for k in missing if k in self.module.state_dict()]:
+            persistent = self.module.state_dict().keys()  # once: missing non-persistent buffers are expected
+            if unexpected or [k for k in missing if k in persistent]:
                 raise RuntimeError(f"gathered weights do not fit the model: missing {missing[:3]}, unexpected "
                                    f"{unexpected[:3]}")
         return self.module
