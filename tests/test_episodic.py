@@ -116,3 +116,4 @@ def test_episodic_refuses_too_few_examples_per_class(tmp_path, image_data):
     with pytest.raises(HFTransferError, match="at least 2 training examples per class"):
         run_episodic(train_dir=image_data["train"], validation_dir=image_data["val"], output_dir=str(tmp_path / "r"),
                      shots=1)
+    assert not (tmp_path / "r" / "episodic").exists()  # refused before the phase wrote anything

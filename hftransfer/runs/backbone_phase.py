@@ -98,10 +98,10 @@ def run_phase(phase: BackbonePhase, cfg, modality: str, accelerator, output_dir:
     if earlier is not None:
         accelerator.print(f"{phase.name} phase: reusing the finished phase in {folder} (same settings)")
         return folder / BACKBONE_NAME, {**earlier, "reused": True}
+    line, planned = phase.plan(cfg, labels, accelerator.num_processes)  # refuses bad settings before any write
     if accelerator.is_main_process:
         (folder / BACKBONE_NAME).unlink(missing_ok=True)
         write_json(folder / phase.record_name, {"settings": settings, "phase": None})
-    line, planned = phase.plan(cfg, labels, accelerator.num_processes)
     accelerator.print(f"{phase.name} phase: {line}")
     in_training = getattr(stop, "in_training", False)
     if stop is not None:  # a signal now sets a flag: the phase stops after its step
