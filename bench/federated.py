@@ -142,6 +142,8 @@ def one_seed(args, seed: int, work: Path) -> list[dict]:
             rows.append({"method": aggregation, "strategy": strategy, "seed": seed, **fed})
         for row in rows[-2 - len(args.aggregations):]:
             print(json.dumps(row), flush=True)
+            with open(args.runs, "a") as f:  # each row as it lands: a long panel survives an interruption
+                f.write(json.dumps(row) + "\n")
     return rows
 
 
@@ -176,18 +178,25 @@ def main() -> None:
                         help="cap each domain's dev and test split (one seeded sample shared by every method)")
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                         help="append the table to bench/RESULTS.md")
+    parser.add_argument("--runs", type=Path, default=ROOT / "bench" / "federated_runs.jsonl",
+                        help="JSON lines, one per row, appended as each row lands")
+    parser.add_argument("--table_only", action="store_true",
+                        help="no runs: print (and with --record append) the table of the rows already in --runs")
     args = parser.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="fedbench_") as tmp:
-        for seed in args.seeds:
-            rows += one_seed(args, seed, Path(tmp))
-    (ROOT / "bench" / "federated_runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if args.table_only:
+        rows = [json.loads(line) for line in args.runs.read_text().splitlines() if line.strip()]
+    else:
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="fedbench_") as tmp:
+            for seed in args.seeds:
+                rows += one_seed(args, seed, Path(tmp))
     text = table(args, rows)
     print(text)
     if args.record:
         command = "python bench/federated.py " + " ".join(sys.argv[1:])
         header = (f"\n## Federated: Blitzer domains as clients ({dt.date.today()})\n\n`{command}` on "
-                  f"{platform.machine()} ({os.cpu_count()} cores), {MODEL}, seeds {args.seeds}, {args.rounds} rounds x "
+                  f"{platform.machine()} ({os.cpu_count()} cores), {MODEL}, seeds {sorted({r['seed'] for r in rows})}, "
+                  f"{args.rounds} rounds x "
                   f"{args.local_epochs} local epoch(s), max length {args.max_seq_length}, train cap "
                   f"{args.max_train_samples or 'none'}; test = each domain's test.tsv (2,000 reviews"
                   + (f"; a seeded sample of {args.max_eval_samples}, the same for every row, and dev capped alike"

@@ -244,12 +244,15 @@ def launch_two_processes(recipe: str, *args, env=None, timeout=600,
                          launcher=("--multi_gpu",)) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes 2 recipes/<recipe>.py <args>`` on CPU (gloo), one torch
     thread each so the two ranks share these cores instead of fighting over them. ``launcher``: the engine's
-    launch flags instead of ``--multi_gpu`` (DDP), e.g. ``--config_file recipes/accelerate_configs/fsdp2.yaml``."""
+    launch flags instead of ``--multi_gpu`` (DDP), e.g. ``--config_file recipes/accelerate_configs/fsdp2.yaml``.
+    A DeepSpeed config launches without accelerate's CPU flag, which would turn DeepSpeed off."""
     launch = ["-m", "accelerate.commands.launch", *launcher, "--num_processes", "2", "--main_process_port", "0",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    deepspeed = any("deepspeed" in str(flag) for flag in launcher)
+    environment = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     return run_python(*launch, ROOT / "recipes" / f"{recipe}.py", *args,
-                      env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})},
-                      timeout=timeout)
+                      env={**environment, **({} if deepspeed else {"ACCELERATE_USE_CPU": "1"}), "OMP_NUM_THREADS": "1",
+                           **(env or {})}, timeout=timeout)
 
 
 def recipe_in_process(capsys, recipe: str, *args) -> subprocess.CompletedProcess:

@@ -44,7 +44,9 @@ def test_two_process_run_counts_each_eval_sample_once(tmp_path, image_data):
     ({"WORLD_SIZE": "2"}, 1, "NO", "launched as 2 processes but accelerate set up 1 (NO): each process would train"),
     ({"WORLD_SIZE": "4"}, 2, "MULTI_CPU", "launched as 4 processes but accelerate set up 2"),
     ({"ACCELERATE_USE_FSDP": "true"}, 1, "NO", "launched with FSDP but accelerate set up NO"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "2"}, 2, "MULTI_CPU", "launched with DeepSpeed"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "WORLD_SIZE": "2"}, 2, "MULTI_CPU",
+     "launched with DeepSpeed but accelerate set up MULTI_CPU: the CPU flag turns DeepSpeed off; drop ACCELERATE_USE_CPU"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, 1, "NO", "launched with DeepSpeed but accelerate set up NO"),
 ])
 def test_a_launch_that_accelerate_did_not_set_up_is_refused(monkeypatch, env, processes, distributed, message):
     from types import SimpleNamespace
@@ -78,6 +80,9 @@ def test_launches_accelerate_set_up_pass(monkeypatch):
     check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.DEEPSPEED))
 
 
 @pytest.mark.integration

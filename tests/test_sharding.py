@@ -1,13 +1,15 @@
-"""Sharded training (FSDP2 through accelerate): two gloo processes on CPU hold half the weights each, train
-``gradual`` (with L2-SP, layer decay and clipping) and ``lora`` to what DDP trains, resume exactly after a kill,
-and export the same native model; what an engine cannot train is refused in one line."""
+"""Sharded training through accelerate: two gloo processes on CPU hold half the training state each (FSDP2, and
+DeepSpeed ZeRO-2/3 through its CPU accelerator), train ``gradual`` / ``partial`` (with L2-SP, layer decay and
+clipping) and ``lora`` to what DDP trains, resume exactly after a kill, and export the same native model; what an
+engine cannot train is refused in one line."""
+import importlib.util
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
-from builders import ROOT, image_model, launch_two_processes, make_encoder_folder, text_model
+from builders import ROOT, image_args, image_model, launch_two_processes, make_encoder_folder, text_model
 from safetensors.torch import load_file
 
 from hftransfer.errors import HFTransferError
@@ -93,16 +95,73 @@ def test_fsdp_gradual_with_l2sp_matches_ddp_and_resumes_exactly_after_a_kill(tmp
     assert [len(p["trainable_backbone_groups"]) for p in results["transfer"]["phases"]] == [0, 1, 2]
 
 
+def deepspeed_config(stage: int) -> list:
+    return ["--config_file", str(ROOT / "recipes" / "accelerate_configs" / f"deepspeed_zero{stage}.yaml")]
+
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")
+
+
 @pytest.mark.integration
-def test_fsdp_lora_matches_ddp_and_exports_what_plain_transformers_loads(tmp_path, text_data):
+@needs_deepspeed
+def test_deepspeed_zero2_with_l2sp_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, text_data):
+    # on a machine without GPUs DeepSpeed runs its processes over gloo through its CPU accelerator
     bert = make_encoder_folder(tmp_path / "bert")
-    # the test split is scored after training with the best weights scattered back into the shards
-    recipe = ["--strategy", "lora", "--pooling", "pooler", "--num_train_epochs", "2", "--test_file", text_data["val"]]
-    sharded, ddp = tmp_path / "fsdp", tmp_path / "ddp"
-    run = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe), launcher=FSDP_CONFIG)
-    assert run.returncode == 0, run.stderr[-3000:]
+    recipe = ["--strategy", "partial", "--unfreeze_top_k", "1", "--num_train_epochs", "3", "--l2sp_alpha", "0.5",
+              "--l2sp_beta", "0.1", "--layer_decay", "0.8", "--max_grad_norm", "1.0"]
+    sharded, ddp = tmp_path / "zero2", tmp_path / "ddp"
+    killed = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe),
+                                  launcher=deepspeed_config(2), env={"HFTRANSFER_TEST_KILL_AT_STEP": "5"})
+    assert killed.returncode != 0 and "DeepSpeed ZeRO-2: training state sharded over 2 processes" in killed.stdout
+    step_3 = sharded / "checkpoints" / "step_3"
+    assert (step_3 / "latest").is_file() and list((step_3 / "pytorch_model").glob("*optim_states.pt"))  # ZeRO's own
+    resumed = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe, "--resume_from_checkpoint",
+                                                          "latest"), launcher=deepspeed_config(2))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step_3" in resumed.stdout
     plain = launch_two_processes("text_cls", *text_args(bert, text_data, ddp, *recipe))
     assert plain.returncode == 0, plain.stderr[-3000:]
+    assert_same_training(sharded, ddp)
+    results = json.loads((sharded / "all_results.json").read_text())
+    assert results["sharding"] == "DeepSpeed ZeRO-2" and results["world_size"] == 2
+
+
+@pytest.mark.integration
+@needs_deepspeed
+def test_deepspeed_zero3_trains_a_cnn_as_ddp_does(tmp_path, image_data):
+    # channels_last weights go back to NCHW: DeepSpeed views each weight as one flat contiguous buffer
+    recipe = ["--strategy", "partial", "--num_train_epochs", "1", "--learning_rate", "0.001"]
+    sharded, ddp = tmp_path / "zero3", tmp_path / "ddp"
+    run = launch_two_processes("image_cls", *image_args(image_data, sharded, *recipe), launcher=deepspeed_config(3))
+    assert run.returncode == 0, run.stderr[-3000:]
+    plain = launch_two_processes("image_cls", *image_args(image_data, ddp, *recipe))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert_same_training(sharded, ddp)
+
+
+@pytest.fixture(scope="module")
+def lora_under_ddp(tmp_path_factory, text_data):
+    """One DDP LoRA run (with a test split) that every sharded engine's LoRA run is compared with."""
+    root = tmp_path_factory.mktemp("lora")
+    bert = make_encoder_folder(root / "bert")
+    # the test split is scored after training with the best weights scattered back into the shards
+    recipe = ["--strategy", "lora", "--pooling", "pooler", "--num_train_epochs", "2", "--test_file", text_data["val"]]
+    plain = launch_two_processes("text_cls", *text_args(bert, text_data, root / "ddp", *recipe))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    return bert, recipe, root / "ddp"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("engine", ["FSDP", pytest.param("DeepSpeed ZeRO-3", marks=needs_deepspeed)])
+def test_sharded_lora_matches_ddp_and_exports_what_plain_transformers_loads(tmp_path, text_data, lora_under_ddp,
+                                                                           engine):
+    bert, recipe, ddp = lora_under_ddp
+    sharded = tmp_path / "sharded"
+    run = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe),
+                               launcher=FSDP_CONFIG if engine == "FSDP" else deepspeed_config(3))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((sharded / "all_results.json").read_text())["sharding"] == engine
     assert_same_training(sharded, ddp)
     assert (sharded / "adapter" / "adapter_model.safetensors").is_file()
     tested = [json.loads((out / "all_results.json").read_text())["test_loss"] for out in (sharded, ddp)]

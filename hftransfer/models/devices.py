@@ -14,6 +14,12 @@ PRECISIONS = ("auto", "no", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def numel(param: torch.Tensor) -> int:
+    """A parameter's element count, also under DeepSpeed ZeRO-3, which leaves each process an empty placeholder
+    and keeps the real size in ``ds_numel``."""
+    return getattr(param, "ds_numel", param.numel())
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (respects taskset / container CPU sets)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import HFTransferError
 from ..files import ADAPTER_HEAD_NAME, ADAPTER_NORMS_NAME, save_safetensors
+from .devices import numel
 from .norms import NORM_TYPES
 
 LORA_PREFIX = "lora_"  # peft's LoraModel.prefix: every adapter parameter name has a part starting with it
@@ -190,16 +191,16 @@ def add_lora(model, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, targe
 
 
 def lora_parameter_count(model) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if is_lora_parameter(n))
+    return sum(numel(p) for n, p in model.named_parameters() if is_lora_parameter(n))
 
 
 def trainable_fraction(model, spec: LoraSpec) -> tuple[int, float]:
     """(parameters that train in the LoRA phase, their share of all parameters): adapters + head (+ norms)."""
-    count = lora_parameter_count(model) + sum(p.numel() for p in model.head.parameters())
+    count = lora_parameter_count(model) + sum(numel(p) for p in model.head.parameters())
     if spec.train_norm:
-        count += sum(p.numel() for m in model.backbone.modules() if isinstance(m, NORM_TYPES)
+        count += sum(numel(p) for m in model.backbone.modules() if isinstance(m, NORM_TYPES)
                      for p in m.parameters(recurse=False))
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(numel(p) for p in model.parameters())
     return count, count / max(1, total)
 
 

@@ -91,6 +91,12 @@ class TimmBackbone(Backbone):
         self.channels_last = True
         return self
 
+    def use_default_layout(self) -> "TimmBackbone":
+        """Back to NCHW weights and inputs (for engines that view each weight as one flat contiguous buffer)."""
+        self.model.to(memory_format=torch.contiguous_format)
+        self.channels_last = False
+        return self
+
     def set_input_size(self, size: int) -> "TimmBackbone":
         """Train and serve at ``size`` x ``size`` pixels: the preprocessing (and the exported config, which
         records ``pretrained_cfg``) follows. Models with a fixed grid (ViTs) resize it through timm."""

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import HFTransferError
 from ..files import ADAPTER_DIR, CONFIG_NAME, write_json
+from .devices import numel
 from .factory import Backbone, LayerGroup, backbone_from_config, create_backbone
 from .heads import classification_loss, create_head
 from .layouts import load_weights, save_weights
@@ -125,8 +126,7 @@ class TransferModel(nn.Module):
         return BN_STATS_DESCRIPTIONS[self.bn_stats]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        # DeepSpeed ZeRO-3 leaves each process an empty placeholder per parameter; ds_numel is its real size
-        return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters() if p.requires_grad or not trainable_only)
+        return sum(numel(p) for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ---- persistence -------------------------------------------------------------------------
     def config(self) -> dict:

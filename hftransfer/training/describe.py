@@ -5,6 +5,7 @@ from that record alone and never reads the config.
 """
 from __future__ import annotations
 
+from ..models.devices import numel
 from ..models.lora import is_lora_parameter
 from ..models.lora import record as lora_record
 from ..records import Phase, RunDescription
@@ -26,10 +27,10 @@ def describe_run(cfg, modality: str, bundle, model, strategy, group_names: list[
 
 
     named = dict(model.named_parameters())
-    sizes = {g.name: sum(named[n].numel() for n in g.params) for g in model.layer_groups()}
+    sizes = {g.name: sum(numel(named[n]) for n in g.params) for g in model.layer_groups()}
     total = sum(sizes.values())
     if strategy.adapter_only:  # LoRA: inside a trainable group only the adapters train
-        sizes.update({g.name: sum(named[n].numel() for n in g.params if is_lora_parameter(n))
+        sizes.update({g.name: sum(numel(named[n]) for n in g.params if is_lora_parameter(n))
                       for g in model.layer_groups()[:-1]})
     phases = []
     num_epochs = num_epochs or cfg.num_train_epochs

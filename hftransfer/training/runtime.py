@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 
 from ..errors import HFTransferError
 from ..models.devices import default_precision, usable_cores
-from .sharding import complete_cpu_fsdp, engine_name
+from .sharding import build_models_whole, complete_cpu_deepspeed, complete_cpu_fsdp, engine_name
 from .tracking import log_with, logging_dir
 
 
@@ -40,6 +40,8 @@ def create_accelerator(cfg) -> Accelerator:
         **kwargs,
     )
     complete_cpu_fsdp(accelerator)
+    complete_cpu_deepspeed(accelerator)
+    build_models_whole(accelerator)
     check_launch(accelerator)
     return accelerator
 
@@ -59,12 +61,17 @@ def check_launch(accelerator: Accelerator) -> None:
                     f"--num_processes {launched} (DDP over gloo)" if not torch.cuda.is_available() else "")
         raise HFTransferError(f"launched as {launched} processes but accelerate set up {accelerator.num_processes} "
                               f"({distributed}): each process would train alone into the same output_dir{cpu_hint}")
+    if engine == "DeepSpeed" and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate's CPU flag (ACCELERATE_USE_CPU, use_cpu: true) skips DeepSpeed; without it DeepSpeed brings up
+        # CPU processes itself, through its CPU accelerator
+        raise HFTransferError("launched with DeepSpeed but accelerate set up MULTI_CPU: the CPU flag turns DeepSpeed "
+                              "off; drop ACCELERATE_USE_CPU (or use_cpu: true in the accelerate config), DeepSpeed "
+                              "runs on CPU processes without it")
     if engine and engine.upper() not in distributed.upper():
         cpu_hint = ("; FSDP2 also runs on CPU processes: ACCELERATE_USE_CPU=1 accelerate launch --use_fsdp "
                     "--fsdp_version 2" if engine == "FSDP" else "")
-        raise HFTransferError(f"launched with {engine} but accelerate set up {distributed}: {engine} needs GPUs "
-                              "in accelerate; drop it from the launch (or the accelerate config) to run without it"
-                              + cpu_hint)
+        raise HFTransferError(f"launched with {engine} but accelerate set up {distributed}: drop {engine} from the "
+                              "launch (or the accelerate config) to run without it" + cpu_hint)
 
 
 def configure_threads(num_threads: int | None, accelerator: Accelerator) -> int:

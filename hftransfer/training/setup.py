@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 
 from ..adaptation.methods import AdaptationMethod, DomainAdaptationModel, create_method
 from ..config import TrainConfig
@@ -170,10 +170,16 @@ def create_mixer(cfg: TrainConfig, module: TransferModel):
                               mean=data_config["mean"], std=data_config["std"])
 
 
-def create_optimizer(cfg: TrainConfig, model: TransferModel, method: AdaptationMethod | None) -> torch.optim.Optimizer:
+def create_optimizer(cfg: TrainConfig, model: TransferModel, method: AdaptationMethod | None,
+                     trainable_only: bool = False) -> torch.optim.Optimizer:
     """AdamW over the strategy's parameter groups (head and backbone LRs, layer decay, no decay on biases and
-    norms), plus a domain adversary's parameters, which train from the first step at the head's LR."""
+    norms), plus a domain adversary's parameters, which train from the first step at the head's LR.
+    ``trainable_only``: only the parameters that train now, groups left empty dropped (DeepSpeed's ZeRO
+    flattens each group's trainable parameters once, at start, and fails on a group with none)."""
     groups = param_groups(model, cfg.learning_rate, cfg.effective_head_lr, cfg.weight_decay, cfg.layer_decay)
+    if trainable_only:
+        groups = [g for g in ({**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups)
+                  if g["params"]]
     adversary = list(method.parameters()) if method is not None else []
     if adversary:
         groups.append({"params": adversary, "lr": cfg.effective_head_lr, "base_lr": cfg.effective_head_lr,
@@ -224,6 +230,8 @@ def prepare_for_sharding(cfg: TrainConfig, accelerator: Accelerator, model: Tran
     changes = any(strategy.trainable_groups(e) != strategy.trainable_groups(0) for e in range(num_epochs))
     check_engine_support(accelerator, trainable_set_changes=changes, l2sp=cfg.l2sp_active, ema=cfg.model_ema)
     model._no_split_modules = no_split_modules(model)  # what accelerate's TRANSFORMER_BASED_WRAP reads
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and getattr(model.backbone, "channels_last", False):
+        model.backbone.use_default_layout()  # DeepSpeed broadcasts and flattens each weight as a contiguous view
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
         # accelerate fills "auto" from loaders prepared with the model; hftransfer prepares its loaders apart
@@ -261,7 +269,8 @@ def setup(cfg: TrainConfig, modality: str, accelerator: Accelerator, output_dir:
                            cfg.mcc_temperature, num_target=len(bundle.target.train) if bundle.target is not None else 0,
                            self_training_threshold=cfg.self_training_threshold,
                            adversary_warmup_steps=cfg.adversary_warmup_steps)
-    optimizer = create_optimizer(cfg, model, method)
+    optimizer = create_optimizer(cfg, model, method,
+                                 trainable_only=accelerator.distributed_type == DistributedType.DEEPSPEED)
     trained = DomainAdaptationModel(model, method, cfg.adaptation_weight) if method is not None else model
     host_copy = prepare_for_sharding(cfg, accelerator, model, strategy, num_epochs)
     prepared, optimizer = accelerator.prepare(trained, optimizer)

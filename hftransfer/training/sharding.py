@@ -73,6 +73,42 @@ def complete_cpu_fsdp(accelerator: Accelerator) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # the state accelerate's helpers read
 
 
+def complete_cpu_deepspeed(accelerator: Accelerator) -> None:
+    """Give a DeepSpeed launch on a machine without GPUs the world size its process group already has.
+
+    With no GPU, accelerate's state picks no backend and counts one process, yet it still hands the launch to
+    ``deepspeed.comm``, which brings up every process over gloo through DeepSpeed's CPU accelerator. The
+    state's process count, ranks and device are filled from that process group, as accelerate fills them on
+    GPUs; ZeRO's ``prepare``, ``save_state`` / ``load_state`` and gathers then run on CPU tensors.
+    """
+    if accelerator.distributed_type != DistributedType.DEEPSPEED or torch.cuda.is_available():
+        return
+    if not torch.distributed.is_initialized() or accelerator.num_processes == torch.distributed.get_world_size():
+        return
+    from accelerate.state import AcceleratorState, PartialState
+
+    ranks = {"num_processes": torch.distributed.get_world_size(), "process_index": torch.distributed.get_rank(),
+             "local_process_index": int(os.environ.get("LOCAL_RANK", "0")), "backend": "gloo",
+             "device": torch.device("cpu")}
+    PartialState._shared_state.update(ranks)  # the state accelerate's helpers and samplers read
+    AcceleratorState._shared_state.update(ranks)
+
+
+def build_models_whole(accelerator: Accelerator) -> None:
+    """Let transformers build models whole for the rest of the run, also under DeepSpeed ZeRO-3.
+
+    accelerate registers its ZeRO-3 config with transformers, which then builds every ``from_pretrained`` /
+    ``from_config`` model already partitioned (``deepspeed.zero.Init``, a collective): the main process would
+    have no whole weights to keep for the export, and building the export's layout on the main process alone
+    would wait forever for the others. Built whole, the model is partitioned by ``prepare`` instead, so the
+    devices still hold one shard each; the cost is one whole copy per process in host memory while it starts.
+    """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and zero_stage(accelerator) == 3:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
 def check_engine_support(accelerator: Accelerator, *, trainable_set_changes: bool, l2sp: bool, ema: bool) -> None:
     """Refuse what the sharded engine in use cannot train correctly, naming the way out."""
     engine = engine_name(accelerator)

@@ -33,6 +33,7 @@ import torch
 from ..config import TrainConfig
 from ..config.options import TRACKERS, tracker_installed
 from ..files import LOGGING_DIR
+from ..models.devices import numel
 from ..tuning.strategies import Strategy
 
 # the init_trackers keyword that names the run, for trackers that take one (accelerate passes the
@@ -172,7 +173,7 @@ class RunLog:
     @staticmethod
     def phase_values(strategy: Strategy, epoch: int, module: torch.nn.Module) -> dict:
         return {"train/phase": phase_index(strategy, epoch), "train/trainable_groups": strategy.trainable_groups(epoch),
-                "train/trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad)}
+                "train/trainable_params": sum(numel(p) for p in module.parameters() if p.requires_grad)}
 
     @staticmethod
     def epoch_values(train_loss: float, metrics: dict) -> dict:
