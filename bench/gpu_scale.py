@@ -68,9 +68,11 @@ def run_row(engine: str, size: str, cap: float, folder: Path, timeout: float, pr
            "1", "--dynamo_backend", "no", "--main_process_port", "29555", "--mixed_precision", "bf16", *flags,
            __file__, "--worker", "--size", size, "--memory_cap_gib", str(cap), "--batch", str(batch), "--seq", str(seq)]
     start = time.time()
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+    if engine.startswith("zero"):  # accelerate's CPU flag turns DeepSpeed off; on CPU, DeepSpeed brings up gloo itself
+        env.pop("ACCELERATE_USE_CPU", None)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"engine": engine, "size": size, "status": f"timeout after {timeout:.0f}s"}
     ranks = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -103,13 +105,16 @@ def worker(size: str, cap_gib: float, batch_size: int, seq: int) -> dict:
     from accelerate import Accelerator
 
     from hftransfer.models.transfer_model import create_transfer_model
-    from hftransfer.training.sharding import HostCopy, complete_cpu_fsdp, engine_name, no_split_modules
+    from hftransfer.training.sharding import (HostCopy, build_models_whole, complete_cpu_deepspeed, complete_cpu_fsdp,
+                                              engine_name, no_split_modules)
 
     cuda = torch.cuda.is_available()
     if cuda and cap_gib:
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * 2**30 / torch.cuda.mem_get_info()[1]))
     accelerator = Accelerator()
-    complete_cpu_fsdp(accelerator)
+    complete_cpu_fsdp(accelerator)  # what hftransfer's create_accelerator does after accelerate's setup
+    complete_cpu_deepspeed(accelerator)
+    build_models_whole(accelerator)
     with tempfile.TemporaryDirectory() as tmp:
         model = create_transfer_model("text", str(make_model_folder(size, Path(tmp) / "m")), {0: "a", 1: "b"},
                                       weights="random")
@@ -160,11 +165,14 @@ def training_state_bytes(model, optimizer) -> int:
     def local(t):
         return t.to_local() if hasattr(t, "to_local") else t
 
-    tensors = [local(p) for p in model.parameters()] + [local(p.grad) for p in model.parameters() if p.grad is not None]
+    # ZeRO-3 leaves each parameter an empty placeholder; its partition is ds_tensor
+    tensors = [getattr(p, "ds_tensor", local(p)) for p in model.parameters()]
+    tensors += [local(p.grad) for p in model.parameters() if p.grad is not None]
     inner = getattr(optimizer, "optimizer", optimizer)
     for state in getattr(inner, "state", {}).values():
         tensors += [local(v) for v in state.values() if torch.is_tensor(v)]
-    tensors += [local(t) for t in getattr(inner, "single_partition_of_fp32_groups", []) if torch.is_tensor(t)]
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):  # ZeRO-2 / ZeRO-3 masters
+        tensors += [t for t in getattr(inner, name, []) if torch.is_tensor(t)]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
