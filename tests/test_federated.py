@@ -225,6 +225,48 @@ def test_simulation_two_clients_two_rounds(tmp_path):
     assert "federated round 2/2" in proc.stdout
 
 
+@pytest.mark.integration
+def test_clients_holding_different_classes_train_one_model_over_their_union(tmp_path):
+    from builders import make_image_folder, run_python
+
+    folders = [make_image_folder(tmp_path / "client0", classes=("birds", "cats", "dogs"), per_class=6),
+               make_image_folder(tmp_path / "client1", classes=("cats", "dogs"), per_class=6, seed=1)]
+    out = tmp_path / "out"
+    proc = run_python("-m", "hftransfer", "federate", *TINY_FEDERATION, "--client_data", *map(str, folders),
+                      "--strategy", "linear_probe", "--output_dir", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = check_export(out, rounds=2)
+    assert results["label_names"] == ["birds", "cats", "dogs"]
+    assert set(results["rounds"][-1]["clients"]) == {"0", "1"}
+    from hftransfer.models.transfer_model import TransferModel
+
+    assert TransferModel.from_pretrained(out).id2label == {0: "birds", 1: "cats", 2: "dogs"}
+
+
+def test_the_federations_classes_are_the_union_of_the_clients(tmp_path):
+    import datasets
+
+    from hftransfer.data import DataBundle
+    from hftransfer.errors import HFTransferError
+    from hftransfer.federated.clients import onto_label_names
+    from hftransfer.federated.server import label_space
+
+    answer = lambda i, names, multi=False: {"client-id": i, "label-names": names, "multi-label": multi}  # noqa: E731
+    same = label_space([answer(0, ["a", "b"]), answer(1, ["a", "b"])], None)
+    assert same.id2label == {0: "a", 1: "b"}
+    union = label_space([answer(0, ["b", "c"]), answer(1, ["a", "b"])], None)
+    assert union.id2label == {0: "a", 1: "b", 2: "c"}
+    with pytest.raises(HFTransferError, match="with multi-label data every client's training data must hold"):
+        label_space([answer(0, ["b", "c"], True), answer(1, ["a", "b"], True)], None)
+    split = datasets.Dataset.from_dict({"text": ["x", "y", "z"], "labels": [0, 1, 0]})
+    bundle = DataBundle(train=split, eval=split, id2label={0: "b", 1: "c"}, multi_label=False, input_column="text")
+    mapped = onto_label_names(bundle, ["a", "b", "c"])
+    assert mapped.id2label == {0: "a", 1: "b", 2: "c"} and mapped.train["labels"] == [1, 2, 1]
+    assert mapped.eval["labels"] == [1, 2, 1] and mapped.test is None
+    with pytest.raises(HFTransferError, match=r"\(c missing\): the server takes the classes of the clients"):
+        onto_label_names(bundle, ["a", "b"])
+
+
 def wait_for_round(out, rounds: int, server, timeout: float = 300) -> None:
     import time
 

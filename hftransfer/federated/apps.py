@@ -19,6 +19,12 @@ def client_identity(context: Context, config_path: str | None) -> tuple[str, int
     return str(path), int(context.node_config["partition-id"])
 
 
+def label_names(config: dict) -> list[str] | None:
+    """The federation's classes, which the server sends with every train and evaluate message."""
+    names = config.get("label-names")
+    return [str(n) for n in names] if names else None
+
+
 def received_arrays(msg: Message) -> dict:
     return {name: value.numpy() for name, value in msg.content["arrays"].items()}
 
@@ -29,17 +35,17 @@ def build_client_app(config_path: str | None = None) -> ClientApp:
 
     @app.query()
     def describe(msg: Message, context: Context) -> Message:
-        from .client import client_run, describe_reply
+        from .client import client_data, describe_reply
 
-        client = client_run(*client_identity(context, config_path))
-        return Message(RecordDict({"config": ConfigRecord(describe_reply(client))}), reply_to=msg)
+        data = client_data(*client_identity(context, config_path))
+        return Message(RecordDict({"config": ConfigRecord(describe_reply(data))}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         from .client import client_run, train_reply
 
-        client = client_run(*client_identity(context, config_path))
         config = dict(msg.content["config"])
+        client = client_run(*client_identity(context, config_path), label_names(config))
         config["round"] = int(config["server-round"]) + int(config.get("round-offset", 0))
         trained, metrics = train_reply(client, received_arrays(msg), config)
         return Message(RecordDict({"arrays": ArrayRecord(numpy_dict(trained)), "metrics": MetricRecord(metrics)}),
@@ -49,7 +55,8 @@ def build_client_app(config_path: str | None = None) -> ClientApp:
     def evaluate(msg: Message, context: Context) -> Message:
         from .client import client_run, evaluate_reply
 
-        client = client_run(*client_identity(context, config_path))
+        config = dict(msg.content["config"]) if "config" in msg.content else {}
+        client = client_run(*client_identity(context, config_path), label_names(config))
         return Message(RecordDict({"metrics": MetricRecord(evaluate_reply(client, received_arrays(msg)))}),
                        reply_to=msg)
 

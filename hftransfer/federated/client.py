@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config.federated_options import FederatedConfig
+from ..data import DataBundle
 from ..errors import HFTransferError
 from ..training.evaluate import evaluate
 from ..training.feature_cache import fill_feature_cache
@@ -21,8 +22,18 @@ from ..training.loop import train_step
 from ..training.runtime import configure_threads, create_accelerator, step_seed
 from ..training.setup import TrainingRun, load_bundle, setup
 from ..tuning.regularizers import ProximalTerm
-from .clients import client_config, label_counts, partition_bundle
+from .clients import client_config, label_counts, onto_label_names, partition_bundle
 from .parameters import frozen_fingerprint, get_arrays, set_arrays, travelling_names
+
+
+@dataclass
+class ClientData:
+    """One client's data, loaded once per process: what it answers the server's first question from."""
+
+    client_id: int
+    cfg: FederatedConfig
+    accelerator: object
+    bundle: DataBundle
 
 
 @dataclass
@@ -37,29 +48,45 @@ class ClientRun:
     features_ready: bool = False  # the frozen backbone's features are cached (linear probe)
 
 
-_RUNS: dict[tuple[str, int], ClientRun] = {}  # per process: a simulation client reuses its run every round
+# per process: a simulation client reuses its data and run every round
+_DATA: dict[tuple[str, int], ClientData] = {}
+_RUNS: dict[tuple[str, int], ClientRun] = {}
 
 
-def build_client_run(cfg: FederatedConfig, client_id: int) -> ClientRun:
-    """Client ``client_id``'s data (its source, or its --partition share) and run, prepared like a recipe's."""
+def load_client_data(cfg: FederatedConfig, client_id: int) -> ClientData:
+    """Client ``client_id``'s splits: its own source, or its --partition share of the one dataset."""
     cfg = client_config(cfg, client_id)
     accelerator = create_accelerator(cfg)
     configure_threads(cfg.num_threads, accelerator)
     bundle = load_bundle(cfg, cfg.modality, accelerator, data_seed=None)
     if cfg.partition:
         bundle = partition_bundle(bundle, cfg, client_id)
-    run = setup(cfg, cfg.modality, accelerator, Path(cfg.output_dir), bundle=bundle)
+    return ClientData(client_id, cfg, accelerator, bundle)
+
+
+def build_client_run(data: ClientData, label_names: list[str] | None = None) -> ClientRun:
+    """The client's run, prepared like a recipe's, over the federation's classes (``label_names``, which the
+    server sends: the union of every client's classes, so a client may hold only some of them)."""
+    bundle = onto_label_names(data.bundle, label_names) if label_names else data.bundle
+    run = setup(data.cfg, data.cfg.modality, data.accelerator, Path(data.cfg.output_dir), bundle=bundle)
     names = travelling_names(run.module)
-    return ClientRun(client_id=client_id, run=run, names=names, fingerprint=frozen_fingerprint(run.module, names),
-                     label_counts=label_counts(bundle))
+    return ClientRun(client_id=data.client_id, run=run, names=names,
+                     fingerprint=frozen_fingerprint(run.module, names), label_counts=label_counts(bundle))
 
 
-def client_run(config_path: str, client_id: int) -> ClientRun:
+def client_data(config_path: str, client_id: int) -> ClientData:
     key = (config_path, client_id)
-    if key not in _RUNS:
+    if key not in _DATA:
         from .config_file import read_federated_config
 
-        _RUNS[key] = build_client_run(read_federated_config(config_path), client_id)
+        _DATA[key] = load_client_data(read_federated_config(config_path), client_id)
+    return _DATA[key]
+
+
+def client_run(config_path: str, client_id: int, label_names: list[str] | None = None) -> ClientRun:
+    key = (config_path, client_id)
+    if key not in _RUNS:
+        _RUNS[key] = build_client_run(client_data(config_path, client_id), label_names)
     return _RUNS[key]
 
 
@@ -134,9 +161,10 @@ def evaluate_reply(client: ClientRun, arrays: dict) -> dict:
     return metrics
 
 
-def describe_reply(client: ClientRun) -> dict:
-    """A query's answer: what the server needs before round 1 (the label space, the training examples)."""
-    bundle = client.run.bundle
-    return {"client-id": client.client_id, "label-names": list(bundle.id2label.values()),
+def describe_reply(data: ClientData) -> dict:
+    """A query's answer: what the server needs before round 1 (the client's classes, its training examples)."""
+    bundle = data.bundle
+    counts = label_counts(bundle)
+    return {"client-id": data.client_id, "label-names": list(bundle.id2label.values()),
             "multi-label": bundle.multi_label, "train-examples": len(bundle.train),
-            "label-counts": [client.label_counts.get(name, 0) for name in bundle.id2label.values()]}
+            "label-counts": [counts.get(name, 0) for name in bundle.id2label.values()]}

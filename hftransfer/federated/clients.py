@@ -94,6 +94,31 @@ def partition_bundle(bundle: DataBundle, cfg: FederatedConfig, client_id: int) -
     return dataclasses.replace(bundle, **shares)
 
 
+def onto_label_names(bundle: DataBundle, names: list[str]) -> DataBundle:
+    """The client's splits with its label ids re-numbered onto the federation's classes ``names`` (a superset of
+    the client's own: under label skew a client may never see some classes)."""
+    own = list(bundle.id2label.values())
+    if own == list(names):
+        return bundle
+    missing = sorted(set(own) - set(names))
+    if bundle.multi_label or missing:
+        raise HFTransferError(f"this client's labels {own} are not all among the federation's classes {list(names)}"
+                              + (": multi-label clients must hold the same labels" if bundle.multi_label else
+                                 f" ({', '.join(missing)} missing): the server takes the classes of the clients "
+                                 "connected when it starts, so start it with --min_clients equal to the number of "
+                                 "clients"))
+    new_id = [list(names).index(name) for name in own]
+
+    def renumber(dataset):
+        if dataset is None:
+            return None
+        ids = [new_id[i] for i in dataset["labels"]]
+        return dataset.remove_columns("labels").add_column("labels", ids)
+
+    return dataclasses.replace(bundle, id2label=dict(enumerate(names)), train=renumber(bundle.train),
+                               eval=renumber(bundle.eval), test=renumber(bundle.test))
+
+
 def label_counts(bundle: DataBundle) -> dict[str, int]:
     """How many training examples of each label the client holds (its label skew, recorded per client)."""
     labels = np.asarray(bundle.train["labels"])

@@ -54,13 +54,20 @@ def ask_clients(grid: Grid, cfg: FederatedConfig, timeout: float) -> list[dict]:
 
 
 def label_space(answers: list[dict], label_names: list[str] | None) -> LabelSpace:
+    """The federation's classes: every client's own, or their union (sorted) where label skew left a client
+    without some; each client re-numbers its labels onto them (the server sends them with every message)."""
     names = list(answers[0]["label-names"])
-    for answer in answers[1:]:
-        if list(answer["label-names"]) != names:
-            raise HFTransferError(f"client {answer['client-id']} trains on labels {list(answer['label-names'])} but "
-                                  f"client {answers[0]['client-id']} on {names}: every client's training data must "
-                                  "hold the same classes")
-    return LabelSpace(id2label=dict(enumerate(label_names or names)), multi_label=bool(answers[0]["multi-label"]))
+    multi_label = bool(answers[0]["multi-label"])
+    differing = [a for a in answers[1:] if list(a["label-names"]) != names]
+    if differing and (multi_label or label_names):
+        other = differing[0]
+        raise HFTransferError(f"client {other['client-id']} trains on labels {list(other['label-names'])} but "
+                              f"client {answers[0]['client-id']} on {names}: with "
+                              + ("multi-label data" if multi_label else "--label_names")
+                              + " every client's training data must hold the same classes")
+    if differing:
+        names = sorted({str(n) for a in answers for n in a["label-names"]})
+    return LabelSpace(id2label=dict(enumerate(label_names or names)), multi_label=multi_label)
 
 
 def global_model(cfg: FederatedConfig, labels: LabelSpace):
@@ -169,11 +176,13 @@ def train_rounds(grid: Grid, cfg: FederatedConfig, record: ServerRecord, model, 
         started[0] = time.time()
         return None
 
+    classes = list(model.id2label.values())  # each client re-numbers its labels onto these
     train_config = ConfigRecord({"local-epochs": cfg.local_epochs, "frozen-fingerprint": fingerprint,
-                                 "round-offset": offset})
+                                 "round-offset": offset, "label-names": classes})
     strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
                    num_rounds=cfg.num_rounds - offset, timeout=cfg.round_timeout, train_config=train_config,
-                   evaluate_config=ConfigRecord({"round-offset": offset}), evaluate_fn=after_round)
+                   evaluate_config=ConfigRecord({"round-offset": offset, "label-names": classes}),
+                   evaluate_fn=after_round)
 
 
 def finish(record: ServerRecord, cfg: FederatedConfig) -> dict:
