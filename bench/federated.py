@@ -14,7 +14,9 @@ Per seed, with the same model, max length, batch size and learning rates everywh
 * alone: ``recipes/text_cls.py`` on one domain's train / dev / test, ``rounds x local_epochs`` epochs (the same
   local computation as a federated client), scored on its own test split;
 * centralised: the recipe on the four train splits pooled (dev pooled too), same epochs, the exported model
-  scored on each domain's test split.
+  scored on each domain's test split;
+* centralised, constant LR (``--constant_lr_reference``): the same, at a constant learning rate without warmup,
+  which is how a federated client trains each round (the recipe's default is warmup + cosine decay).
 
 Each run is a subprocess with a fresh ``--output_dir`` and the Hub offline; ``--max_train_samples`` caps every
 client's training split (the cap and all settings go into the RESULTS.md table).
@@ -71,10 +73,14 @@ def federated(args, strategy: str, aggregation: str, seed: int, work: Path, root
             "fraction": record["travelling_fraction"], "best_round": record["best_round"]}
 
 
-def recipe(args, strategy: str, seed: int, out: Path, train: Path, dev: Path, test: Path) -> Path:
+# what a federated client's local training uses: a fresh AdamW at the base learning rate each round, no schedule
+CONSTANT_LR = ["--lr_scheduler_type", "constant", "--warmup_ratio", "0"]
+
+
+def recipe(args, strategy: str, seed: int, out: Path, train: Path, dev: Path, test: Path, extra=()) -> Path:
     run([sys.executable, "recipes/text_cls.py", "--train_file", str(train), "--validation_file", str(dev),
          "--test_file", str(test), "--num_train_epochs", str(args.rounds * args.local_epochs), "--output_dir",
-         str(out), *common_flags(args, strategy, seed)], out.with_suffix(".log"))
+         str(out), *common_flags(args, strategy, seed), *extra], out.with_suffix(".log"))
     return out
 
 
@@ -137,10 +143,15 @@ def one_seed(args, seed: int, work: Path) -> list[dict]:
                      pooled("dev", work, root), pooled("test", work, root))
         central = {domain: test_accuracy(out, root / domain / "test.tsv") for domain in DOMAINS}
         rows.append({"method": "centralised", "strategy": strategy, "seed": seed, "accuracy": central})
+        if args.constant_lr_reference:  # the recipe's warmup + cosine vs the clients' constant rate
+            out = recipe(args, strategy, seed, work / f"central_const_{strategy}_{seed}", pooled("train", work, root),
+                         pooled("dev", work, root), pooled("test", work, root), extra=CONSTANT_LR)
+            rows.append({"method": "centralised, constant LR", "strategy": strategy, "seed": seed,
+                         "accuracy": {d: test_accuracy(out, root / d / "test.tsv") for d in DOMAINS}})
         for aggregation in args.aggregations:
             fed = federated(args, strategy, aggregation, seed, work, root)
             rows.append({"method": aggregation, "strategy": strategy, "seed": seed, **fed})
-        for row in rows[-2 - len(args.aggregations):]:
+        for row in rows[-2 - len(args.aggregations) - args.constant_lr_reference:]:
             print(json.dumps(row), flush=True)
             with open(args.runs, "a") as f:  # each row as it lands: a long panel survives an interruption
                 f.write(json.dumps(row) + "\n")
@@ -178,6 +189,8 @@ def main() -> None:
                         help="cap each domain's dev and test split (one seeded sample shared by every method)")
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                         help="append the table to bench/RESULTS.md")
+    parser.add_argument("--constant_lr_reference", action="store_true",
+                        help="also train the centralised row at a constant learning rate, as the clients train")
     parser.add_argument("--runs", type=Path, default=ROOT / "bench" / "federated_runs.jsonl",
                         help="JSON lines, one per row, appended as each row lands")
     parser.add_argument("--table_only", action="store_true",
