@@ -48,7 +48,7 @@ def common_flags(args, strategy: str, seed: int) -> list[str]:
     lr = {"lora": "1e-3", "partial": "3e-4", "linear_probe": "3e-4"}[strategy]
     return ["--model_name_or_path", MODEL, "--image_size", "32", "--augment", "false", "--strategy", strategy,
             "--seed", str(seed), "--per_device_train_batch_size", "32", "--learning_rate", lr,
-            "--head_learning_rate", "3e-3", "--unfreeze_top_k", "2", "--checkpointing_steps", "no",
+            "--head_learning_rate", "1e-2", "--unfreeze_top_k", "2", "--checkpointing_steps", "no",
             "--overwrite_output_dir"]
 
 
