@@ -158,21 +158,24 @@ def one_seed(args, seed: int, work: Path) -> list[dict]:
     return rows
 
 
-def table(args, rows: list[dict]) -> str:
-    """Mean over seeds of each domain's test accuracy, their mean, and bytes per round."""
-    lines = ["| strategy | method | " + " | ".join(DOMAINS) + " | mean | MB per round (all clients) | share of the "
-             "model per client per round |", "|---" * (len(DOMAINS) + 5) + "|"]
+def table(rows: list[dict], clients=DOMAINS, worst: bool = False) -> str:
+    """Mean over seeds of each client's test accuracy, their mean (± sd over seeds), optionally the mean worst client,
+    and bytes per round."""
+    lines = ["| strategy | method | " + " | ".join(clients) + " | mean | " + ("worst client | " if worst else "")
+             + "MB per round (all clients) | share of the model per client per round |",
+             "|---" * (len(clients) + 5 + worst) + "|"]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["strategy"], row["method"]), []).append(row)
     for (strategy, method), group in groups.items():
-        per_domain = [statistics.mean(r["accuracy"][d] for r in group) for d in DOMAINS]
+        per_client = [statistics.mean(r["accuracy"][c] for r in group) for c in clients]
         means = [statistics.mean(r["accuracy"].values()) for r in group]
         spread = f" ± {statistics.stdev(means):.3f}" if len(means) > 1 else ""
+        lowest = f" {statistics.mean(min(r['accuracy'].values()) for r in group):.3f} |" if worst else ""
         traffic = (f"{statistics.mean(r['bytes_per_round'] for r in group) / 1e6:.2f} | "
                    f"{statistics.mean(r['fraction'] for r in group):.2%}") if "fraction" in group[0] else "- | -"
-        lines.append(f"| {STRATEGY_NAMES[strategy]} | {method} | " + " | ".join(f"{a:.3f}" for a in per_domain)
-                     + f" | {statistics.mean(means):.3f}{spread} | {traffic} |")
+        lines.append(f"| {STRATEGY_NAMES[strategy]} | {method} | " + " | ".join(f"{a:.3f}" for a in per_client)
+                     + f" | {statistics.mean(means):.3f}{spread} |{lowest} {traffic} |")
     return "\n".join(lines)
 
 
@@ -203,7 +206,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="fedbench_") as tmp:
             for seed in args.seeds:
                 rows += one_seed(args, seed, Path(tmp))
-    text = table(args, rows)
+    text = table(rows)
     print(text)
     if args.record:
         command = "python bench/federated.py " + " ".join(sys.argv[1:])

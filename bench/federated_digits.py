@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from digit_domains import write_domain  # noqa: E402
-from federated import STRATEGY_NAMES, run  # noqa: E402
+from federated import STRATEGY_NAMES, run, table  # noqa: E402
 
 from hftransfer.data.partition import PartitionScheme, partition_indices  # noqa: E402
 
@@ -120,24 +119,6 @@ def one_seed(args, seed: int, work: Path, digits: Path) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict], clients: list[str]) -> str:
-    lines = ["| strategy | method | " + " | ".join(clients) + " | mean | worst client | MB per round (all clients) "
-             "| share of the model per client per round |", "|---" * (len(clients) + 6) + "|"]
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["strategy"], row["method"]), []).append(row)
-    for (strategy, method), group in groups.items():
-        per_client = [statistics.mean(r["accuracy"][c] for r in group) for c in clients]
-        means = [statistics.mean(r["accuracy"].values()) for r in group]
-        worst = statistics.mean(min(r["accuracy"].values()) for r in group)
-        spread = f" ± {statistics.stdev(means):.3f}" if len(means) > 1 else ""
-        traffic = (f"{statistics.mean(r['bytes_per_round'] for r in group) / 1e6:.2f} | "
-                   f"{statistics.mean(r['fraction'] for r in group):.2%}") if "fraction" in group[0] else "- | -"
-        lines.append(f"| {STRATEGY_NAMES[strategy]} | {method} | " + " | ".join(f"{a:.3f}" for a in per_client)
-                     + f" | {statistics.mean(means):.3f}{spread} | {worst:.3f} | {traffic} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -163,7 +144,7 @@ def main() -> None:
             for seed in args.seeds:
                 rows += one_seed(args, seed, Path(tmp) / f"seed_{seed}", digits)
     clients = sorted(rows[0]["accuracy"])
-    text = table(rows, clients)
+    text = table(rows, clients, worst=True)
     print(text)
     if args.record:
         seeds = sorted({r["seed"] for r in rows})
