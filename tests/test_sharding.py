@@ -72,6 +72,19 @@ def assert_same_training(sharded, ddp, rel=1e-5):
         torch.testing.assert_close(mine[key], theirs[key], rtol=1e-4, atol=1e-6)
 
 
+def resume_and_compare_with_ddp(bert, text_data, sharded, ddp, recipe: list, launcher: list) -> dict:
+    """Resume the killed sharded run from its latest (step-3) checkpoint, run the same recipe under DDP, and check
+    that the two trained alike; the sharded run's ``all_results.json``."""
+    resumed = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe, "--resume_from_checkpoint",
+                                                          "latest"), launcher=launcher)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step_3" in resumed.stdout
+    plain = launch_two_processes("text_cls", *text_args(bert, text_data, ddp, *recipe))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert_same_training(sharded, ddp)
+    return json.loads((sharded / "all_results.json").read_text())
+
+
 @pytest.mark.integration
 def test_fsdp_gradual_with_l2sp_matches_ddp_and_resumes_exactly_after_a_kill(tmp_path, text_data):
     bert = make_encoder_folder(tmp_path / "bert")
@@ -83,14 +96,7 @@ def test_fsdp_gradual_with_l2sp_matches_ddp_and_resumes_exactly_after_a_kill(tmp
     assert killed.returncode != 0 and "blocks sharded one unit each: BertLayer" in killed.stdout
     step_3 = sharded / "checkpoints" / "step_3"
     assert {p.name for p in (step_3 / "pytorch_model_fsdp_0").glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
-    resumed = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe,
-                                                          "--resume_from_checkpoint", "latest"), launcher=FSDP_CONFIG)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "step_3" in resumed.stdout
-    plain = launch_two_processes("text_cls", *text_args(bert, text_data, ddp, *recipe))
-    assert plain.returncode == 0, plain.stderr[-3000:]
-    assert_same_training(sharded, ddp)
-    results = json.loads((sharded / "all_results.json").read_text())
+    results = resume_and_compare_with_ddp(bert, text_data, sharded, ddp, recipe, FSDP_CONFIG)
     assert results["sharding"] == "FSDP" and results["world_size"] == 2
     assert [len(p["trainable_backbone_groups"]) for p in results["transfer"]["phases"]] == [0, 1, 2]
 
@@ -116,14 +122,7 @@ def test_deepspeed_zero2_with_l2sp_matches_ddp_and_resumes_exactly_after_a_kill(
     assert killed.returncode != 0 and "DeepSpeed ZeRO-2: training state sharded over 2 processes" in killed.stdout
     step_3 = sharded / "checkpoints" / "step_3"
     assert (step_3 / "latest").is_file() and list((step_3 / "pytorch_model").glob("*optim_states.pt"))  # ZeRO's own
-    resumed = launch_two_processes("text_cls", *text_args(bert, text_data, sharded, *recipe, "--resume_from_checkpoint",
-                                                          "latest"), launcher=deepspeed_config(2))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "step_3" in resumed.stdout
-    plain = launch_two_processes("text_cls", *text_args(bert, text_data, ddp, *recipe))
-    assert plain.returncode == 0, plain.stderr[-3000:]
-    assert_same_training(sharded, ddp)
-    results = json.loads((sharded / "all_results.json").read_text())
+    results = resume_and_compare_with_ddp(bert, text_data, sharded, ddp, recipe, deepspeed_config(2))
     assert results["sharding"] == "DeepSpeed ZeRO-2" and results["world_size"] == 2
 
 
