@@ -280,40 +280,58 @@ def wait_for_round(out, rounds: int, server, timeout: float = 300) -> None:
     raise AssertionError(f"round {rounds} did not finish within {timeout}s")
 
 
-@pytest.mark.integration
-def test_deployment_survives_a_killed_client_and_a_restarted_server(tmp_path):
+def deployment_command(tmp_path, client_count: int, *options: str) -> tuple[list[str], object]:
+    """The ``federate --engine deployment`` command line every process of one test shares, on a free port, and its
+    output folder; each client holds its own small image folder."""
     import socket
-    import subprocess
     import sys
 
     from builders import make_image_folder
 
-    with socket.socket() as probe:  # a free port for the SuperLink; its clients take the next two
+    with socket.socket() as probe:  # a free port for the SuperLink; its clients take the next ones
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    folders = [str(make_image_folder(tmp_path / f"client{i}", per_class=8, seed=i)) for i in range(2)]
+    folders = [str(make_image_folder(tmp_path / f"client{i}", per_class=8, seed=i)) for i in range(client_count)]
     out = tmp_path / "out"
-    common = [sys.executable, "-m", "hftransfer", "federate", *TINY_FEDERATION, "--engine",
-              "deployment", "--client_data", *folders, "--output_dir", str(out), "--superlink", f"127.0.0.1:{port}",
-              "--min_clients", "1", "--round_timeout", "90", "--strategy", "linear_probe"]
+    return [sys.executable, "-m", "hftransfer", "federate", *TINY_FEDERATION, "--engine", "deployment",
+            "--client_data", *folders, "--output_dir", str(out), "--superlink", f"127.0.0.1:{port}",
+            "--round_timeout", "90", "--strategy", "linear_probe", *options], out
+
+
+def stop_all(processes) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_deployment_survives_a_killed_client_that_rejoins_and_a_restarted_server(tmp_path):
+    import subprocess
+
+    # --min_clients 2: a round may lose a client, but none can start without both, so round 3 proves the rejoin
+    common, out = deployment_command(tmp_path, 2, "--min_clients", "2", "--num_rounds", "3")
     logs = open(tmp_path / "processes.log", "w")
-    server = subprocess.Popen([*common, "--role", "server"], stdout=logs, stderr=subprocess.STDOUT)
-    clients = [subprocess.Popen([*common, "--role", "client", "--client_id", str(i)], stdout=logs,
-                                stderr=subprocess.STDOUT) for i in range(2)]
+
+    def start(*role: str) -> subprocess.Popen:
+        return subprocess.Popen([*common, *role], stdout=logs, stderr=subprocess.STDOUT)
+
+    server = start("--role", "server")
+    clients = [start("--role", "client", "--client_id", str(i)) for i in range(2)]
     try:
         wait_for_round(out, 1, server)
-        clients[1].kill()  # SIGKILL: its SuperNode is told to stop (it dies with its parent) and leaves the federation
-        server.kill()  # a crashed server: the SuperLink and the run die with it
+        clients[1].kill()  # SIGKILL mid round 2: its SuperNode is stopped with it (it dies with its parent)
+        clients[1].wait()
+        clients.append(start("--role", "client", "--client_id", "1"))  # the same command again: a new SuperNode
+        wait_for_round(out, 2, server)
+        server.kill()  # a crashed server: the SuperLink and the run die with it; client 0 reconnects on its own
         server.wait()
-        server = subprocess.Popen([*common, "--role", "server", "--resume_from_checkpoint", "latest"], stdout=logs,
-                                  stderr=subprocess.STDOUT)
+        server = start("--role", "server", "--resume_from_checkpoint", "latest")
         assert server.wait(timeout=400) == 0, (tmp_path / "processes.log").read_text()[-4000:]
     finally:
-        for process in [server, *clients]:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-    results = check_export(out, rounds=2)  # round 1 before the crash, round 2 after the restart
-    assert results["rounds"][0]["clients_trained"] == 2
-    assert results["rounds"][-1]["clients_trained"] == 1  # after the kill, the rounds go on with the client left
-    assert "resuming after round" in (tmp_path / "processes.log").read_text()
+        stop_all([server, *clients])
+    results = check_export(out, rounds=3)
+    trained = [sorted(c for c, m in entry["clients"].items() if "train_loss" in m) for entry in results["rounds"]]
+    assert trained == [["0", "1"], ["0"], ["0", "1"]]  # round 2 goes on without the killed client; it is back in 3
+    assert results["rounds"][1]["failures"] >= 1
+    assert "resuming after round 2" in (tmp_path / "processes.log").read_text()
