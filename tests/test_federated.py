@@ -280,6 +280,67 @@ def wait_for_round(out, rounds: int, server, timeout: float = 300) -> None:
     raise AssertionError(f"round {rounds} did not finish within {timeout}s")
 
 
+# ------------------------------------------------------------------------------------------ processes
+# A child that starts a grandchild in a session of its own (as Flower's SuperLink starts its SuperExec), prints
+# the grandchild's pid, then sleeps or exits with status 3.
+DETACHING_CHILD = ("import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; "
+                   "time.sleep(300)'], start_new_session=True); print(g.pid, flush=True); "
+                   "time.sleep(300) if sys.argv[1] == 'sleep' else sys.exit(3)")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def gone_within(pid: int, seconds: float = 15) -> bool:
+    import time
+
+    deadline = time.time() + seconds
+    while alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
+@pytest.mark.parametrize("ending", ["stopped", "exits"])
+def test_the_guard_ends_what_its_command_left_behind(ending):
+    import subprocess
+    import sys
+
+    from hftransfer.federated import process_guard
+
+    guard = subprocess.Popen([sys.executable, process_guard.__file__, sys.executable, "-c", DETACHING_CHILD,
+                              "sleep" if ending == "stopped" else "exit"], stdout=subprocess.PIPE, text=True)
+    grandchild = int(guard.stdout.readline())
+    assert alive(grandchild)
+    if ending == "stopped":
+        guard.terminate()
+    assert guard.wait(timeout=30) == (143 if ending == "stopped" else 3)  # the command's own status, or SIGTERM's
+    assert gone_within(grandchild)
+
+
+def test_a_killed_parent_takes_the_guarded_processes_with_it():
+    """SIGKILL to ``hftransfer federate`` (nothing of it runs): the guard hears of it through PR_SET_PDEATHSIG."""
+    import signal
+    import subprocess
+    import sys
+
+    from hftransfer.federated import process_guard
+
+    # deployment.die_with_parent, inlined: importing hftransfer would take seconds
+    parent_code = ("import ctypes, signal, subprocess, sys; die = lambda: ctypes.CDLL('libc.so.6').prctl(1, "
+                   "signal.SIGTERM); subprocess.Popen(sys.argv[1:], preexec_fn=die).wait()")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, sys.executable, process_guard.__file__,
+                               sys.executable, "-c", DETACHING_CHILD, "sleep"], stdout=subprocess.PIPE, text=True)
+    grandchild = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert gone_within(grandchild)
+
+
 def deployment_command(tmp_path, client_count: int, *options: str) -> tuple[list[str], object]:
     """The ``federate --engine deployment`` command line every process of one test shares, on a free port, and its
     output folder; each client holds its own small image folder."""
@@ -303,6 +364,30 @@ def stop_all(processes) -> None:
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=30)
+
+
+def processes_on(common: list[str], seconds: float = 30) -> list[str]:
+    """The command lines of live processes that name the test's SuperLink or SuperNode addresses (Flower's app
+    processes included), once they had ``seconds`` to end."""
+    import os
+    import time
+
+    host, port = common[common.index("--superlink") + 1].rsplit(":", 1)
+    addresses = [f"{host}:{int(port) + k}" for k in range(3)]
+    deadline = time.time() + seconds
+    while True:
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if alive(int(entry)) and any(address in command for address in addresses):
+                found.append(command)
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 @pytest.mark.integration
@@ -330,6 +415,7 @@ def test_deployment_survives_a_killed_client_that_rejoins_and_a_restarted_server
         assert server.wait(timeout=400) == 0, (tmp_path / "processes.log").read_text()[-4000:]
     finally:
         stop_all([server, *clients])
+    assert processes_on(common) == []  # no SuperLink, SuperNode or Flower app process outlives its command
     results = check_export(out, rounds=3)
     trained = [sorted(c for c, m in entry["clients"].items() if "train_loss" in m) for entry in results["rounds"]]
     assert trained == [["0", "1"], ["0"], ["0", "1"]]  # round 2 goes on without the killed client; it is back in 3

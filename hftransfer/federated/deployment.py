@@ -5,8 +5,9 @@ real process talking HTTP (``--insecure``: plain text, for loopback or a trusted
 finds its clients registered again), submits the run with ``flwr run`` (the app is this package's
 ``apps:server_app`` / ``apps:client_app``, described by a generated ``pyproject.toml``), streams its log until it
 ends, and stops the SuperLink. ``--role client`` runs one SuperNode for ``--client_id`` until stopped (restart it
-to rejoin). ``--role all`` does both on this machine. Child processes get SIGTERM when their parent dies, so a
-killed command leaves no server or client behind.
+to rejoin). ``--role all`` does both on this machine. Child processes get SIGTERM when their parent dies, and
+each runs under ``process_guard``, which ends the processes Flower started for it, so a stopped or killed command
+leaves no server, client or app process behind.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ DATABASE_NAME = "superlink.db"
 CONNECTION = "hftransfer"
 STARTUP_SECONDS = 60  # how long a SuperLink may take to listen
 PR_SET_PDEATHSIG = 1
+GUARD = Path(__file__).with_name("process_guard.py")  # run by path: it starts without importing hftransfer
 
 APP_PYPROJECT = """[build-system]
 requires = ["hatchling"]
@@ -68,10 +70,12 @@ def die_with_parent() -> None:
 
 
 def start(command: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """``command`` under ``process_guard``, so that stopping it (or our death) also ends the app processes Flower
+    started for it, which could otherwise outlive it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115  (the child writes it for as long as it lives)
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            preexec_fn=die_with_parent)
+    return subprocess.Popen([sys.executable, str(GUARD), *command], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, preexec_fn=die_with_parent)
 
 
 def executable(name: str) -> str:
@@ -170,6 +174,7 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 def run_client(cfg: FederatedConfig) -> None:

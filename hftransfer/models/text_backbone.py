@@ -69,6 +69,7 @@ class TextBackbone(Backbone):
             raise HFTransferError(f"unknown pooling '{pooling}': use mean, cls, pooler or last")
         self.name, self.pooling = model_name_or_path, pooling
         source = bundled_text_model_path(model_name_or_path) or model_name_or_path
+        config = None
         try:
             if encoder_config is not None:
                 config = AutoConfig.for_model(**encoder_config)
@@ -80,7 +81,10 @@ class TextBackbone(Backbone):
             else:
                 self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
                 self._load_strict(load_state_file(weights))
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or source, trust_remote_code=False)
+            # an export's config.json is hftransfer's custom-code config: handing the encoder's config over keeps
+            # transformers from reading it as a plain config (and warning about the model type)
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or source, config=config,
+                                                           trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise HFTransferError(
                 f"could not load text encoder '{model_name_or_path}' ({str(e).splitlines()[0][:200]}): "
