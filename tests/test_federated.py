@@ -322,6 +322,20 @@ def test_the_guard_ends_what_its_command_left_behind(ending):
     assert gone_within(grandchild)
 
 
+def test_without_proc_the_guard_still_stops_its_command(monkeypatch):
+    """Where there is no ``/proc`` (macOS) the guard cannot see the process tree; it ends its own command."""
+    import subprocess
+    import sys
+
+    from hftransfer.federated import process_guard
+
+    monkeypatch.setattr(process_guard.os.path, "isdir", lambda path: False)
+    assert process_guard.descendants(0) == []
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    process_guard.end_descendants(child, grace=5)
+    assert child.poll() is not None and not alive(child.pid)  # (the guard reaps it, so no status is left to read)
+
+
 def test_a_killed_parent_takes_the_guarded_processes_with_it():
     """SIGKILL to ``hftransfer federate`` (nothing of it runs): the guard hears of it through PR_SET_PDEATHSIG."""
     import signal

@@ -7,8 +7,9 @@ the subreaper of everything COMMAND starts, so orphans stay its descendants what
 exits, or the guard gets SIGTERM / SIGINT (also sent when its parent dies, see ``deployment.die_with_parent``),
 every descendant gets SIGTERM, then SIGKILL after ``GRACE_SECONDS``.
 
-Linux only (``prctl``, ``/proc``), as the deployment engine already is. Run by path, this file imports only the
-standard library, so the guard starts in milliseconds without loading hftransfer.
+The subreaper and the process tree need Linux (``prctl``, ``/proc``); elsewhere the guard only passes the stop on
+to COMMAND itself. Run by path, this file imports only the standard library, so the guard starts in milliseconds
+without loading hftransfer.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ class Stop(Exception):
 
 
 def descendants(root: int) -> list[int]:
-    """Every live (not zombie) process below ``root``, read from ``/proc``."""
+    """Every live (not zombie) process below ``root``, read from ``/proc`` (none where there is no ``/proc``)."""
+    if not os.path.isdir("/proc"):
+        return []
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -60,9 +63,15 @@ def reap() -> None:
             return
 
 
-def end_descendants(grace: float = GRACE_SECONDS) -> None:
+def end_descendants(child: subprocess.Popen | None, grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM to every descendant (at least ``child``), SIGKILL to those still there after ``grace`` seconds."""
+
+    def remaining() -> list[int]:
+        found = descendants(os.getpid())
+        return found or ([child.pid] if child is not None and child.poll() is None else [])
+
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in descendants(os.getpid()):
+        for pid in remaining():
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -70,28 +79,32 @@ def end_descendants(grace: float = GRACE_SECONDS) -> None:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             reap()
-            if not descendants(os.getpid()):
+            if not remaining():
                 return
             time.sleep(0.1)
 
 
 def main(command: list[str]) -> int:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):  # not Linux: no subreaper, orphans go to init as usual
+        pass
 
     def stop(signum, frame):
         raise Stop
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    code = 128 + signal.SIGTERM
+    code, child = 128 + signal.SIGTERM, None
     try:
-        code = subprocess.Popen(command).wait()
+        child = subprocess.Popen(command)
+        code = child.wait()
     except Stop:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        end_descendants()
+        end_descendants(child)
     return code if code >= 0 else 128 - code  # killed by signal N: the shell's 128 + N
 
 
