@@ -289,11 +289,10 @@ DETACHING_CHILD = ("import subprocess, sys, time; g = subprocess.Popen([sys.exec
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    from hftransfer.federated.process_guard import state_and_parent
+
+    found = state_and_parent(pid)
+    return found is not None and found[0] != "Z"
 
 
 def gone_within(pid: int, seconds: float = 15) -> bool:

@@ -28,22 +28,26 @@ class Stop(Exception):
     """Raised by the signal handler to leave ``child.wait()``."""
 
 
+def state_and_parent(pid: int) -> tuple[str, int] | None:
+    """A process's state letter (``Z``: zombie) and parent pid from ``/proc/PID/stat``; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # after "(name)", which may hold spaces
+    return state, int(ppid)
+
+
 def descendants(root: int) -> list[int]:
     """Every live (not zombie) process below ``root``, read from ``/proc`` (none where there is no ``/proc``)."""
     if not os.path.isdir("/proc"):
         return []
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:  # it ended while we read
-            continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        if state != "Z":
-            children.setdefault(int(ppid), []).append(int(entry))
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        found = state_and_parent(int(entry))
+        if found is not None and found[0] != "Z":
+            children.setdefault(found[1], []).append(int(entry))
     found, todo = [], list(children.get(root, []))
     while todo:
         pid = todo.pop()
